@@ -1,0 +1,267 @@
+"""optimize: source -> reference outputs -> variants -> fidelity -> benchmark -> choice -> publish."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal, Protocol
+
+from serving.repository import (
+    Artifact,
+    BatchingPolicy,
+    Fidelity,
+    Manifest,
+    Measurements,
+    ModelRepository,
+    RepositoryError,
+    VersionRef,
+)
+from serving.runtimes import available_cpus
+
+from .errors import OptimizeError
+from .fidelity import FidelityBudget, compare
+from .measure import measure_in_subprocess
+from .selection import best_throughput, fidelity_score, pareto_front, recommend_batching
+from .sources import SourceModel, resolve_source
+from .validation import ValidationSet, load_validation
+from .variants import VARIANTS, BuildContext, VariantBuild, VariantSkipped
+
+OPTISERVE_VERSION = "0.1.0"
+
+
+class Progress(Protocol):
+    def phase(self, description: str, total: int | None = None) -> None: ...
+    def status(self, text: str) -> None: ...
+    def advance(self) -> None: ...
+
+
+class _Silent:
+    def phase(self, description: str, total: int | None = None) -> None:
+        pass
+
+    def status(self, text: str) -> None:
+        pass
+
+    def advance(self) -> None:
+        pass
+
+
+@dataclass
+class OptimizeOptions:
+    """Everything ``optiserve optimize`` takes."""
+
+    source: str
+    name: str | None = None
+    variants: list[str] | None = None
+    validation_data: str | None = None
+    labels: str | None = None
+    budget: FidelityBudget = field(default_factory=FidelityBudget)
+    publish: Literal["best", "all", "none"] = "best"
+    report_dir: str | None = None
+    batch_sizes: list[int] = field(default_factory=lambda: [1, 8, 32])
+    p99_target_ms: float = 100.0
+    threads: int | None = None
+    task: str | None = None
+    inputs: list[str] = field(default_factory=list)
+    outputs: list[str] | None = None
+    repository: str | None = None
+    min_time_s: float = 1.0
+    tune_seconds: float = 300.0
+
+
+@dataclass
+class VariantOutcome:
+    name: str
+    status: Literal["ok", "skipped", "failed"]
+    reason: str | None = None
+    build: VariantBuild | None = None
+    measurements: Measurements | None = None
+    candidate_dir: Path | None = None
+    batching: BatchingPolicy | None = None
+
+    @property
+    def passed(self) -> bool:
+        return self.status == "ok" and self.measurements.fidelity.passed
+
+    @property
+    def throughput(self) -> float:
+        return best_throughput(self.measurements.latency) if self.measurements else 0.0
+
+
+@dataclass
+class OptimizationResult:
+    source: SourceModel
+    validation_notes: list[str]
+    outcomes: list[VariantOutcome]
+    chosen: str | None
+    pareto: list[str]
+    published: list[VersionRef] = field(default_factory=list)
+    report: Path | None = None
+
+    def outcome(self, name: str) -> VariantOutcome:
+        return next(o for o in self.outcomes if o.name == name)
+
+
+def check_writable(repo: ModelRepository) -> None:
+    """Fail before the long work if the repository cannot be written."""
+    try:
+        repo.root.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=repo.root, prefix=".write-check-"):
+            pass
+    except OSError as e:
+        raise RepositoryError(
+            f"model repository {repo.root} is not writable ({e.strerror or e}); expected a "
+            "writable directory (set --repository or $OPTISERVE_REPOSITORY)"
+        ) from e
+
+
+def _bench_batches(vset: ValidationSet, sizes: list[int]) -> dict[int, list[dict]]:
+    return {b: [vset.bench_batch(b, i) for i in range(8)] for b in sizes}
+
+
+def _draft_manifest(src: SourceModel, build: VariantBuild, cdir: Path,
+                    measurements: Measurements | None, batching: BatchingPolicy | None,
+                    notes: list[str]) -> Manifest:
+    files = sorted(p.relative_to(cdir).as_posix() for p in cdir.rglob("*")
+                   if p.is_file() and p.name != "manifest.json")
+    placeholder = "0" * 64
+    return Manifest(
+        name=src.name, version=1, variant=build.variant, task=src.task, runtime=build.runtime,
+        model_file=build.model_file.name, device=build.device,
+        execution_providers=build.providers if build.runtime == "onnxruntime" else [],
+        model_signature=src.model_signature, signature=src.signature,
+        preprocessing=src.preprocessing,
+        artifacts=[Artifact(path=f, sha256=placeholder, size_bytes=0) for f in files],
+        measurements=measurements or Measurements(
+            fidelity=Fidelity(samples=0, passed=False, budget="not measured yet"), size_bytes=0),
+        batching=batching or BatchingPolicy(max_batch_size=1, max_delay_ms=0.0),
+        source=src.source, optiserve_version=OPTISERVE_VERSION, notes=notes,
+    )
+
+
+def _candidate_dir(work: Path, src: SourceModel, build: VariantBuild) -> Path:
+    """The version's files as they will be published: model file plus the source's extras."""
+    cdir = work / "candidates" / build.variant
+    cdir.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(build.model_file, cdir / build.model_file.name)
+    for rel, path in src.extra_files.items():
+        (cdir / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(path, cdir / rel)
+    return cdir
+
+
+def optimize(opts: OptimizeOptions, progress: Progress | None = None) -> OptimizationResult:
+    """Build, verify, measure and choose variants; publish and report as asked."""
+    progress = progress or _Silent()
+    names = opts.variants or list(VARIANTS)
+    unknown = [n for n in names if n not in VARIANTS]
+    if unknown:
+        raise OptimizeError(
+            f"unknown variant(s) {', '.join(unknown)}; expected some of {', '.join(VARIANTS)}"
+        )
+    if not opts.batch_sizes or any(b < 1 for b in opts.batch_sizes):
+        raise OptimizeError("--batch-sizes must be positive integers, e.g. 1,8,32")
+    repo = ModelRepository(opts.repository)
+    if opts.publish != "none":
+        check_writable(repo)
+    threads = opts.threads or available_cpus()
+
+    progress.phase("loading the source model")
+    src = resolve_source(opts.source, name=opts.name, task=opts.task, inputs=opts.inputs,
+                         outputs=opts.outputs)
+    vset = load_validation(src, opts.validation_data, opts.labels)
+    progress.phase("reference outputs", total=len(vset.batches))
+    ref_batches = []
+    for b in vset.batches:
+        ref_batches.append(src.reference(b))
+        progress.advance()
+    reference = vset.gather(ref_batches)
+
+    with tempfile.TemporaryDirectory(prefix="optiserve-build-") as tmp:
+        work = Path(tmp)
+        ctx = BuildContext(source=src, validation=vset, reference=reference, budget=opts.budget,
+                           workdir=work, threads=threads, status=progress.status,
+                           tune_seconds=opts.tune_seconds)
+        bench = _bench_batches(vset, sorted(set(opts.batch_sizes)))
+        outcomes: list[VariantOutcome] = []
+        progress.phase("variants", total=len(names))
+        for name in names:
+            progress.status(f"{name}: building")
+            outcomes.append(_build_and_measure(name, ctx, vset, bench, threads, opts, work))
+            progress.advance()
+
+        passing = {o.name: o for o in outcomes if o.passed}
+        points = {o.name: (o.throughput, fidelity_score(o.measurements.fidelity))
+                  for o in outcomes if o.status == "ok"}
+        chosen = max(passing.values(), key=lambda o: o.throughput).name if passing else None
+        result = OptimizationResult(src, vset.notes, outcomes, chosen, pareto_front(points))
+
+        if opts.report_dir:
+            from .report import write_report
+
+            progress.phase("writing the report")
+            result.report = write_report(result, Path(opts.report_dir), opts)
+        if opts.publish != "none" and chosen:
+            to_publish = [passing[chosen]] if opts.publish == "best" else sorted(
+                passing.values(), key=lambda o: -o.throughput)
+            progress.phase("publishing", total=len(to_publish))
+            for o in to_publish:
+                result.published.append(_publish(repo, src, o))
+                progress.advance()
+            if result.report:
+                from .report import append_published
+
+                append_published(result.report, result.published)
+    return result
+
+
+def _build_and_measure(name: str, ctx: BuildContext, vset: ValidationSet, bench, threads: int,
+                       opts: OptimizeOptions, work: Path) -> VariantOutcome:
+    src = ctx.source
+    try:
+        build = VARIANTS[name].build(ctx)
+    except VariantSkipped as e:
+        return VariantOutcome(name, "skipped", reason=str(e))
+    except Exception as e:  # a broken variant is reported, not fatal
+        return VariantOutcome(name, "failed", reason=_error_text(e))
+    try:
+        cdir = _candidate_dir(work, src, build)
+        draft = _draft_manifest(src, build, cdir, None, None, build.notes)
+        ctx.status(f"{name}: measuring")
+        m = measure_in_subprocess(draft, cdir, vset.batches, bench, threads,
+                                  min_time_s=opts.min_time_s)
+    except Exception as e:
+        return VariantOutcome(name, "failed", reason=_error_text(e), build=build)
+    fidelity = compare(src.task, ctx.reference, vset.gather(m.outputs), opts.budget, vset.labels)
+    size = sum(p.stat().st_size for p in cdir.rglob("*") if p.is_file())
+    measurements = Measurements(
+        fidelity=fidelity, latency=m.latency, peak_rss_mb=round(m.peak_rss_mb, 1),
+        load_time_s=round(m.load_time_s, 4), size_bytes=size, intra_op_threads=m.threads,
+        host=m.host,
+    )
+    batching = recommend_batching(m.latency, opts.p99_target_ms)
+    return VariantOutcome(name, "ok", build=build, measurements=measurements, candidate_dir=cdir,
+                          batching=batching)
+
+
+def _error_text(e: BaseException) -> str:
+    text = f"{type(e).__name__}: {e}".strip()
+    if isinstance(e, (OptimizeError, RuntimeError)) or len(text) > 20:
+        return text.splitlines()[0][:500] if text else repr(e)
+    return "".join(traceback.format_exception_only(type(e), e)).strip()[:500]
+
+
+def _publish(repo: ModelRepository, src: SourceModel, o: VariantOutcome) -> VersionRef:
+    def fill(staging: Path) -> Manifest:
+        for f in o.candidate_dir.rglob("*"):
+            if f.is_file():
+                dest = staging / f.relative_to(o.candidate_dir)
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(f, dest)
+        notes = [*o.build.notes, *src.notes]
+        return _draft_manifest(src, o.build, staging, o.measurements, o.batching, notes)
+
+    return repo.publish(src.name, fill)

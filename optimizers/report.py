@@ -1,0 +1,136 @@
+"""The optimization report: Markdown with tables and two PNG charts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from serving.repository import VersionRef
+
+from .selection import best_throughput, fidelity_score
+
+
+def _fid_cell(f) -> str:
+    if f.cosine_min is not None:
+        text = f"cos mean {f.cosine_mean:.4f} / min {f.cosine_min:.4f}"
+        if f.neighbour_agreement is not None:
+            text += f", top-5 nbr {f.neighbour_agreement:.3f}"
+        return text
+    text = f"top-1 {f.top1_agreement:.4f}, max Δp {f.max_prob_diff:.4f}"
+    if f.f1 is not None:
+        text += f", F1 {f.f1:.4f} (ref {f.reference_f1:.4f})"
+        if f.roc_auc is not None:
+            text += f", AUC {f.roc_auc:.4f}"
+    return text
+
+
+def _charts(result, out: Path, opts) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import matplotlib.ticker
+
+    ok = [o for o in result.outcomes if o.status == "ok"]
+    if not ok:
+        return []
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for o in ok:
+        x, y = fidelity_score(o.measurements.fidelity), best_throughput(o.measurements.latency)
+        ax.scatter(x, y, s=60, marker="o" if o.passed else "x",
+                   color="tab:green" if o.name == result.chosen else
+                   ("tab:blue" if o.passed else "tab:red"))
+        ax.annotate(o.name, (x, y), textcoords="offset points", xytext=(5, 5), fontsize=8)
+    bound = (opts.budget.min_top1 if result.source.task == "classification"
+             else opts.budget.min_cosine)
+    ax.axvline(bound, color="grey", linestyle="--", label=f"budget ({bound})")
+    ax.set_xlabel("fidelity (cosine min)" if result.source.task != "classification"
+                  else "fidelity (top-1 agreement)")
+    ax.set_ylabel("best throughput (rows/s)")
+    ax.set_title(f"{result.source.name}: throughput vs fidelity")
+    ax.legend(loc="lower left")
+    fig.tight_layout()
+    fig.savefig(out / "throughput_vs_fidelity.png", dpi=110)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for o in ok:
+        pts = sorted(o.measurements.latency, key=lambda p: p.batch_size)
+        ax.plot([p.batch_size for p in pts], [p.p99_ms for p in pts], marker="o", label=o.name)
+    ax.axhline(opts.p99_target_ms, color="grey", linestyle="--",
+               label=f"p99 target {opts.p99_target_ms:.0f} ms")
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set_xticks(sorted({p.batch_size for o in ok for p in o.measurements.latency}))
+    ax.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+    ax.set_xlabel("batch size")
+    ax.set_ylabel("p99 latency per call (ms)")
+    ax.set_title(f"{result.source.name}: latency vs batch size")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out / "latency_vs_batch.png", dpi=110)
+    plt.close(fig)
+    return ["throughput_vs_fidelity.png", "latency_vs_batch.png"]
+
+
+def write_report(result, out: Path, opts) -> Path:
+    """Write ``report.md`` (and charts) into ``out``; return the Markdown path."""
+    out.mkdir(parents=True, exist_ok=True)
+    charts = _charts(result, out, opts)
+    src = result.source
+    sizes = sorted(set(opts.batch_sizes))
+    lines = [f"# optiserve optimization report: {src.name}", ""]
+    lines += [f"- source: {src.source.kind} `{src.source.ref}`", f"- task: {src.task}"]
+    lines += [f"- {n}" for n in result.validation_notes]
+    ok0 = next((o for o in result.outcomes if o.status == "ok"), None)
+    if ok0:
+        lines.append(f"- measured on `{ok0.measurements.host}` with "
+                     f"{ok0.measurements.intra_op_threads} intra-op thread(s), as serving runs it")
+    lines.append(f"- fidelity budget: {opts.budget.describe(src.task, opts.labels is not None)}")
+    lines.append("")
+    if result.chosen:
+        c = result.outcome(result.chosen)
+        ref = next((o for o in result.outcomes if o.name == "torch-fp32" and o.status == "ok"),
+                   None)
+        speedup = (f", {c.throughput / ref.throughput:.2f}x torch-fp32" if ref and ref.throughput
+                   else "")
+        lines += [f"**Chosen: `{c.name}`** — {c.throughput:.1f} rows/s at its best batch size"
+                  f"{speedup}; {_fid_cell(c.measurements.fidelity)}.", ""]
+        b = c.batching
+        lines += ["## Recommended batching", "",
+                  f"- max batch size **{b.max_batch_size}**, max delay **{b.max_delay_ms} ms** "
+                  f"for a p99 target of {b.p99_target_ms:.0f} ms",
+                  f"- why: {b.reason}", "- written into the manifest as serving's default", ""]
+    else:
+        lines += ["**No variant is within the fidelity budget; nothing was chosen.**", ""]
+    lines += ["## Variants", ""]
+    head = ["variant", "status", "fidelity"] + [f"b{s} rows/s (p99 ms)" for s in sizes] + [
+        "size MB", "peak RSS MB", "load s"]
+    lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for o in result.outcomes:
+        if o.status != "ok":
+            lines.append(f"| {o.name} | {o.status} | {o.reason} |" + " |" * (len(head) - 3))
+            continue
+        m = o.measurements
+        by = {p.batch_size: p for p in m.latency}
+        cells = [f"{by[s].throughput:.1f} ({by[s].p99_ms:.1f})" if s in by else "" for s in sizes]
+        status = "chosen" if o.name == result.chosen else ("ok" if o.passed else "over budget")
+        lines.append("| " + " | ".join([o.name, status, _fid_cell(m.fidelity), *cells,
+                                        f"{m.size_bytes / 1e6:.1f}", f"{m.peak_rss_mb:.0f}",
+                                        f"{m.load_time_s:.2f}"]) + " |")
+    lines += ["", f"Pareto front (throughput vs fidelity): {', '.join(result.pareto) or 'none'}",
+              ""]
+    notes = [(o.name, n) for o in result.outcomes if o.build for n in o.build.notes]
+    if notes:
+        lines += ["## Build notes", ""] + [f"- `{v}`: {n}" for v, n in notes] + [""]
+    for chart in charts:
+        lines += [f"![{chart}]({chart})", ""]
+    path = out / "report.md"
+    path.write_text("\n".join(lines))
+    return path
+
+
+def append_published(report: Path, published: list[VersionRef]) -> None:
+    lines = ["## Published", ""] + [
+        f"- `{r.name}:{r.version}` ({r.manifest.variant}) at `{r.path}`" for r in published]
+    with open(report, "a") as f:
+        f.write("\n" + "\n".join(lines) + "\n")

@@ -1,0 +1,77 @@
+"""What the optimizer needs to know about a source model, whatever it was loaded from."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from serving.repository import Signature, Source, TextPreprocessing
+
+
+@dataclass
+class SourceModel:
+    """A model to optimize.
+
+    ``reference`` runs the original model on model-level inputs and is the ground truth every
+    variant is compared with. ``torch_module`` is set for torch sources (torch variants and ONNX
+    export need it); ``onnx_path`` for ONNX sources.
+    """
+
+    name: str
+    source: Source
+    task: str
+    model_signature: Signature
+    signature: Signature
+    preprocessing: TextPreprocessing | None = None
+    #: Files copied into every version (artifact path -> file), e.g. the tokenizer.
+    extra_files: dict[str, Path] = field(default_factory=dict)
+    torch_module: Any = None
+    onnx_path: Path | None = None
+    #: For transformer encoders: ONNX Runtime's fusion settings (model_type, num_heads, hidden).
+    transformer: dict[str, Any] | None = None
+    #: Default validation data when the user gives none (text models).
+    default_validation: Path | None = None
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def is_text(self) -> bool:
+        return self.preprocessing is not None
+
+    def reference(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Run the original model (torch eager, or ONNX Runtime without graph optimisation)."""
+        if self.torch_module is not None:
+            import torch
+
+            names = [i.name for i in self.model_signature.inputs]
+            with torch.inference_mode():
+                out = self.torch_module(*[torch.from_numpy(np.ascontiguousarray(inputs[n]))
+                                          for n in names])
+            if not isinstance(out, (tuple, list)):
+                out = [out]
+            return {o.name: t.detach().float().numpy()
+                    for o, t in zip(self.model_signature.outputs, out)}
+        return self._onnx_reference_session().run(inputs)
+
+    def _onnx_reference_session(self):
+        if getattr(self, "_ref_session", None) is None:
+            self._ref_session = _PlainOnnx(self.onnx_path, self.model_signature)
+        return self._ref_session
+
+
+class _PlainOnnx:
+    """The source ONNX file with every graph optimisation disabled: the reference."""
+
+    def __init__(self, path: Path, signature: Signature):
+        import onnxruntime as ort
+
+        so = ort.SessionOptions()
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        so.log_severity_level = 3
+        self.session = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+        self.outputs = [o.name for o in signature.outputs]
+
+    def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return dict(zip(self.outputs, self.session.run(self.outputs, inputs)))

@@ -1,0 +1,233 @@
+"""Validation data: what fidelity is measured on, calibration draws from and benchmarks reuse.
+
+Text models take a ``.txt`` file (one sentence per line) or ``.jsonl`` (objects with a ``text``
+field); tensor models take ``.npz`` (one array per input name) or ``.npy`` (single-input models).
+Rows are evaluated in batches of 32 split by token length, as serving forms them, because dynamic
+quantization's results depend on a row's batch-mates.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from serving.repository import DATATYPES
+from serving.runtimes import TextEncoder, length_groups
+
+from .errors import ValidationDataError
+from .sources import SourceModel
+
+EVAL_BATCH = 32
+
+
+@dataclass
+class ValidationSet:
+    """Model-level input batches plus the row indices each batch holds."""
+
+    batches: list[dict[str, np.ndarray]]
+    rows_of: list[np.ndarray]
+    rows: int
+    texts: list[str] | None = None
+    labels: np.ndarray | None = None
+    #: Row lengths (tokens) for text models; benchmarks draw realistic batches from these.
+    lengths: np.ndarray | None = None
+    #: Per-row model inputs for text models (ragged token ids); tensors for the rest.
+    token_rows: list[np.ndarray] | None = None
+    tensors: dict[str, np.ndarray] | None = None
+    encoder: TextEncoder | None = None
+    notes: list[str] = field(default_factory=list)
+
+    def gather(self, outputs: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+        """Reassemble per-batch outputs into arrays in the original row order."""
+        merged: dict[str, np.ndarray] = {}
+        for name in outputs[0]:
+            first = outputs[0][name]
+            full = np.empty((self.rows, *first.shape[1:]), dtype=first.dtype)
+            for rows, out in zip(self.rows_of, outputs):
+                full[rows] = out[name]
+            merged[name] = full
+        return merged
+
+    def subset(self, rows: np.ndarray) -> ValidationSet:
+        """A smaller set with only these rows (for quick sensitivity checks)."""
+        rows = np.sort(rows)
+        if self.token_rows is not None:
+            return _text_set([self.texts[i] for i in rows] if self.texts else None,
+                             [self.token_rows[i] for i in rows], self.encoder)
+        return _tensor_set({k: v[rows] for k, v in self.tensors.items()})
+
+    def bench_batch(self, batch_size: int, index: int) -> dict[str, np.ndarray]:
+        """A realistic batch: for text, ``batch_size`` rows of neighbouring lengths (as length
+        grouping forms them under load), a different window for each ``index``."""
+        if self.token_rows is not None:
+            order = np.argsort(self.lengths, kind="stable")
+            start = (index * 7919) % max(1, len(order))
+            picks = [order[(start + k) % len(order)] for k in range(batch_size)]
+            return self.encoder.pad([self.token_rows[i] for i in picks])
+        start = (index * batch_size) % self.rows
+        idx = (np.arange(batch_size) + start) % self.rows
+        return {k: v[idx] for k, v in self.tensors.items()}
+
+
+def _text_set(texts, token_rows, encoder) -> ValidationSet:
+    lengths = np.array([len(r) for r in token_rows])
+    batches, rows_of = [], []
+    for start in range(0, len(token_rows), EVAL_BATCH):
+        chunk = list(range(start, min(start + EVAL_BATCH, len(token_rows))))
+        for group in length_groups([lengths[i] for i in chunk]):
+            idx = np.array([chunk[g] for g in group])
+            batches.append(encoder.pad([token_rows[i] for i in idx]))
+            rows_of.append(idx)
+    return ValidationSet(batches=batches, rows_of=rows_of, rows=len(token_rows), texts=texts,
+                         lengths=lengths, token_rows=token_rows, encoder=encoder)
+
+
+def _tensor_set(tensors: dict[str, np.ndarray]) -> ValidationSet:
+    n = len(next(iter(tensors.values())))
+    batches, rows_of = [], []
+    for start in range(0, n, EVAL_BATCH):
+        idx = np.arange(start, min(start + EVAL_BATCH, n))
+        batches.append({k: v[idx] for k, v in tensors.items()})
+        rows_of.append(idx)
+    return ValidationSet(batches=batches, rows_of=rows_of, rows=n, tensors=tensors)
+
+
+def read_texts(path: Path) -> list[str]:
+    """Sentences from ``.txt`` (one per line) or ``.jsonl`` (``{"text": ...}`` per line)."""
+    try:
+        raw = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise ValidationDataError(f"{path} is not UTF-8 text; expected one sentence per line")
+    except OSError as e:
+        raise ValidationDataError(f"cannot read validation data {path}: {e.strerror or e}")
+    if path.suffix == ".jsonl":
+        texts = []
+        for n, line in enumerate(raw.splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ValidationDataError(f"{path}:{n}: invalid JSON ({e.msg})")
+            if not isinstance(obj, dict) or not isinstance(obj.get("text"), str):
+                raise ValidationDataError(
+                    f"{path}:{n}: expected an object with a string field \"text\""
+                )
+            texts.append(obj["text"])
+    else:
+        if "\x00" in raw:
+            raise ValidationDataError(f"{path} looks binary; expected one sentence per line")
+        texts = [line.strip() for line in raw.splitlines() if line.strip()]
+    if len(texts) < 2:
+        raise ValidationDataError(f"{path} holds {len(texts)} sentences; expected at least 2")
+    return texts
+
+
+def read_tensors(path: Path, source: SourceModel) -> dict[str, np.ndarray]:
+    """Input arrays from ``.npz`` (named by input) or ``.npy`` (single input), checked against
+    the model signature."""
+    specs = source.model_signature.inputs
+    try:
+        if path.suffix == ".npz":
+            with np.load(path, allow_pickle=False) as z:
+                arrays = {k: z[k] for k in z.files}
+        elif path.suffix == ".npy":
+            if len(specs) != 1:
+                raise ValidationDataError(
+                    f"{path}: a .npy file holds one array, but the model has {len(specs)} inputs "
+                    f"({', '.join(s.name for s in specs)}); use .npz with one array per input"
+                )
+            arrays = {specs[0].name: np.load(path, allow_pickle=False)}
+        else:
+            raise ValidationDataError(
+                f"{path}: tensor models take .npz (one array per input name) or .npy"
+            )
+    except ValidationDataError:
+        raise
+    except Exception as e:
+        raise ValidationDataError(f"cannot read {path} as numpy data: {e}")
+    missing = [s.name for s in specs if s.name not in arrays]
+    if missing:
+        raise ValidationDataError(
+            f"{path} lacks input(s) {', '.join(missing)}; it holds {', '.join(arrays) or 'nothing'}"
+        )
+    out, rows = {}, None
+    for s in specs:
+        a = arrays[s.name]
+        if a.ndim != len(s.shape) or any(d not in (-1, n) for d, n in zip(s.shape[1:], a.shape[1:])):
+            raise ValidationDataError(
+                f"{path}: input {s.name!r} has shape {list(a.shape)}, expected {s.shape} "
+                "(-1 = any size)"
+            )
+        want = np.dtype(DATATYPES[s.datatype])
+        if a.dtype.kind != want.kind and not (a.dtype.kind in "iu" and want.kind in "iu"):
+            raise ValidationDataError(
+                f"{path}: input {s.name!r} has dtype {a.dtype}, expected {want} ({s.datatype})"
+            )
+        if rows is not None and len(a) != rows:
+            raise ValidationDataError(f"{path}: inputs have different row counts")
+        rows = len(a)
+        out[s.name] = a.astype(want)
+    if not rows:
+        raise ValidationDataError(f"{path} has no rows")
+    return out
+
+
+def read_labels(path: Path, rows: int) -> np.ndarray:
+    """Integer class labels, one per validation row (``.txt``/``.csv`` lines or ``.npy``)."""
+    try:
+        if path.suffix == ".npy":
+            labels = np.load(path, allow_pickle=False)
+        else:
+            labels = np.array([int(x.strip().split(",")[0]) for x in
+                               path.read_text().splitlines() if x.strip()])
+    except (OSError, ValueError) as e:
+        raise ValidationDataError(
+            f"cannot read labels {path}: {e}; expected one integer class per line"
+        )
+    if labels.ndim != 1 or labels.dtype.kind not in "iu":
+        raise ValidationDataError(f"{path}: labels must be a 1-D list of integer classes")
+    if len(labels) != rows:
+        raise ValidationDataError(
+            f"{path} has {len(labels)} labels for {rows} validation rows; expected one per row"
+        )
+    return labels.astype(np.int64)
+
+
+def load_validation(source: SourceModel, path: str | None, labels: str | None,
+                    random_rows: int = 256) -> ValidationSet:
+    """The validation set for a source: the user's file, the built-in default, or random rows."""
+    notes = []
+    if source.is_text:
+        vpath = Path(path) if path else source.default_validation
+        if vpath is None:
+            raise ValidationDataError("a text model needs --validation-data (one text per line)")
+        if path and not vpath.is_file():
+            raise ValidationDataError(f"validation data {path} does not exist")
+        texts = read_texts(vpath)
+        encoder = TextEncoder(source.extra_files[source.preprocessing.tokenizer_file],
+                              source.preprocessing)
+        vset = _text_set(texts, encoder.encode(texts), encoder)
+        notes.append(f"validation: {len(texts)} texts from {vpath.name}")
+    else:
+        if path:
+            vpath = Path(path)
+            if not vpath.is_file():
+                raise ValidationDataError(f"validation data {path} does not exist")
+            tensors = read_tensors(vpath, source)
+            notes.append(f"validation: {len(next(iter(tensors.values())))} rows from {vpath.name}")
+        else:
+            from .sources.torch_factory import example_inputs
+
+            tensors = example_inputs(source.model_signature.inputs, random_rows, seed=1234)
+            notes.append(f"validation: {random_rows} random rows (no --validation-data given)")
+        vset = _tensor_set(tensors)
+    if labels:
+        if source.task != "classification":
+            raise ValidationDataError("--labels needs a classifier (--task classification)")
+        vset.labels = read_labels(Path(labels), vset.rows)
+    vset.notes = notes
+    return vset

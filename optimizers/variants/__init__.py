@@ -1,0 +1,28 @@
+"""The variants the optimizer can build, in the order it builds them."""
+
+from __future__ import annotations
+
+from .base import BuildContext, Variant, VariantBuild, VariantSkipped
+from .gpu import build_onnx_fp16_cuda, build_tensorrt_fp16, probe_provider
+from .onnx_variants import (
+    QuantizationFailed,
+    build_onnx_fp32,
+    build_onnx_int8_dynamic,
+    build_onnx_int8_static,
+)
+from .torch_variants import build_torch_fp32, build_torch_int8_dynamic
+
+VARIANTS: dict[str, Variant] = {v.name: v for v in [
+    Variant("torch-fp32", "the source in torch, fp32 (reference)", build_torch_fp32),
+    Variant("torch-int8-dynamic", "torch, INT8 linear layers (dynamic)", build_torch_int8_dynamic),
+    Variant("onnx-fp32", "ONNX Runtime, fp32, graph-optimised", build_onnx_fp32),
+    Variant("onnx-int8-dynamic", "ONNX Runtime, INT8 dynamic (QInt8 per channel)",
+            build_onnx_int8_dynamic),
+    Variant("onnx-int8-static", "ONNX Runtime, INT8 static (calibrated QDQ)",
+            build_onnx_int8_static),
+    Variant("onnx-fp16-cuda", "ONNX Runtime CUDA, fp16", build_onnx_fp16_cuda, device="cuda"),
+    Variant("tensorrt-fp16", "ONNX Runtime TensorRT, fp16", build_tensorrt_fp16, device="cuda"),
+]}
+
+__all__ = ["VARIANTS", "BuildContext", "Variant", "VariantBuild", "VariantSkipped",
+           "QuantizationFailed", "probe_provider"]

@@ -1,0 +1,95 @@
+"""Shared types of the variant builders."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from serving.repository import Fidelity
+
+from ..fidelity import FidelityBudget, compare, row_scores
+from ..sources import SourceModel
+from ..validation import ValidationSet
+
+
+class VariantSkipped(Exception):
+    """The variant does not apply here (no torch module, no CUDA device, ...): the reason."""
+
+
+@dataclass
+class VariantBuild:
+    """A built variant: its model file in the build directory and how to run it."""
+
+    variant: str
+    runtime: str
+    model_file: Path
+    device: str = "cpu"
+    providers: list[str] = field(default_factory=lambda: ["CPUExecutionProvider"])
+    notes: list[str] = field(default_factory=list)
+    build_time_s: float = 0.0
+
+
+@dataclass
+class BuildContext:
+    """What builders share: the source, validation data, its reference outputs, a scratch dir."""
+
+    source: SourceModel
+    validation: ValidationSet
+    reference: dict[str, np.ndarray]
+    budget: FidelityBudget
+    workdir: Path
+    threads: int
+    status: Callable[[str], None] = lambda _msg: None
+    #: Intermediate files by key ("onnx-export", "onnx-fp32", ...), built once, reused.
+    cache: dict[str, Path] = field(default_factory=dict)
+    tune_seconds: float = 300.0
+
+    def scratch(self, name: str) -> Path:
+        d = self.workdir / name
+        d.mkdir(parents=True, exist_ok=True)
+        return d
+
+    def evaluate_onnx(self, path: Path, rows: np.ndarray | None = None
+                      ) -> tuple[Fidelity, np.ndarray]:
+        """Fidelity of an ONNX file on CPU (all rows, or a subset) plus per-row scores."""
+        import onnxruntime as ort
+
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = self.threads
+        so.log_severity_level = 3
+        session = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+        vset = self.validation if rows is None else self.validation.subset(rows)
+        names = [o.name for o in self.source.model_signature.outputs]
+        outs = [dict(zip(names, session.run(names, b))) for b in vset.batches]
+        cand = vset.gather(outs)
+        ref = self.reference if rows is None else {k: v[np.sort(rows)]
+                                                   for k, v in self.reference.items()}
+        labels = self.validation.labels if rows is None else None
+        fid = compare(self.source.task, ref, cand, self.budget, labels)
+        return fid, row_scores(self.source.task, ref, cand)
+
+
+@dataclass(frozen=True)
+class Variant:
+    """A named way of building an optimized model."""
+
+    name: str
+    description: str
+    build: Callable[[BuildContext], VariantBuild]
+    device: str = "cpu"
+
+
+def timed(fn: Callable[[BuildContext], VariantBuild]) -> Callable[[BuildContext], VariantBuild]:
+    def wrapper(ctx: BuildContext) -> VariantBuild:
+        t0 = time.perf_counter()
+        build = fn(ctx)
+        build.build_time_s = time.perf_counter() - t0
+        return build
+
+    wrapper.__name__ = fn.__name__
+    wrapper.__doc__ = fn.__doc__
+    return wrapper

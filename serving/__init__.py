@@ -1,0 +1,1 @@
+"""optiserve serving: the model repository, runtimes and the Ray Serve application."""

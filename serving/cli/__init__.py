@@ -1,0 +1,1 @@
+"""The ``optiserve`` command line."""

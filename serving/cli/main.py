@@ -1,0 +1,25 @@
+"""The ``optiserve`` command: optimize, repo, serve, bench, rollout."""
+
+from __future__ import annotations
+
+import typer
+
+from . import repo
+from .optimize import optimize_command
+
+app = typer.Typer(
+    name="optiserve",
+    help="Make models fast, then serve them: optimize, verify, publish, serve, roll out.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+app.command("optimize")(optimize_command)
+app.add_typer(repo.app, name="repo")
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

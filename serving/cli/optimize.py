@@ -1,0 +1,115 @@
+"""``optiserve optimize``: build, verify, benchmark, choose and publish optimized variants."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import typer
+from rich.table import Table
+
+from .common import RepositoryOption, console, fail, progress_bars
+
+
+def _csv_ints(text: str, option: str) -> list[int]:
+    try:
+        values = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        fail(f"{option} must be comma-separated integers, e.g. 1,8,32 (got {text!r})")
+    if not values or any(v < 1 for v in values):
+        fail(f"{option} must be positive integers, e.g. 1,8,32 (got {text!r})")
+    return values
+
+
+def optimize_command(
+    source: str = typer.Argument(
+        ..., help="'minilm' (built-in), a path to an .onnx file, or a torch factory "
+                  "'package.module:function'."),
+    name: Optional[str] = typer.Option(None, "--name", help="Model name in the repository."),
+    variants: Optional[str] = typer.Option(
+        None, "--variants", help="Comma-separated variants to build [default: all]."),
+    validation_data: Optional[str] = typer.Option(
+        None, "--validation-data",
+        help="Text: .txt (one per line) or .jsonl; tensors: .npz (one array per input) or .npy."),
+    labels: Optional[str] = typer.Option(
+        None, "--labels", help="Class labels, one per validation row (classifiers): F1/ROC AUC."),
+    max_cosine_drop: float = typer.Option(
+        0.02, "--max-cosine-drop", help="Embeddings/generic: pass if cosine min >= 1 - this."),
+    min_agreement: float = typer.Option(
+        0.99, "--min-agreement", help="Classifiers: pass if top-1 agreement >= this."),
+    max_f1_drop: float = typer.Option(0.01, "--max-f1-drop", help="With labels: allowed F1 drop."),
+    publish: str = typer.Option("best", "--publish", help="best | all | none."),
+    report: Optional[str] = typer.Option(None, "--report", help="Write the report into this dir."),
+    batch_sizes: str = typer.Option("1,8,32", "--batch-sizes", help="Batch sizes to benchmark."),
+    p99_target_ms: float = typer.Option(
+        100.0, "--p99-target-ms", help="Latency objective for the batching recommendation."),
+    threads: Optional[int] = typer.Option(
+        None, "--threads", help="Intra-op threads [default: CPUs available, as serving uses]."),
+    task: Optional[str] = typer.Option(
+        None, "--task", help="embedding | classification | generic (ONNX/torch sources)."),
+    inputs: Optional[list[str]] = typer.Option(
+        None, "--input", help="Torch factories: NAME:DATATYPE:SHAPE, e.g. x:FP32:-1,16."),
+    outputs: Optional[list[str]] = typer.Option(None, "--output", help="Output names (torch)."),
+    min_time: float = typer.Option(1.0, "--min-time", help="Seconds to benchmark each size."),
+    tune_seconds: float = typer.Option(
+        300.0, "--tune-seconds", help="Time allowed for keeping INT8-sensitive nodes in fp32."),
+    repository: Optional[str] = RepositoryOption,
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
+) -> None:
+    """Build optimized variants of a model, verify and benchmark them, publish the best."""
+    from optimizers import FidelityBudget, OptimizeError, OptimizeOptions, optimize
+    from serving.repository import RepositoryError
+
+    if publish not in ("best", "all", "none"):
+        fail(f"--publish must be best, all or none (got {publish!r})")
+    if task not in (None, "embedding", "classification", "generic"):
+        fail(f"--task must be embedding, classification or generic (got {task!r})")
+    if not 0 <= max_cosine_drop < 1:
+        fail(f"--max-cosine-drop must be in [0, 1) (got {max_cosine_drop})")
+    if not 0 < min_agreement <= 1:
+        fail(f"--min-agreement must be in (0, 1] (got {min_agreement})")
+    opts = OptimizeOptions(
+        source=source, name=name,
+        variants=[v.strip() for v in variants.split(",") if v.strip()] if variants else None,
+        validation_data=validation_data, labels=labels,
+        budget=FidelityBudget(min_cosine=1.0 - max_cosine_drop, min_top1=min_agreement,
+                              max_f1_drop=max_f1_drop),
+        publish=publish, report_dir=report,
+        batch_sizes=_csv_ints(batch_sizes, "--batch-sizes"), p99_target_ms=p99_target_ms,
+        threads=threads, task=task, inputs=list(inputs or []), outputs=list(outputs or []) or None,
+        repository=repository, min_time_s=min_time, tune_seconds=tune_seconds,
+    )
+    try:
+        with progress_bars(not quiet) as progress:
+            result = optimize(opts, progress)
+    except (OptimizeError, RepositoryError) as e:
+        fail(str(e))
+    print_result(result)
+    if result.chosen is None:
+        fail("no variant is within the fidelity budget; nothing published", code=2)
+
+
+def print_result(result) -> None:
+    from optimizers.selection import best_throughput
+
+    table = Table(title=f"{result.source.name}: variants")
+    for col in ("variant", "status", "fidelity", "best rows/s", "p99 ms @ batch", "notes"):
+        table.add_column(col)
+    for o in result.outcomes:
+        if o.status != "ok":
+            table.add_row(o.name, f"[yellow]{o.status}[/]", "", "", "", o.reason or "")
+            continue
+        m = o.measurements
+        f = m.fidelity
+        fid = (f"cos min {f.cosine_min:.4f}" if f.cosine_min is not None
+               else f"top-1 {f.top1_agreement:.4f}")
+        best = max(m.latency, key=lambda p: p.throughput)
+        status = ("[bold green]chosen[/]" if o.name == result.chosen
+                  else ("ok" if f.passed else "[red]over budget[/]"))
+        table.add_row(o.name, status, fid, f"{best_throughput(m.latency):.1f}",
+                      f"{best.p99_ms:.1f} @ {best.batch_size}", "; ".join(o.build.notes)[:80])
+    console.print(table)
+    for ref in result.published:
+        console.print(f"published [bold]{ref.name}:{ref.version}[/] ({ref.manifest.variant}) "
+                      f"-> {ref.path}")
+    if result.report:
+        console.print(f"report: {result.report}")

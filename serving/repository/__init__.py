@@ -1,0 +1,33 @@
+"""The model repository: the contract between ``optimizers`` (writes) and ``serving`` (reads)."""
+
+from .schema import (
+    DATATYPES,
+    Artifact,
+    BatchingPolicy,
+    Fidelity,
+    LatencyPoint,
+    Manifest,
+    Measurements,
+    Signature,
+    Source,
+    TensorSpec,
+    TextPreprocessing,
+)
+from .store import (
+    IntegrityError,
+    ManifestError,
+    ModelNotFoundError,
+    ModelRepository,
+    RepositoryError,
+    VersionRef,
+    parse_ref,
+    resolve_root,
+    sha256_file,
+)
+
+__all__ = [
+    "DATATYPES", "Artifact", "BatchingPolicy", "Fidelity", "LatencyPoint", "Manifest",
+    "Measurements", "Signature", "Source", "TensorSpec", "TextPreprocessing", "IntegrityError",
+    "ManifestError", "ModelNotFoundError", "ModelRepository", "RepositoryError", "VersionRef",
+    "parse_ref", "resolve_root", "sha256_file",
+]

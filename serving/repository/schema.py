@@ -1,0 +1,226 @@
+"""The manifest of a published model version: the one contract between the optimizer and serving.
+
+Every version directory in a model repository holds a ``manifest.json`` that validates against
+:class:`Manifest`. The schema is versioned (``schema_version``); readers refuse versions they do not
+know instead of guessing.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime, timezone
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, field_validator, model_validator
+
+SCHEMA_VERSION = 1
+
+#: Open Inference Protocol tensor datatypes and the numpy dtype each maps to.
+DATATYPES: dict[str, str] = {
+    "BOOL": "bool",
+    "UINT8": "uint8",
+    "UINT16": "uint16",
+    "UINT32": "uint32",
+    "UINT64": "uint64",
+    "INT8": "int8",
+    "INT16": "int16",
+    "INT32": "int32",
+    "INT64": "int64",
+    "FP16": "float16",
+    "FP32": "float32",
+    "FP64": "float64",
+    "BYTES": "object",
+}
+
+Datatype = Literal[
+    "BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64",
+    "FP16", "FP32", "FP64", "BYTES",
+]
+Task = Literal["embedding", "classification", "generic"]
+Runtime = Literal["onnxruntime", "torch"]
+Device = Literal["cpu", "cuda"]
+
+_NAME_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}$")
+
+
+def check_model_name(name: str) -> str:
+    """Validate a model name (used as a directory name and a URL path segment)."""
+    if not _NAME_RE.match(name):
+        raise ValueError(
+            f"model name {name!r} is invalid: expected 1-63 characters of letters, digits, "
+            "'_', '.', '-', starting with a letter or digit"
+        )
+    return name
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class TensorSpec(_Strict):
+    """One named tensor of a signature."""
+
+    name: str = Field(description="Tensor name as clients send it (OIP input/output name).")
+    datatype: Datatype = Field(description="Open Inference Protocol datatype.")
+    shape: list[int] = Field(
+        description="Shape; -1 marks a dynamic dimension. The first dimension is the batch."
+    )
+
+    @field_validator("shape")
+    @classmethod
+    def _shape(cls, v: list[int]) -> list[int]:
+        if not v:
+            raise ValueError("shape must have at least the batch dimension")
+        if any(d < -1 or d == 0 for d in v):
+            raise ValueError(f"shape {v} has an invalid dimension: expected -1 or a positive size")
+        return v
+
+
+class Signature(_Strict):
+    """Inputs and outputs of a model."""
+
+    inputs: list[TensorSpec] = Field(min_length=1, description="Input tensors, in model order.")
+    outputs: list[TensorSpec] = Field(min_length=1, description="Output tensors, in model order.")
+
+    def input(self, name: str) -> TensorSpec | None:
+        return next((t for t in self.inputs if t.name == name), None)
+
+
+class TextPreprocessing(_Strict):
+    """How a text model turns strings into tensors; done by serving, inside the replica."""
+
+    kind: Literal["text"] = "text"
+    tokenizer_file: str = Field(description="Artifact path of a HuggingFace tokenizers JSON file.")
+    max_length: PositiveInt = Field(description="Truncation length in tokens.")
+    text_input: str = Field("text", description="Name of the BYTES input clients send.")
+    ids_input: str = Field("input_ids", description="Model input receiving token ids.")
+    mask_input: str | None = Field("attention_mask", description="Model input receiving the mask.")
+    type_ids_input: str | None = Field(None, description="Model input receiving token type ids.")
+
+
+class Artifact(_Strict):
+    """A file of the version, with its content hash."""
+
+    path: str = Field(description="Path relative to the version directory.")
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$", description="Hex sha256 of the file's bytes.")
+    size_bytes: int = Field(ge=0, description="File size in bytes.")
+
+    @field_validator("path")
+    @classmethod
+    def _relative(cls, v: str) -> str:
+        parts = v.split("/")
+        if v.startswith("/") or ".." in parts or not v or v == "manifest.json":
+            raise ValueError(f"artifact path {v!r} must be relative, inside the version directory")
+        return v
+
+
+class Fidelity(_Strict):
+    """Agreement of a variant with the reference, on the validation data."""
+
+    samples: int = Field(ge=0, description="Validation rows compared.")
+    cosine_mean: float | None = Field(None, description="Mean cosine similarity (embeddings).")
+    cosine_min: float | None = Field(None, description="Minimum cosine similarity (embeddings).")
+    neighbour_agreement: float | None = Field(
+        None, description="Mean overlap of top-k nearest neighbours with the reference's."
+    )
+    top1_agreement: float | None = Field(None, description="Share of equal top-1 (classifiers).")
+    max_prob_diff: float | None = Field(None, description="Largest probability difference.")
+    max_abs_diff: float | None = Field(None, description="Largest absolute output difference.")
+    f1: float | None = Field(None, description="Macro F1 against labels, when labels were given.")
+    roc_auc: float | None = Field(None, description="ROC AUC against labels, when given.")
+    reference_f1: float | None = Field(None, description="The reference's F1 on the same labels.")
+    reference_roc_auc: float | None = Field(None, description="The reference's ROC AUC.")
+    passed: bool = Field(description="Whether the variant is within the fidelity budget.")
+    budget: str = Field(description="The budget it was judged against, in words.")
+
+
+class LatencyPoint(_Strict):
+    """Measured latency and throughput at one batch size."""
+
+    batch_size: PositiveInt
+    seq_len: int | None = Field(None, description="Tokens per row, for text models.")
+    p50_ms: float
+    p95_ms: float
+    p99_ms: float
+    throughput: float = Field(description="Rows per second.")
+    iterations: int
+
+
+class Measurements(_Strict):
+    """Everything the optimizer measured for this variant."""
+
+    fidelity: Fidelity
+    latency: list[LatencyPoint] = Field(default_factory=list)
+    peak_rss_mb: float | None = Field(None, description="Peak resident memory while benchmarked.")
+    load_time_s: float | None = Field(None, description="Time to load the artifact.")
+    size_bytes: int = Field(ge=0, description="Total artifact size.")
+    intra_op_threads: int | None = Field(None, description="Threads used while benchmarking.")
+    host: str | None = Field(None, description="Machine the numbers come from.")
+
+
+class BatchingPolicy(_Strict):
+    """Dynamic batching settings; serving uses these as its defaults."""
+
+    max_batch_size: PositiveInt = Field(description="Most rows in one model call.")
+    max_delay_ms: float = Field(ge=0, le=10_000, description="Longest a row waits for batch-mates.")
+    p99_target_ms: float | None = Field(None, description="Latency objective it was chosen for.")
+    reason: str | None = Field(None, description="How it was derived.")
+
+
+class Source(_Strict):
+    """What the version was built from."""
+
+    kind: Literal["builtin", "onnx", "torch-factory"]
+    ref: str = Field(description="Built-in name, file path or 'package.module:function'.")
+    sha256: str | None = Field(None, description="Hash of the source file, when there is one.")
+
+
+class Manifest(_Strict):
+    """A published, immutable model version."""
+
+    schema_version: Literal[1] = Field(SCHEMA_VERSION, description="Manifest schema version.")
+    name: str = Field(description="Model name.")
+    version: PositiveInt = Field(description="Version number; grows with each publish.")
+    variant: str = Field(description="Optimized variant, e.g. 'onnx-int8-dynamic'.")
+    task: Task = Field(description="What the outputs mean; decides fidelity and shadow comparison.")
+    runtime: Runtime = Field(description="Runtime that loads the model file.")
+    model_file: str = Field(description="Artifact path of the model file the runtime loads.")
+    device: Device = Field("cpu", description="Device the variant was built for.")
+    execution_providers: list[str] = Field(
+        default_factory=lambda: ["CPUExecutionProvider"],
+        description="ONNX Runtime providers, in priority order (onnxruntime only).",
+    )
+    model_signature: Signature = Field(description="Tensors the model file takes and returns.")
+    signature: Signature = Field(description="Tensors clients send and receive.")
+    preprocessing: TextPreprocessing | None = Field(None, description="Text preprocessing.")
+    artifacts: list[Artifact] = Field(min_length=1, description="Every file, with its sha256.")
+    measurements: Measurements
+    batching: BatchingPolicy
+    source: Source
+    created_at: datetime = Field(default_factory=lambda: datetime.now(timezone.utc))
+    optiserve_version: str = Field(description="Version of optiserve that built it.")
+    notes: list[str] = Field(default_factory=list, description="Build notes (exclusions, ...).")
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        return check_model_name(v)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Manifest:
+        paths = [a.path for a in self.artifacts]
+        if len(set(paths)) != len(paths):
+            raise ValueError("artifacts list a path twice")
+        if self.model_file not in paths:
+            raise ValueError(f"model_file {self.model_file!r} is not among the artifacts")
+        if self.preprocessing is not None and self.preprocessing.tokenizer_file not in paths:
+            raise ValueError(
+                f"tokenizer_file {self.preprocessing.tokenizer_file!r} is not among the artifacts"
+            )
+        return self
+
+    def artifact(self, path: str) -> Artifact:
+        for a in self.artifacts:
+            if a.path == path:
+                return a
+        raise KeyError(path)

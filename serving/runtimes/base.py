@@ -1,0 +1,56 @@
+"""What every runtime offers: run model-level tensors, report its providers and load time."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+
+from ..repository import DATATYPES, Manifest
+
+
+class RuntimeLoadError(RuntimeError):
+    """A model version cannot be loaded as its manifest asks (missing provider, bad file, ...)."""
+
+
+def available_cpus() -> int:
+    """CPUs this process may run on (cgroup/affinity aware where the OS says so)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+@dataclass(frozen=True)
+class RuntimeOptions:
+    """Thread settings; the optimizer benchmarks with the same ones serving uses."""
+
+    intra_op_threads: int | None = None
+    inter_op_threads: int | None = 1
+    #: Where TensorRT keeps built engines (the version directory itself stays immutable).
+    cache_dir: str | None = None
+
+    def threads(self) -> int:
+        return self.intra_op_threads or available_cpus()
+
+
+class ModelRuntime(Protocol):
+    manifest: Manifest
+    providers: list[str]
+    load_time_s: float
+
+    def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Run one batch of model-level input tensors; return output tensors by name."""
+        ...
+
+
+def cast_inputs(manifest: Manifest, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Cast inputs to the model signature's dtypes (clients may send INT32 ids, ...)."""
+    out = {}
+    for spec in manifest.model_signature.inputs:
+        if spec.name not in inputs:
+            raise ValueError(f"model input {spec.name!r} is missing")
+        out[spec.name] = np.ascontiguousarray(inputs[spec.name], dtype=DATATYPES[spec.datatype])
+    return out

@@ -1,0 +1,77 @@
+"""Text preprocessing done inside serving: tokenize, group rows by length, pad each group."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from ..repository import TextPreprocessing
+
+#: What one extra model call costs, in padded-token units; tunes how eagerly groups split.
+#: On CPU a MiniLM INT8 call costs ~0.1 ms beyond its tokens (~0.04 ms per token at 128 tokens),
+#: so splitting is cheap; on a GPU a call costs far more and fewer, fuller groups win.
+CALL_OVERHEAD_TOKENS = 32
+
+
+class TextEncoder:
+    """A HuggingFace ``tokenizers`` tokenizer configured as the model was built."""
+
+    def __init__(self, tokenizer_file: Path, pre: TextPreprocessing):
+        from tokenizers import Tokenizer
+
+        self.pre = pre
+        self.tokenizer = Tokenizer.from_file(str(tokenizer_file))
+        # The shipped tokenizer.json may fix padding to a length; pad per group ourselves.
+        self.tokenizer.no_padding()
+        self.tokenizer.enable_truncation(pre.max_length)
+        pad = self.tokenizer.token_to_id("[PAD]")
+        self.pad_id = 0 if pad is None else pad
+
+    def encode(self, texts: Sequence[str]) -> list[np.ndarray]:
+        """Token ids per text (int64), truncated to ``max_length``."""
+        return [np.asarray(e.ids, dtype=np.int64) for e in self.tokenizer.encode_batch(list(texts))]
+
+    def pad(self, rows: Sequence[np.ndarray]) -> dict[str, np.ndarray]:
+        """Model inputs for rows, padded to the longest row among them."""
+        width = max(len(r) for r in rows)
+        ids = np.full((len(rows), width), self.pad_id, dtype=np.int64)
+        mask = np.zeros((len(rows), width), dtype=np.int64)
+        for i, r in enumerate(rows):
+            ids[i, : len(r)] = r
+            mask[i, : len(r)] = 1
+        feeds = {self.pre.ids_input: ids}
+        if self.pre.mask_input:
+            feeds[self.pre.mask_input] = mask
+        if self.pre.type_ids_input:
+            feeds[self.pre.type_ids_input] = np.zeros_like(ids)
+        return feeds
+
+
+def length_groups(lengths: Sequence[int], overhead: int = CALL_OVERHEAD_TOKENS) -> list[list[int]]:
+    """Split row indices into groups of similar length, minimising padded work.
+
+    Rows are sorted by length and cut into contiguous runs; the cost of a run is
+    ``rows * longest + overhead`` (padded tokens plus a per-call cost), minimised exactly by
+    dynamic programming (n is a batch, so O(n^2) is small).
+    """
+    n = len(lengths)
+    if n <= 1:
+        return [list(range(n))]
+    order = sorted(range(n), key=lambda i: lengths[i])
+    srt = [lengths[i] for i in order]
+    best = [0.0] + [float("inf")] * n
+    cut = [0] * (n + 1)
+    for j in range(1, n + 1):
+        longest = srt[j - 1]
+        for i in range(j):
+            cost = best[i] + (j - i) * longest + overhead
+            if cost < best[j]:
+                best[j], cut[j] = cost, i
+    groups, j = [], n
+    while j > 0:
+        i = cut[j]
+        groups.append([order[k] for k in range(i, j)])
+        j = i
+    return groups[::-1]
