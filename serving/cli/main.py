@@ -6,6 +6,7 @@ import typer
 
 from . import repo
 from .optimize import optimize_command
+from .serve import serve_command
 
 app = typer.Typer(
     name="optiserve",
@@ -15,6 +16,7 @@ app = typer.Typer(
 )
 app.command("optimize")(optimize_command)
 app.add_typer(repo.app, name="repo")
+app.command("serve")(serve_command)
 
 
 def main() -> None:

@@ -1,0 +1,218 @@
+"""Ray Serve deployments and application builders (``import_path`` targets of the serve config)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+from ray import serve
+from starlette.requests import Request
+from starlette.responses import Response
+
+from . import metrics as M
+from .config import GatewayArgs, VersionArgs, VersionConfig, version_app_name
+from .gateway import Gateway, error_outcome
+from .protocol import InferenceError, ModelUnavailable, PayloadTooLarge
+
+log = logging.getLogger("optiserve")
+_JSON = "application/json"
+
+
+def _json_response(doc, status: int = 200, headers: dict | None = None) -> Response:
+    import orjson
+
+    return Response(orjson.dumps(doc), status_code=status, media_type=_JSON, headers=headers)
+
+
+def _error(status: int, message: str, headers: dict | None = None) -> Response:
+    return _json_response({"error": message}, status, headers)
+
+
+def _unwrap(e: BaseException) -> BaseException:
+    """The user-level exception inside Ray's wrappers (RayTaskError carries it as ``cause``)."""
+    cause = getattr(e, "cause", None)
+    return cause if isinstance(cause, BaseException) else e
+
+
+@serve.deployment(name="gateway")
+class GatewayDeployment:
+    """The HTTP ingress: Open Inference Protocol v2 over REST."""
+
+    def __init__(self, repository: str):
+        self.recorder = M.Recorder()
+        self.gateway = Gateway(repository, self._backend, self.recorder, self._ready_probe)
+        self._handles = {}
+
+    def reconfigure(self, user_config: dict) -> None:
+        self.gateway.reconfigure(user_config)
+
+    def _handle(self, model: str, version: int):
+        key = (model, version)
+        h = self._handles.get(key)
+        if h is None:
+            name = version_app_name(model, version)
+            h = serve.get_deployment_handle(name, app_name=name)
+            self._handles[key] = h
+        return h
+
+    def _backend(self, model: str, version: int):
+        async def run(groups):
+            try:
+                return await self._handle(model, version).infer.remote(groups)
+            except InferenceError:
+                raise
+            except Exception as e:
+                inner = _unwrap(e)
+                if isinstance(inner, InferenceError):
+                    raise inner from None
+                kind = type(inner).__name__
+                if kind in ("RayActorError", "ActorDiedError", "ActorUnavailableError",
+                            "DeploymentUnavailableError", "BackPressureError"):
+                    raise ModelUnavailable(f"{model}:{version} is unavailable ({kind}); "
+                                           "retry later") from None
+                raise
+        return run
+
+    async def _ready_probe(self, model: str, version: int) -> bool:
+        return bool(await self._handle(model, version).ready.remote())
+
+    async def __call__(self, request: Request) -> Response:
+        parts = [p for p in request.url.path.split("/") if p]
+        method = request.method
+        if not parts or parts[0] != "v2":
+            return _error(404, f"unknown endpoint {request.url.path}; the API is under /v2")
+        rest = parts[1:]
+        try:
+            if not rest:
+                return _json_response(self.gateway.server_metadata())
+            if rest[0] == "health" and len(rest) == 2 and rest[1] in ("live", "ready"):
+                ok = True if rest[1] == "live" else await self.gateway.server_ready()
+                return Response(status_code=200 if ok else 503)
+            if rest == ["repository", "index"] and method == "POST":
+                return _json_response(await self.gateway.repository_index())
+            if rest[0] == "models" and len(rest) >= 2:
+                return await self._model_endpoint(request, rest[1], rest[2:])
+        except InferenceError as e:
+            return _error(e.status, str(e), e.headers())
+        return _error(404, f"unknown endpoint {method} {request.url.path}")
+
+    async def _model_endpoint(self, request: Request, model: str, tail: list[str]) -> Response:
+        version = None
+        if len(tail) >= 2 and tail[0] == "versions":
+            version, tail = tail[1], tail[2:]
+        action = tail[0] if tail else ""
+        if len(tail) > 1 or action not in ("", "ready", "config", "infer"):
+            return _error(404, f"unknown endpoint {request.method} {request.url.path}")
+        if action == "infer":
+            if request.method != "POST":
+                return _error(405, "infer takes POST")
+            return await self._infer(request, model, version)
+        if request.method != "GET":
+            return _error(405, f"{action or 'metadata'} takes GET")
+        if action == "ready":
+            vs = self.gateway.version(model, version)
+            ok = await self.gateway.version_ready(vs)
+            return Response(status_code=200 if ok else 503)
+        if action == "config":
+            return _json_response(self.gateway.model_config(model, version))
+        return _json_response(self.gateway.model_metadata(model, version))
+
+    async def _read_body(self, request: Request) -> bytes:
+        limit = self.gateway.config.max_body_bytes
+        declared = request.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            raise PayloadTooLarge(f"request body of {declared} bytes exceeds the limit of "
+                                  f"{limit} bytes")
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise PayloadTooLarge(f"request body exceeds the limit of {limit} bytes")
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    async def _infer(self, request: Request, model: str, version: str | None) -> Response:
+        t0 = time.perf_counter()
+        known = model in self.gateway.models
+        tags = {"model": model if known else "", "version": version if known and version else ""}
+        try:
+            body = await self._read_body(request)
+            out, headers, vs = await self.gateway.infer(model, version, body, request.headers)
+        except Exception as e:
+            status, outcome, message, extra = error_outcome(e)
+            if status == 500:
+                log.exception("infer %s failed", model)
+            self.recorder.inc(M.REQUESTS, {**tags, "outcome": outcome, "code": str(status)})
+            return _error(status, message, extra or None)
+        self.recorder.inc(M.REQUESTS, {**vs.tags, "outcome": "success", "code": "200"})
+        self.recorder.observe(M.REQUEST_DURATION, vs.tags, time.perf_counter() - t0)
+        return Response(out, headers=headers)
+
+
+@serve.deployment
+class ModelVersionDeployment:
+    """Runs one version of a model; batches arrive from the gateway, one call per batch."""
+
+    def __init__(self, repository: str, model: str, version: int):
+        from .repository import ModelRepository
+
+        self.recorder = M.Recorder()
+        # verifies every artifact's sha256; a mismatch fails the replica with the file named
+        self.ref = ModelRepository(repository).open(model, version)
+        self.tags = {"model": model, "version": str(version)}
+        self.config = VersionConfig()
+        self.runtime = self._load(self.config)
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model")
+        self._gpu = None
+        if self.ref.manifest.device == "cuda":
+            from .gpu import GpuSampler
+
+            self._gpu = GpuSampler(self.recorder)
+            self._gpu.start()
+
+    def _load(self, cfg: VersionConfig):
+        from .runtimes import RuntimeOptions, load_runtime
+
+        runtime = load_runtime(self.ref.manifest, self.ref.path, RuntimeOptions(
+            intra_op_threads=cfg.intra_op_threads, inter_op_threads=cfg.inter_op_threads))
+        self.recorder.set(M.LOAD_TIME, self.tags, runtime.load_time_s)
+        log.info("loaded %s:%s (%s) on %s in %.2f s", self.ref.name, self.ref.version,
+                 self.ref.manifest.variant, runtime.providers, runtime.load_time_s)
+        return runtime
+
+    def reconfigure(self, user_config: dict) -> None:
+        cfg = VersionConfig.model_validate(user_config or {})
+        if cfg != self.config:
+            self.runtime = self._load(cfg)
+            self.config = cfg
+
+    def _run(self, groups):
+        t0 = time.perf_counter()
+        out = [self.runtime.run(g) for g in groups]
+        return out, time.perf_counter() - t0
+
+    async def infer(self, groups):
+        loop = asyncio.get_running_loop()
+        out, elapsed = await loop.run_in_executor(self._executor, self._run, groups)
+        self.recorder.observe(M.COMPUTE, self.tags, elapsed)
+        return out
+
+    async def ready(self) -> bool:
+        return self.runtime is not None
+
+
+def gateway_app(args: dict):
+    a = GatewayArgs.model_validate(args)
+    return GatewayDeployment.bind(a.repository)
+
+
+def version_app(args: dict):
+    a = VersionArgs.model_validate(args)
+    name = version_app_name(a.model, a.version)
+    return ModelVersionDeployment.options(name=name).bind(a.repository, a.model, a.version)
+
+
+__all__ = ["GatewayDeployment", "ModelVersionDeployment", "gateway_app", "version_app",
+           "ModelUnavailable"]

@@ -1,0 +1,123 @@
+"""``optiserve serve``: optimize the built-in model if needed, start Ray, deploy, serve."""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+from pathlib import Path
+from typing import Optional
+
+import typer
+import yaml
+
+from .common import RepositoryOption, console, err_console, fail, progress_bars
+
+
+def serve_command(
+    models: Optional[list[str]] = typer.Argument(
+        None, help="MODEL or MODEL:VERSION to serve [default: the newest version of every model]."),
+    repository: Optional[str] = RepositoryOption,
+    host: str = typer.Option("127.0.0.1", "--host", help="Interface to listen on."),
+    port: int = typer.Option(8000, "--port", help="Inference (HTTP) port."),
+    metrics_port: int = typer.Option(8080, "--metrics-port", help="Prometheus metrics port."),
+    dashboard_port: int = typer.Option(8265, "--dashboard-port",
+                                       help="Ray dashboard / Serve REST API port."),
+    config: Optional[Path] = typer.Option(
+        None, "--config", help="Serve config (the RayService serveConfigV2 schema)."),
+    replicas: int = typer.Option(1, "--replicas", help="Replicas per model version."),
+    cpus: float = typer.Option(1.0, "--cpus-per-replica", help="Ray CPUs per model replica."),
+    gpus: float = typer.Option(0.0, "--gpus-per-replica", help="GPUs per model replica "
+                                                                "(fractions share a GPU)."),
+    proxy: str = typer.Option("haproxy", "--proxy", help="haproxy (fast) or default."),
+    print_config: bool = typer.Option(False, "--print-config",
+                                      help="Print the serve config and exit."),
+) -> None:
+    """Serve models over the Open Inference Protocol on an embedded local Ray cluster."""
+    from ..config import ConfigError, build_serve_config, validate_serve_config
+    from ..local import LocalCluster, LocalOptions
+    from ..repository import ModelRepository, RepositoryError, parse_ref
+
+    repo = ModelRepository(repository)
+    if config is not None:
+        if models:
+            fail("give either MODEL[:VERSION] arguments or --config, not both")
+        try:
+            doc = yaml.safe_load(config.read_text())
+            doc = validate_serve_config(doc)
+        except OSError as e:
+            fail(f"cannot read {config}: {e.strerror or e}")
+        except yaml.YAMLError as e:
+            fail(f"{config} is not valid YAML: {e}")
+        except ConfigError as e:
+            fail(f"{config}: {e}")
+    else:
+        if not models and not repo.models():
+            console.print(f"model repository {repo.root} is empty: optimizing the built-in "
+                          "'minilm' first")
+            _optimize_builtin(repo)
+        try:
+            refs = []
+            for ref in models or repo.models():
+                name, version = parse_ref(ref)
+                refs.append((name, repo.get(name, version).version))
+        except (ValueError, RepositoryError) as e:
+            fail(str(e))
+        doc = build_serve_config(str(repo.root.resolve()), refs, host=host, port=port,
+                                 version_cpus=cpus, version_replicas=replicas, num_gpus=gpus)
+    if print_config:
+        console.print(yaml.safe_dump(doc, sort_keys=False), highlight=False, markup=False)
+        return
+    if proxy not in ("haproxy", "default"):
+        fail(f"--proxy must be haproxy or default (got {proxy!r})")
+    cluster = LocalCluster(doc, LocalOptions(metrics_port=metrics_port,
+                                             dashboard_port=dashboard_port, proxy=proxy))
+    stop = threading.Event()
+
+    def _signal(signum, _frame):
+        stop.set()
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, _signal)
+    t0 = time.perf_counter()
+    try:
+        with err_console.status("starting Ray and deploying...") as status:
+            cluster.start(on_status=lambda s: status.update(
+                "deploying: " + ", ".join(f"{k} {v}" for k, v in s.items())))
+    except Exception as e:
+        cluster.stop()
+        fail(f"could not start serving: {e}")
+    http = doc.get("http_options") or {}
+    url = f"http://{http.get('host', host)}:{http.get('port', port)}"
+    console.print(f"[bold green]serving[/] in {time.perf_counter() - t0:.1f} s")
+    from ..config import gateway_user_config
+
+    for name, route in gateway_user_config(doc)["models"].items():
+        versions = ", ".join(str(v) for v in route["versions"])
+        console.print(f"  {name} (versions {versions}): {url}/v2/models/{name}/infer")
+    console.print(f"  health:    {url}/v2/health/ready")
+    console.print(f"  metrics:   http://127.0.0.1:{metrics_port}/metrics")
+    console.print(f"  Serve API: http://127.0.0.1:{dashboard_port}/api/serve/applications/")
+    console.print("Ctrl-C to stop")
+    try:
+        while not stop.wait(0.5):
+            pass
+    finally:
+        console.print("stopping...")
+        cluster.stop()
+        console.print("stopped")
+
+
+def _optimize_builtin(repo) -> None:
+    from optimizers import OptimizeError, OptimizeOptions, optimize
+
+    try:
+        with progress_bars() as progress:
+            result = optimize(OptimizeOptions(source="minilm", repository=str(repo.root)),
+                              progress)
+    except OptimizeError as e:
+        fail(f"optimizing the built-in model failed: {e}")
+    if not result.published:
+        fail("optimizing the built-in model published nothing (no variant within budget)")
+    ref = result.published[0]
+    console.print(f"published {ref.name}:{ref.version} ({ref.manifest.variant})")

@@ -1,0 +1,287 @@
+"""The serve config: Ray Serve's declarative schema with optiserve's typed parts.
+
+The file ``optiserve serve --config`` reads is exactly what a KubeRay RayService takes as
+``serveConfigV2``: Ray's ``applications`` list, where optiserve's applications carry typed
+``args`` and ``user_config`` validated here with messages that name the field. The layout:
+
+- application ``optiserve`` (route ``/``): the gateway (OIP endpoints, tokenization, batching,
+  traffic split). Its deployment's ``user_config`` (:class:`GatewayConfig`) holds per model the
+  served versions with their batching, the stable/canary weights and the shadow share; changing it
+  is applied in place (``reconfigure``), no replica restarts.
+- one application per served version, ``<model>-v<version>`` (no route): the replica that runs the
+  model. Replicas, autoscaling and CPUs/GPUs are Ray's own deployment options; threads are its
+  ``user_config`` (:class:`VersionConfig`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import (
+    BaseModel, ConfigDict, Field, NonNegativeFloat, PositiveFloat, PositiveInt, ValidationError,
+    field_validator, model_validator,
+)
+
+from .repository import ModelRepository
+from .repository.schema import check_model_name
+from .repository.schema import BatchingPolicy
+
+GATEWAY_APP = "optiserve"
+GATEWAY_DEPLOYMENT = "gateway"
+GATEWAY_IMPORT = "serving.app:gateway_app"
+VERSION_IMPORT = "serving.app:version_app"
+
+
+def version_app_name(model: str, version: int) -> str:
+    """Application and deployment name of a served version."""
+    return f"{model}-v{version}"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class BatchingConfig(_Strict):
+    """Dynamic batching of one version; unset fields take the optimizer's recommendation."""
+
+    max_batch_size: PositiveInt | None = Field(
+        None, description="Most rows per model call [default: the manifest's recommendation].")
+    max_delay_ms: NonNegativeFloat | None = Field(
+        None, le=10_000, description="Longest a row waits for batch-mates [default: manifest].")
+    max_queue_rows: PositiveInt = Field(
+        2048, description="Rows allowed to wait; past it requests get 503 with Retry-After.")
+    max_inflight_batches: PositiveInt = Field(
+        2, description="Batches running at once per gateway replica (keep ~2 per model replica).")
+    timeout_s: PositiveFloat | None = Field(
+        30.0, description="Longest a request may take before it gets 504.")
+
+    def resolve(self, default: BatchingPolicy):
+        from .batching import BatchPolicy
+
+        return BatchPolicy(
+            max_batch_size=self.max_batch_size or default.max_batch_size,
+            max_delay_s=(self.max_delay_ms if self.max_delay_ms is not None
+                         else default.max_delay_ms) / 1000.0,
+            max_queue_rows=self.max_queue_rows, max_inflight=self.max_inflight_batches,
+            timeout_s=self.timeout_s,
+        )
+
+
+class ModelRoute(_Strict):
+    """The versions of one model the gateway serves, and how traffic splits between them."""
+
+    versions: dict[int, BatchingConfig] = Field(
+        description="Served versions and their batching ({} for the defaults).", min_length=1)
+    stable: PositiveInt = Field(description="Version that takes the traffic not sent to canary.")
+    canary: PositiveInt | None = Field(None, description="Version under test, if any.")
+    canary_weight: float = Field(0.0, ge=0, le=100, description="Percent of traffic to canary.")
+    shadow: float = Field(
+        0.0, ge=0, le=1, description="Share of stable's requests mirrored to the canary and "
+                                     "compared (their answers are not returned).")
+    sticky_header: str | None = Field(
+        None, description="Header whose value pins a client to a version (e.g. x-session-id).")
+
+    @field_validator("versions")
+    @classmethod
+    def _positive(cls, v: dict[int, BatchingConfig]) -> dict[int, BatchingConfig]:
+        bad = [k for k in v if k < 1]
+        if bad:
+            raise ValueError(f"versions must be positive integers, got {bad}")
+        return v
+
+    @field_validator("sticky_header")
+    @classmethod
+    def _header(cls, v: str | None) -> str | None:
+        return v.lower() if v else v
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ModelRoute:
+        served = sorted(self.versions)
+        if self.stable not in self.versions:
+            raise ValueError(f"stable ({self.stable}) must be one of the served versions {served}")
+        if self.canary is not None:
+            if self.canary not in self.versions:
+                raise ValueError(
+                    f"canary ({self.canary}) must be one of the served versions {served}")
+            if self.canary == self.stable:
+                raise ValueError(f"canary ({self.canary}) must differ from stable ({self.stable})")
+        elif self.canary_weight > 0 or self.shadow > 0:
+            raise ValueError("canary_weight and shadow need a canary version")
+        return self
+
+    def policy(self):
+        from .routing import TrafficPolicy
+
+        return TrafficPolicy(stable=self.stable, canary=self.canary,
+                             canary_weight=self.canary_weight, shadow=self.shadow,
+                             sticky_header=self.sticky_header)
+
+
+class GatewayConfig(_Strict):
+    """The gateway deployment's ``user_config``: applied in place, no restart."""
+
+    models: dict[str, ModelRoute] = Field(description="Served models by name.", min_length=1)
+    max_body_bytes: PositiveInt = Field(
+        64 * 1024 * 1024, description="Largest request body accepted (413 above).")
+
+    @field_validator("models")
+    @classmethod
+    def _names(cls, v: dict[str, ModelRoute]) -> dict[str, ModelRoute]:
+        for name in v:
+            check_model_name(name)
+        return v
+
+
+class GatewayArgs(_Strict):
+    """The gateway application's ``args`` (changing them restarts the gateway)."""
+
+    repository: str = Field(description="Model repository path, as seen by the replicas.")
+
+
+class VersionArgs(_Strict):
+    """A version application's ``args``."""
+
+    repository: str = Field(description="Model repository path, as seen by the replicas.")
+    model: str
+    version: PositiveInt
+
+    @field_validator("model")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        return check_model_name(v)
+
+
+class VersionConfig(_Strict):
+    """A version deployment's ``user_config``."""
+
+    intra_op_threads: PositiveInt | None = Field(
+        None, description="Threads per model call [default: the CPUs the replica may use].")
+    inter_op_threads: PositiveInt = Field(1, description="Threads across independent ops.")
+
+
+class ConfigError(ValueError):
+    """A serve config that cannot be deployed; the message names the field."""
+
+
+def _loc(prefix: str, err: dict) -> str:
+    return prefix + "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in err["loc"])
+
+
+def _raise(prefix: str, e: ValidationError) -> None:
+    lines = [f"{_loc(prefix, err)}: {err['msg']}" for err in e.errors()]
+    raise ConfigError("invalid serve config:\n  " + "\n  ".join(lines)) from None
+
+
+def validate_serve_config(doc: Any, repository_check: bool = True) -> dict:
+    """Validate a whole serve config (Ray's schema, then optiserve's parts); return it."""
+    from ray.serve.schema import ServeDeploySchema
+
+    if not isinstance(doc, dict):
+        raise ConfigError("invalid serve config: expected a mapping with an 'applications' list")
+    try:
+        ServeDeploySchema.model_validate(doc) if hasattr(ServeDeploySchema, "model_validate") \
+            else ServeDeploySchema.parse_obj(doc)
+    except Exception as e:  # Ray's pydantic errors already name the field
+        raise ConfigError(f"invalid serve config (Ray Serve schema): {e}") from None
+    apps = doc.get("applications", [])
+    gateway_routes: dict[str, ModelRoute] = {}
+    served: dict[tuple[str, int], str] = {}
+    repos = set()
+    for i, app in enumerate(apps):
+        prefix = f"applications[{i}]"
+        if app.get("import_path") == GATEWAY_IMPORT:
+            try:
+                args = GatewayArgs.model_validate(app.get("args") or {})
+            except ValidationError as e:
+                _raise(prefix + ".args", e)
+            repos.add(args.repository)
+            for j, dep in enumerate(app.get("deployments") or []):
+                if dep.get("name") == GATEWAY_DEPLOYMENT:
+                    try:
+                        gw = GatewayConfig.model_validate(dep.get("user_config") or {})
+                    except ValidationError as e:
+                        _raise(f"{prefix}.deployments[{j}].user_config", e)
+                    gateway_routes = gw.models
+        elif app.get("import_path") == VERSION_IMPORT:
+            try:
+                args = VersionArgs.model_validate(app.get("args") or {})
+            except ValidationError as e:
+                _raise(prefix + ".args", e)
+            repos.add(args.repository)
+            expected = version_app_name(args.model, args.version)
+            if app.get("name") != expected:
+                raise ConfigError(f"invalid serve config:\n  {prefix}.name: the application "
+                                  f"serving {args.model}:{args.version} must be named {expected!r}")
+            served[(args.model, args.version)] = prefix
+            for j, dep in enumerate(app.get("deployments") or []):
+                try:
+                    VersionConfig.model_validate(dep.get("user_config") or {})
+                except ValidationError as e:
+                    _raise(f"{prefix}.deployments[{j}].user_config", e)
+    if not gateway_routes:
+        raise ConfigError(f"invalid serve config: no application imports {GATEWAY_IMPORT} with a "
+                          f"'{GATEWAY_DEPLOYMENT}' deployment whose user_config lists models")
+    for model, route in gateway_routes.items():
+        for v in route.versions:
+            if (model, v) not in served:
+                raise ConfigError(
+                    f"invalid serve config:\n  gateway user_config.models.{model}.versions: "
+                    f"{model}:{v} has no application; add one named "
+                    f"{version_app_name(model, v)!r} importing {VERSION_IMPORT}")
+    if repository_check:
+        for root in repos:
+            repo = ModelRepository(root)
+            for model, v in served:
+                try:
+                    repo.get(model, v)
+                except Exception as e:
+                    raise ConfigError(f"invalid serve config:\n  {served[(model, v)]}.args: {e}")
+    return doc
+
+
+def build_serve_config(repository: str, refs: list[tuple[str, int]], *, host: str = "127.0.0.1",
+                       port: int = 8000, version_cpus: float = 1.0, gateway_cpus: float = 0.25,
+                       gateway_replicas: int = 1, version_replicas: int = 1,
+                       num_gpus: float = 0.0) -> dict:
+    """A serve config deploying these versions (the newest of each model is stable)."""
+    by_model: dict[str, list[int]] = {}
+    for model, v in refs:
+        by_model.setdefault(model, []).append(v)
+    routes = {m: {"versions": {v: {} for v in sorted(vs)}, "stable": max(vs)}
+              for m, vs in by_model.items()}
+    apps = [{
+        "name": GATEWAY_APP, "route_prefix": "/", "import_path": GATEWAY_IMPORT,
+        "args": {"repository": repository},
+        "deployments": [{
+            "name": GATEWAY_DEPLOYMENT, "num_replicas": gateway_replicas,
+            # the gateway sheds load itself with clear 503s; let requests reach it
+            "max_ongoing_requests": 4096,
+            "ray_actor_options": {"num_cpus": gateway_cpus},
+            "user_config": {"models": routes},
+        }],
+    }]
+    for model, v in refs:
+        name = version_app_name(model, v)
+        actor = {"num_cpus": version_cpus}
+        if num_gpus:
+            actor["num_gpus"] = num_gpus
+        apps.append({
+            "name": name, "route_prefix": None, "import_path": VERSION_IMPORT,
+            "args": {"repository": repository, "model": model, "version": v},
+            "deployments": [{
+                "name": name, "num_replicas": version_replicas, "max_ongoing_requests": 16,
+                "ray_actor_options": actor, "user_config": {},
+            }],
+        })
+    return {"proxy_location": "EveryNode", "http_options": {"host": host, "port": port},
+            "applications": apps}
+
+
+def gateway_user_config(doc: dict) -> dict:
+    """The gateway deployment's user_config inside a serve config (for in-place edits)."""
+    for app in doc.get("applications", []):
+        if app.get("import_path") == GATEWAY_IMPORT:
+            for dep in app.get("deployments") or []:
+                if dep.get("name") == GATEWAY_DEPLOYMENT:
+                    return dep.setdefault("user_config", {})
+    raise ConfigError(f"the serve config has no {GATEWAY_IMPORT} gateway deployment")

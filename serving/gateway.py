@@ -1,0 +1,357 @@
+"""The gateway: Open Inference Protocol endpoints, tokenization, batching, traffic split, shadow.
+
+Requests are batched here, where they arrive, and each batch crosses to the version replica in
+one call: one handle call per request capped a trivial Serve app at ~1,700 req/s on a 2-core
+machine versus ~5,000 without the hop (measured), so per-request hops would cost more CPU than
+the model itself at MiniLM-INT8 rates.
+
+:class:`Gateway` is plain asyncio and takes a ``backend(model, version)`` factory, so it is
+tested without Ray; ``serving.app`` wraps it in a Ray Serve deployment.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from . import metrics as M
+from .batching import AdaptiveBatcher, BatchPolicy, Observer
+from .config import GatewayConfig, ModelRoute
+from .protocol import (
+    InferenceError, InferRequest, InvalidInput, ModelNotFound, Overloaded,
+    decode_request, encode_response, validate_inputs,
+)
+from .repository import Manifest, ModelRepository
+from .routing import TrafficPolicy, choose_version, shadow_target
+from .runtimes import TextEncoder, length_groups
+
+log = logging.getLogger("optiserve.gateway")
+SERVER_NAME = "optiserve"
+SERVER_VERSION = "0.1.0"
+PLATFORMS = {"onnxruntime": "onnxruntime_onnx", "torch": "pytorch_libtorch"}
+
+#: backend(model, version) -> coroutine function running a list of padded groups on the replica
+Backend = Callable[[list[dict[str, np.ndarray]]], Awaitable[list[dict[str, np.ndarray]]]]
+
+
+class NullRecorder:
+    def inc(self, *a, **k): ...
+    def observe(self, *a, **k): ...
+    def set(self, *a, **k): ...
+
+
+class _BatchObserver(Observer):
+    def __init__(self, recorder, tags):
+        self.recorder, self.tags = recorder, tags
+
+    def dispatched(self, rows: int, waits_s: list[float]) -> None:
+        self.recorder.observe(M.BATCH_SIZE, self.tags, rows)
+        for w in waits_s:
+            self.recorder.observe(M.QUEUE_WAIT, self.tags, w)
+
+    def queue_changed(self, rows: int) -> None:
+        self.recorder.set(M.QUEUE_ROWS, self.tags, rows)
+
+
+@dataclass
+class VersionState:
+    """One served version in the gateway: its manifest, tokenizer and batcher."""
+
+    model: str
+    version: int
+    manifest: Manifest
+    backend: Backend
+    encoder: TextEncoder | None
+    batcher: AdaptiveBatcher = None
+    tags: dict[str, str] = field(default_factory=dict)
+    inflight: int = 0
+
+    def prepare(self, req: InferRequest) -> tuple[Any, int]:
+        """Turn request tensors into a batch payload and its row count."""
+        if self.encoder is not None:
+            texts = req.inputs[self.manifest.preprocessing.text_input].data.ravel()
+            try:
+                decoded = [t.decode("utf-8") for t in texts]
+            except UnicodeDecodeError as e:
+                raise InvalidInput(f"input {self.manifest.preprocessing.text_input!r} is not "
+                                   f"UTF-8 text: {e.reason} at byte {e.start}") from None
+            rows = self.encoder.encode(decoded)
+            return rows, len(rows)
+        arrays = {n: t.data for n, t in req.inputs.items()}
+        return arrays, len(next(iter(arrays.values())))
+
+    async def run_batch(self, payloads: list[Any]) -> list[dict[str, np.ndarray]]:
+        if self.encoder is not None:
+            rows = [r for p in payloads for r in p]
+            groups = length_groups([len(r) for r in rows])
+            feeds = [self.encoder.pad([rows[i] for i in g]) for g in groups]
+            results = await self.backend(feeds)
+            names = list(results[0])
+            merged = {n: np.empty((len(rows), *results[0][n].shape[1:]), results[0][n].dtype)
+                      for n in names}
+            for g, res in zip(groups, results):
+                for n in names:
+                    merged[n][g] = res[n]
+        else:
+            names_in = list(payloads[0])
+            feed = {n: np.concatenate([p[n] for p in payloads]) for n in names_in}
+            merged = (await self.backend([feed]))[0]
+        out, start = [], 0
+        for p in payloads:
+            n = len(p) if self.encoder is not None else len(next(iter(p.values())))
+            out.append({k: v[start:start + n] for k, v in merged.items()})
+            start += n
+        return out
+
+
+@dataclass
+class ModelState:
+    route: ModelRoute
+    policy: TrafficPolicy
+    versions: dict[int, VersionState]
+
+
+def agreement(task: str, stable: np.ndarray, canary: np.ndarray) -> np.ndarray:
+    """Per-row agreement: cosine for embeddings (and generic outputs), top-1 match otherwise."""
+    if task == "classification":
+        return (stable.reshape(len(stable), -1).argmax(1)
+                == canary.reshape(len(canary), -1).argmax(1)).astype(np.float64)
+    a = stable.reshape(len(stable), -1).astype(np.float64)
+    b = canary.reshape(len(canary), -1).astype(np.float64)
+    denom = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        cos = (a * b).sum(1) / denom
+    return np.clip(np.nan_to_num(cos, nan=0.0), -1.0, 1.0)
+
+
+class Gateway:
+    """Serves the OIP for the configured models; ``reconfigure`` applies a new config in place."""
+
+    def __init__(self, repository: str, backend_factory: Callable[[str, int], Backend],
+                 recorder=None, ready_probe: Callable[[str, int], Awaitable[bool]] | None = None):
+        self.repo = ModelRepository(repository)
+        self._backend_factory = backend_factory
+        self.recorder = recorder or NullRecorder()
+        self._ready_probe = ready_probe
+        self._ready_cache: dict[tuple[str, int], tuple[float, bool]] = {}
+        self.models: dict[str, ModelState] = {}
+        self.config: GatewayConfig | None = None
+        self._rng = random.Random()
+        self._shadow_tasks: set[asyncio.Task] = set()
+        self._encoders: dict[tuple[str, int], TextEncoder] = {}
+
+    # ---- configuration ---------------------------------------------------------------------
+    def reconfigure(self, user_config: dict) -> None:
+        """Apply a gateway config: add/remove versions, change batching and weights in place."""
+        cfg = GatewayConfig.model_validate(user_config)
+        new: dict[str, ModelState] = {}
+        for name, route in cfg.models.items():
+            old = self.models.get(name)
+            versions = {}
+            for v, batching in route.versions.items():
+                vs = old.versions.get(v) if old else None
+                if vs is None:
+                    vs = self._load_version(name, v)
+                vs.batcher.update(batching.resolve(vs.manifest.batching))
+                versions[v] = vs
+            new[name] = ModelState(route, route.policy(), versions)
+        removed = [vs for name, st in self.models.items() for v, vs in st.versions.items()
+                   if name not in new or v not in new[name].versions]
+        self.models, self.config = new, cfg
+        for name, st in new.items():
+            for v in st.versions:
+                w = st.policy.weights().get(v, 0.0)
+                role = "stable" if v == st.policy.stable else (
+                    "canary" if v == st.policy.canary else "idle")
+                self.recorder.set(M.TRAFFIC_WEIGHT, {"model": name, "version": str(v),
+                                                     "role": role}, w)
+        for vs in removed:
+            self._spawn(vs.batcher.close())
+            self.recorder.set(M.TRAFFIC_WEIGHT, {**vs.tags, "role": "removed"}, 0.0)
+
+    def _load_version(self, model: str, version: int) -> VersionState:
+        ref = self.repo.get(model, version)
+        m = ref.manifest
+        encoder = None
+        if m.preprocessing is not None:
+            path = ref.file(m.preprocessing.tokenizer_file)
+            from .repository import IntegrityError, sha256_file
+
+            if sha256_file(path) != m.artifact(m.preprocessing.tokenizer_file).sha256:
+                raise IntegrityError(f"{model}:{version}: {m.preprocessing.tokenizer_file} does "
+                                     "not match its sha256 in the manifest")
+            encoder = TextEncoder(path, m.preprocessing)
+        tags = {"model": model, "version": str(version)}
+        vs = VersionState(model, version, m, self._backend_factory(model, version), encoder,
+                          tags=tags)
+        vs.batcher = AdaptiveBatcher(vs.run_batch, BatchPolicy(), label=f"{model}:{version}",
+                                     observer=_BatchObserver(self.recorder, tags))
+        return vs
+
+    def _spawn(self, coro) -> None:
+        try:
+            task = asyncio.get_running_loop().create_task(coro)
+        except RuntimeError:  # no loop (configured before serving): nothing is queued yet
+            coro.close()
+            return
+        self._shadow_tasks.add(task)
+        task.add_done_callback(self._shadow_tasks.discard)
+
+    # ---- lookups -----------------------------------------------------------------------------
+    def model(self, name: str) -> ModelState:
+        st = self.models.get(name)
+        if st is None:
+            raise ModelNotFound(f"model {name!r} is not served; served models: "
+                                f"{', '.join(sorted(self.models)) or 'none'}")
+        return st
+
+    def version(self, name: str, version: str | int | None) -> VersionState:
+        st = self.model(name)
+        if version is None or version == "":
+            return st.versions[st.policy.stable]
+        try:
+            v = int(version)
+        except (TypeError, ValueError):
+            raise InvalidInput(f"version {version!r} must be an integer") from None
+        vs = st.versions.get(v)
+        if vs is None:
+            raise ModelNotFound(f"version {v} of model {name!r} is not served; served versions: "
+                                f"{', '.join(map(str, sorted(st.versions)))}")
+        return vs
+
+    async def version_ready(self, vs: VersionState) -> bool:
+        if self._ready_probe is None:
+            return True
+        key = (vs.model, vs.version)
+        now = time.monotonic()
+        cached = self._ready_cache.get(key)
+        if cached and now - cached[0] < 1.0:
+            return cached[1]
+        try:
+            ok = await asyncio.wait_for(self._ready_probe(vs.model, vs.version), 2.0)
+        except Exception:
+            ok = False
+        self._ready_cache[key] = (now, ok)
+        return ok
+
+    async def server_ready(self) -> bool:
+        if not self.models:
+            return False
+        checks = [self.version_ready(st.versions[st.policy.stable]) for st in self.models.values()]
+        return all(await asyncio.gather(*checks))
+
+    # ---- metadata ----------------------------------------------------------------------------
+    def server_metadata(self) -> dict:
+        return {"name": SERVER_NAME, "version": SERVER_VERSION,
+                "extensions": ["binary_tensor_data", "model_configuration", "model_repository"]}
+
+    def model_metadata(self, name: str, version: str | None = None) -> dict:
+        st = self.model(name)
+        vs = self.version(name, version)
+        m = vs.manifest
+        return {
+            "name": name,
+            "versions": [str(v) for v in sorted(st.versions)] if not version else [str(vs.version)],
+            "platform": PLATFORMS.get(m.runtime, m.runtime),
+            "inputs": [t.model_dump() for t in m.signature.inputs],
+            "outputs": [t.model_dump() for t in m.signature.outputs],
+            "parameters": {"variant": m.variant, "task": m.task, "stable": st.policy.stable,
+                           "canary": st.policy.canary,
+                           "canary_weight": st.policy.canary_weight},
+        }
+
+    def model_config(self, name: str, version: str | None = None) -> dict:
+        """Triton's model-configuration extension (tritonclient's get_model_config)."""
+        vs = self.version(name, version)
+        m, p = vs.manifest, vs.batcher.policy
+
+        def dims(spec):
+            return {"name": spec.name, "data_type": f"TYPE_{spec.datatype.replace('BYTES', 'STRING')}",
+                    "dims": spec.shape[1:] or [1]}
+
+        return {
+            "name": name, "platform": PLATFORMS.get(m.runtime, m.runtime),
+            "max_batch_size": p.max_batch_size,
+            "input": [dims(t) for t in m.signature.inputs],
+            "output": [dims(t) for t in m.signature.outputs],
+            "dynamic_batching": {"max_queue_delay_microseconds": int(p.max_delay_s * 1e6),
+                                 "default_queue_policy": {"max_queue_size": p.max_queue_rows}},
+            "version_policy": {"specific": {"versions": sorted(self.model(name).versions)}},
+            "parameters": {"variant": {"string_value": m.variant}},
+        }
+
+    async def repository_index(self) -> list[dict]:
+        out = []
+        for name, st in sorted(self.models.items()):
+            for v, vs in sorted(st.versions.items()):
+                ready = await self.version_ready(vs)
+                out.append({"name": name, "version": str(v),
+                            "state": "READY" if ready else "UNAVAILABLE"})
+        return out
+
+    # ---- inference -----------------------------------------------------------------------------
+    async def infer(self, name: str, version: str | None, body: bytes, headers
+                    ) -> tuple[bytes, dict[str, str], VersionState]:
+        """Run an infer request; raise :class:`InferenceError` subclasses for the client."""
+        st = self.model(name)
+        if version:
+            vs = self.version(name, version)
+        else:
+            sticky = headers.get(st.policy.sticky_header) if st.policy.sticky_header else None
+            vs = st.versions[choose_version(st.policy, sticky, self._rng)]
+        req = decode_request(body, headers)
+        validate_inputs(req, vs.manifest.signature, name)
+        payload, rows = vs.prepare(req)
+        vs.inflight += 1
+        self.recorder.set(M.INFLIGHT, vs.tags, vs.inflight)
+        try:
+            outputs = await vs.batcher.submit(payload, rows)
+        finally:
+            vs.inflight -= 1
+            self.recorder.set(M.INFLIGHT, vs.tags, vs.inflight)
+        self.recorder.inc(M.ROWS, vs.tags, rows)
+        if not version:
+            target = shadow_target(st.policy, vs.version, self._rng)
+            if target is not None:
+                self._spawn(self._shadow(st, vs, st.versions[target], req, outputs))
+        body_out, headers_out = encode_response(name, vs.version, outputs, req)
+        return body_out, headers_out, vs
+
+    async def _shadow(self, st: ModelState, stable: VersionState, canary: VersionState,
+                      req: InferRequest, stable_out: dict[str, np.ndarray]) -> None:
+        tags = {"model": stable.model, "stable": str(stable.version),
+                "canary": str(canary.version)}
+        try:
+            payload, rows = canary.prepare(req)
+            out = await canary.batcher.submit(payload, rows)
+        except Overloaded:
+            self.recorder.inc(M.SHADOW_REQUESTS, {**tags, "outcome": "dropped"})
+            return
+        except Exception as e:
+            log.warning("shadow request to %s:%s failed: %s", canary.model, canary.version, e)
+            self.recorder.inc(M.SHADOW_REQUESTS, {**tags, "outcome": "failed"})
+            return
+        primary = canary.manifest.signature.outputs[0].name
+        scores = agreement(stable.manifest.task, stable_out[primary], out[primary])
+        for s in scores:
+            self.recorder.observe(M.SHADOW_AGREEMENT, tags, float(s))
+        self.recorder.inc(M.SHADOW_REQUESTS, {**tags, "outcome": "compared"})
+
+    async def close(self) -> None:
+        for st in self.models.values():
+            for vs in st.versions.values():
+                await vs.batcher.close()
+
+
+def error_outcome(e: Exception) -> tuple[int, str, str, dict[str, str]]:
+    """(status, outcome label, message, headers) for an exception raised while serving."""
+    if isinstance(e, InferenceError):
+        return e.status, e.outcome, str(e), e.headers()
+    return 500, "server_error", f"internal error: {type(e).__name__}: {e}", {}

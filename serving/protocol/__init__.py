@@ -1,0 +1,16 @@
+"""Open Inference Protocol v2 types, codec and errors."""
+
+from .codec import (
+    InferRequest, Tensor, decode_request, decode_response, encode_infer_request, encode_response,
+    validate_inputs,
+)
+from .errors import (
+    InferenceError, InvalidInput, ModelNotFound, ModelUnavailable, Overloaded, PayloadTooLarge,
+    RequestTimeout, UnsupportedMediaType,
+)
+
+__all__ = [
+    "InferRequest", "Tensor", "decode_request", "decode_response", "encode_infer_request",
+    "encode_response", "validate_inputs", "InferenceError", "InvalidInput", "ModelNotFound",
+    "ModelUnavailable", "Overloaded", "PayloadTooLarge", "RequestTimeout", "UnsupportedMediaType",
+]

@@ -1,0 +1,45 @@
+"""Traffic split between versions of a model: weights, sticky keys, shadow mirroring."""
+
+from __future__ import annotations
+
+import random
+import zlib
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class TrafficPolicy:
+    stable: int
+    canary: int | None = None
+    canary_weight: float = 0.0  # percent of traffic to the canary
+    shadow: float = 0.0  # share of stable's requests mirrored to the canary
+    sticky_header: str | None = None
+
+    def weights(self) -> dict[int, float]:
+        if self.canary is None:
+            return {self.stable: 100.0}
+        return {self.stable: 100.0 - self.canary_weight, self.canary: self.canary_weight}
+
+
+def sticky_bucket(key: str) -> float:
+    """A key's place in [0, 100): the same on every gateway replica and restart."""
+    return (zlib.crc32(key.encode("utf-8")) % 10_000) / 100.0
+
+
+def choose_version(policy: TrafficPolicy, sticky_key: str | None = None,
+                   rng: random.Random | None = None) -> int:
+    """The version that serves a request."""
+    if policy.canary is None or policy.canary_weight <= 0:
+        return policy.stable
+    if policy.canary_weight >= 100:
+        return policy.canary
+    point = sticky_bucket(sticky_key) if sticky_key else (rng or random).random() * 100.0
+    return policy.canary if point < policy.canary_weight else policy.stable
+
+
+def shadow_target(policy: TrafficPolicy, served: int, rng: random.Random | None = None
+                  ) -> int | None:
+    """The canary, when this request (served by stable) is to be mirrored to it."""
+    if policy.canary is None or served != policy.stable or policy.shadow <= 0:
+        return None
+    return policy.canary if (rng or random).random() < policy.shadow else None

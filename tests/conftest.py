@@ -1,0 +1,31 @@
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+
+@pytest.fixture
+def repo_dir(tmp_path):
+    return tmp_path / "model-repository"
+
+
+@pytest.fixture(scope="session")
+def minilm_build(tmp_path_factory):
+    """The built-in model optimized once per test session by the real CLI (every variant,
+    everything within budget published, with a report): (repository dir, report dir, result)."""
+    from tests.helpers import run_cli
+
+    root = tmp_path_factory.mktemp("minilm")
+    repo, report = root / "repo", root / "report"
+    result = run_cli("optimize", "minilm", "--publish", "all", "--report", str(report),
+                     "--repository", str(repo), "-q", timeout=1800)
+    assert result.returncode == 0, result.stderr + result.stdout
+    return repo, report, result
