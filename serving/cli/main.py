@@ -7,6 +7,7 @@ import typer
 from . import repo
 from .optimize import optimize_command
 from .serve import serve_command
+from .bench import bench_command
 
 app = typer.Typer(
     name="optiserve",
@@ -17,6 +18,7 @@ app = typer.Typer(
 app.command("optimize")(optimize_command)
 app.add_typer(repo.app, name="repo")
 app.command("serve")(serve_command)
+app.command("bench")(bench_command)
 
 
 def main() -> None:

@@ -29,6 +29,9 @@ class RuntimeOptions:
 
     intra_op_threads: int | None = None
     inter_op_threads: int | None = 1
+    #: Let idle intra-op threads spin for work. Off by default: spinning threads burn the CPU
+    #: that the gateway, HTTP and other replicas on the same machine need.
+    spin: bool = False
     #: Where TensorRT keeps built engines (the version directory itself stays immutable).
     cache_dir: str | None = None
 

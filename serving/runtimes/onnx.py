@@ -81,6 +81,8 @@ class OnnxRuntime:
         so.inter_op_num_threads = options.inter_op_threads or 1
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         so.log_severity_level = 3
+        so.add_session_config_entry("session.intra_op.allow_spinning", "1" if options.spin else "0")
+        so.add_session_config_entry("session.inter_op.allow_spinning", "1" if options.spin else "0")
         providers = [(p, _provider_options(p, manifest, options)) for p in wanted]
         t0 = time.perf_counter()
         try:

@@ -1,0 +1,209 @@
+"""A load generator for OIP endpoints: closed loop (N concurrent clients) or open loop (Poisson
+arrivals at a fixed rate; latency counted from each request's scheduled time, so a slow server
+cannot hide its queueing by slowing the client down)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .protocol import encode_infer_request
+
+
+@dataclass
+class BenchOptions:
+    url: str
+    model: str
+    version: str | None = None
+    concurrency: int | None = 8
+    rate: float | None = None
+    duration_s: float = 10.0
+    warmup_s: float = 1.0
+    max_requests: int | None = None
+    rows_per_request: int = 1
+    binary: bool = True
+    timeout_s: float = 30.0
+    max_outstanding: int = 10_000
+
+
+@dataclass
+class BenchResult:
+    mode: str
+    duration_s: float
+    requests: int
+    ok: int
+    errors: dict[str, int]
+    throughput_rps: float
+    rows_per_s: float
+    latency_ms: dict[str, float]
+    offered_rate: float | None = None
+    concurrency: int | None = None
+    samples_ms: list[float] = field(default_factory=list, repr=False)
+
+    def to_json(self) -> dict:
+        d = self.__dict__.copy()
+        d.pop("samples_ms")
+        return d
+
+
+def load_inputs(path: str | None, metadata: dict) -> list[dict[str, np.ndarray]]:
+    """Request inputs: one text per line (text models), ``.npz`` rows, or the built-in sentences."""
+    inputs = metadata["inputs"]
+    if len(inputs) == 1 and inputs[0]["datatype"] == "BYTES":
+        if path:
+            texts = [line.strip() for line in Path(path).read_text().splitlines() if line.strip()]
+        else:
+            from importlib.resources import files
+
+            data = files("optimizers") / "data" / "minilm_validation.txt"
+            texts = [line.strip() for line in data.read_text().splitlines() if line.strip()]
+        if not texts:
+            raise ValueError(f"{path} holds no text lines")
+        return [{inputs[0]["name"]: np.array([t], dtype=object)} for t in texts]
+    if not path:
+        rng = np.random.default_rng(0)
+        rows = []
+        for _ in range(64):
+            row = {}
+            for t in inputs:
+                shape = [1, *[d if d > 0 else 8 for d in t["shape"][1:]]]
+                dt = {"FP32": np.float32, "FP16": np.float16, "FP64": np.float64,
+                      "INT64": np.int64, "INT32": np.int32}.get(t["datatype"], np.float32)
+                row[t["name"]] = rng.standard_normal(shape).astype(dt)
+            rows.append(row)
+        return rows
+    with np.load(path, allow_pickle=False) as z:
+        arrays = {k: z[k] for k in z.files}
+    n = len(next(iter(arrays.values())))
+    return [{k: v[i:i + 1] for k, v in arrays.items()} for i in range(n)]
+
+
+def _stack(rows: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    return {k: np.concatenate([r[k] for r in rows]) for k in rows[0]}
+
+
+def summarize(mode: str, samples: list[float], errors: Counter, elapsed: float, rows: int,
+              opts: BenchOptions) -> BenchResult:
+    lat = np.asarray(samples) * 1000.0
+    pct = {f"p{q}": float(np.percentile(lat, q)) for q in (50, 90, 95, 99)} if len(lat) else {}
+    if len(lat):
+        pct.update(mean=float(lat.mean()), max=float(lat.max()))
+    ok = len(samples)
+    total = ok + sum(errors.values())
+    return BenchResult(
+        mode=mode, duration_s=elapsed, requests=total, ok=ok, errors=dict(errors),
+        throughput_rps=ok / elapsed if elapsed else 0.0,
+        rows_per_s=ok * rows / elapsed if elapsed else 0.0, latency_ms=pct,
+        offered_rate=opts.rate, concurrency=opts.concurrency if mode == "closed" else None,
+        samples_ms=list(lat),
+    )
+
+
+async def run_bench(opts: BenchOptions, inputs: list[dict[str, np.ndarray]],
+                    on_progress=lambda done_s, ok, err: None) -> BenchResult:
+    import aiohttp
+
+    path = f"/v2/models/{opts.model}" + (f"/versions/{opts.version}" if opts.version else "")
+    url = opts.url.rstrip("/") + path + "/infer"
+    bodies = []
+    k = opts.rows_per_request
+    for i in range(0, max(len(inputs), k), k):
+        chunk = [inputs[(i + j) % len(inputs)] for j in range(k)]
+        bodies.append(encode_infer_request(_stack(chunk), binary=opts.binary,
+                                           binary_output=opts.binary))
+    samples: list[float] = []
+    errors: Counter = Counter()
+    counter = 0
+    connector = aiohttp.TCPConnector(limit=0, force_close=False)
+    timeout = aiohttp.ClientTimeout(total=opts.timeout_s)
+    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+        t_start = time.perf_counter()
+        t_measure = t_start + opts.warmup_s
+        t_end = t_measure + opts.duration_s
+
+        async def one(body, headers, t_sched: float) -> None:
+            try:
+                async with session.post(url, data=body, headers=headers) as resp:
+                    await resp.read()
+                    status = resp.status
+            except asyncio.TimeoutError:
+                status = "timeout"
+            except aiohttp.ClientError as e:
+                status = f"conn_error:{type(e).__name__}"
+            now = time.perf_counter()
+            if t_sched < t_measure or now > t_end + opts.timeout_s:
+                return
+            if status == 200:
+                samples.append(now - t_sched)
+            else:
+                errors[str(status)] += 1
+
+        def next_body():
+            nonlocal counter
+            counter += 1
+            return bodies[counter % len(bodies)]
+
+        def budget_left() -> bool:
+            return opts.max_requests is None or counter < opts.max_requests
+
+        async def reporter():
+            while True:
+                await asyncio.sleep(0.25)
+                on_progress(max(0.0, time.perf_counter() - t_measure), len(samples),
+                            sum(errors.values()))
+
+        rep = asyncio.create_task(reporter())
+        try:
+            if opts.rate:
+                mode = "open"
+                rng = random.Random(1)
+                pending: set[asyncio.Task] = set()
+                t_next = time.perf_counter()
+                while t_next < t_end and budget_left():
+                    delay = t_next - time.perf_counter()
+                    if delay > 0:
+                        await asyncio.sleep(delay)
+                    if len(pending) >= opts.max_outstanding:
+                        errors["client_overflow"] += 1
+                    else:
+                        body, headers = next_body()
+                        task = asyncio.create_task(one(body, headers, t_next))
+                        pending.add(task)
+                        task.add_done_callback(pending.discard)
+                    t_next += rng.expovariate(opts.rate)
+                if pending:
+                    await asyncio.wait(pending, timeout=opts.timeout_s)
+            else:
+                mode = "closed"
+
+                async def worker():
+                    while time.perf_counter() < t_end and budget_left():
+                        body, headers = next_body()
+                        await one(body, headers, time.perf_counter())
+
+                await asyncio.gather(*[worker() for _ in range(opts.concurrency or 1)])
+        finally:
+            rep.cancel()
+        elapsed = min(time.perf_counter(), t_end) - t_measure
+    return summarize(mode, samples, errors, max(elapsed, 1e-9), k, opts)
+
+
+def fetch_metadata(url: str, model: str, version: str | None = None) -> dict:
+    import urllib.error
+    import urllib.request
+
+    path = f"/v2/models/{model}" + (f"/versions/{version}" if version else "")
+    try:
+        with urllib.request.urlopen(url.rstrip("/") + path, timeout=10) as r:
+            return json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        raise RuntimeError(f"{url}{path} answered {e.code}: {e.read().decode(errors='replace')}")
+    except (urllib.error.URLError, OSError) as e:
+        raise RuntimeError(f"cannot reach {url}: {getattr(e, 'reason', e)}") from None
