@@ -1,0 +1,361 @@
+{{/* Names ------------------------------------------------------------------------------------ */}}
+{{- define "optiserve.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/* The RayService name (and prefix of everything else). KubeRay appends "-serve-svc",
+     "-head-svc" and "-raycluster-xxxxx", so keep it short. */}}
+{{- define "optiserve.fullname" -}}
+{{- if .Values.fullnameOverride -}}
+{{- .Values.fullnameOverride | trunc 40 | trimSuffix "-" -}}
+{{- else -}}
+{{- $name := default .Chart.Name .Values.nameOverride -}}
+{{- if contains $name .Release.Name -}}
+{{- .Release.Name | trunc 40 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name $name | trunc 40 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "optiserve.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "optiserve.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "optiserve.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end -}}
+
+{{- define "optiserve.labels" -}}
+helm.sh/chart: {{ include "optiserve.chart" . }}
+{{ include "optiserve.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: optiserve
+{{- end -}}
+
+{{- define "optiserve.controllerName" -}}
+{{- printf "%s-rollout-controller" (include "optiserve.fullname" .) -}}
+{{- end -}}
+
+{{- define "optiserve.stateConfigMap" -}}
+{{- default (printf "%s-rollout-state" (include "optiserve.fullname" .)) .Values.rolloutController.stateConfigMap -}}
+{{- end -}}
+
+{{/* KubeRay's serving Service for a RayService. */}}
+{{- define "optiserve.serveService" -}}
+{{- printf "%s-serve-svc" (include "optiserve.fullname" .) -}}
+{{- end -}}
+
+{{/* Images ----------------------------------------------------------------------------------- */}}
+{{- define "optiserve.imageRef" -}}
+{{- $img := index . 0 -}}
+{{- $defaultTag := index . 1 -}}
+{{- if $img.digest -}}
+{{- printf "%s@%s" $img.repository $img.digest -}}
+{{- else -}}
+{{- printf "%s:%s" $img.repository (default $defaultTag $img.tag) -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "optiserve.image" -}}
+{{- include "optiserve.imageRef" (list .Values.image (printf "%s-cpu" .Chart.AppVersion)) -}}
+{{- end -}}
+
+{{- define "optiserve.gpuImage" -}}
+{{- include "optiserve.imageRef" (list .Values.gpuImage (printf "%s-gpu" .Chart.AppVersion)) -}}
+{{- end -}}
+
+{{/* The serve config (serveConfigV2) ---------------------------------------------------------
+     Exactly the layout serving.config.build_serve_config produces (tests/deploy checks the two
+     agree and that serving.config.validate_serve_config accepts it):
+     - application "optiserve" (route /, serving.app:gateway_app) with deployment "gateway" whose
+       user_config lists the models, their versions' batching and the traffic split;
+     - one application "<model>-v<version>" (no route, serving.app:version_app) per version. */}}
+{{- define "optiserve.serveConfig" -}}
+{{- $root := . -}}
+{{- $repo := .Values.modelRepository.path -}}
+{{- $routes := dict -}}
+{{- $versionApps := list -}}
+{{- range $model, $m := .Values.serve.models -}}
+{{- $versions := dict -}}
+{{- $highest := 0 -}}
+{{- range $key, $v := $m.versions -}}
+{{- $version := atoi $key -}}
+{{- if gt $version $highest -}}{{- $highest = $version -}}{{- end -}}
+{{- $autoscaling := $v.autoscaling | default dict -}}
+{{- $replicas := int (ternary ($autoscaling.max_replicas | default 1) ($v.replicas | default 1) (not (empty $autoscaling))) -}}
+{{- /* two batches in flight per model replica: one computing, the next one ready */ -}}
+{{- $batching := merge (deepCopy ($v.batching | default dict)) (dict "max_inflight_batches" (mul 2 $replicas)) -}}
+{{- $_ := set $versions (toString $version) $batching -}}
+{{- $name := printf "%s-v%d" $model $version -}}
+{{- $actor := dict "num_cpus" (ternary 1 $v.numCpus (kindIs "invalid" $v.numCpus)) -}}
+{{- if $v.numGpus -}}{{- $_ := set $actor "num_gpus" $v.numGpus -}}{{- end -}}
+{{- $deployment := dict "name" $name "max_ongoing_requests" ($v.maxOngoingRequests | default 16) "ray_actor_options" $actor "logging_config" (dict "enable_access_log" false) "user_config" ($v.runtime | default dict) -}}
+{{- if $autoscaling -}}
+{{- $_ := set $deployment "autoscaling_config" $autoscaling -}}
+{{- else -}}
+{{- $_ := set $deployment "num_replicas" ($v.replicas | default 1) -}}
+{{- end -}}
+{{- $versionApps = append $versionApps (dict "name" $name "route_prefix" nil "import_path" "serving.app:version_app" "args" (dict "repository" $repo "model" $model "version" $version) "deployments" (list $deployment)) -}}
+{{- end -}}
+{{- $route := dict "versions" $versions "stable" (ternary $m.stable $highest (not (kindIs "invalid" $m.stable))) -}}
+{{- if not (kindIs "invalid" $m.canary) -}}
+{{- $_ := set $route "canary" $m.canary -}}
+{{- $_ := set $route "canary_weight" ($m.canaryWeight | default 0) -}}
+{{- $_ := set $route "shadow" ($m.shadow | default 0) -}}
+{{- end -}}
+{{- if $m.stickyHeader -}}
+{{- $_ := set $route "sticky_header" $m.stickyHeader -}}
+{{- end -}}
+{{- $_ := set $routes $model $route -}}
+{{- end -}}
+{{- $gatewayConfig := dict "models" $routes -}}
+{{- if .Values.serve.gateway.maxBodyBytes -}}
+{{- $_ := set $gatewayConfig "max_body_bytes" .Values.serve.gateway.maxBodyBytes -}}
+{{- end -}}
+{{- $gateway := dict "name" "optiserve" "route_prefix" "/" "import_path" "serving.app:gateway_app" "args" (dict "repository" $repo) "deployments" (list (dict "name" "gateway" "num_replicas" .Values.serve.gateway.replicas "max_ongoing_requests" .Values.serve.gateway.maxOngoingRequests "ray_actor_options" (dict "num_cpus" .Values.serve.gateway.numCpus) "logging_config" (dict "enable_access_log" false) "user_config" $gatewayConfig)) -}}
+{{- $doc := dict "proxy_location" "EveryNode" "http_options" (dict "host" "0.0.0.0" "port" .Values.serve.port) "applications" (prepend $versionApps $gateway) -}}
+{{- toYaml $doc -}}
+{{- end -}}
+
+{{/* Pods ------------------------------------------------------------------------------------- */}}
+{{- define "optiserve.podSecurityContext" -}}
+{{- toYaml .Values.podSecurityContext -}}
+{{- end -}}
+
+{{- define "optiserve.securityContext" -}}
+{{- toYaml .Values.securityContext -}}
+{{- end -}}
+
+{{/* Environment of every Ray container. */}}
+{{- define "optiserve.rayEnv" -}}
+- name: OPTISERVE_REPOSITORY
+  value: {{ .Values.modelRepository.path | quote }}
+# HAProxy in front of direct-ingress replicas: ~10x the default proxy's throughput (measured)
+- name: RAY_SERVE_ENABLE_HA_PROXY
+  value: "1"
+- name: RAY_SERVE_THROUGHPUT_OPTIMIZED
+  value: "1"
+# nothing may download from a model hub at run time
+- name: HF_HUB_OFFLINE
+  value: "1"
+- name: TRANSFORMERS_OFFLINE
+  value: "1"
+# the root filesystem is read-only: caches and home go to the /tmp emptyDir
+- name: HOME
+  value: /tmp
+- name: XDG_CACHE_HOME
+  value: /tmp/.cache
+{{- with .Values.ray.env }}
+{{ toYaml . }}
+{{- end }}
+{{- end -}}
+
+{{/* Init containers of every Ray pod: copy the model repository (objectStorage) and verify
+     every artifact's sha256 against its manifest. */}}
+{{- define "optiserve.modelInitContainers" -}}
+{{- $mr := .Values.modelRepository -}}
+{{- if eq $mr.source "objectStorage" }}
+- name: fetch-models
+  image: {{ include "optiserve.imageRef" (list $mr.objectStorage.image $mr.objectStorage.image.tag) }}
+  imagePullPolicy: IfNotPresent
+  args:
+    - copy
+    - {{ required "modelRepository.objectStorage.remote is required when source is objectStorage" $mr.objectStorage.remote | quote }}
+    - {{ $mr.path | quote }}
+    - --checksum
+    - --config=/dev/null
+    - --cache-dir=/tmp/rclone
+  {{- with $mr.objectStorage.credentialsSecret }}
+  envFrom:
+    - secretRef:
+        name: {{ . }}
+  {{- end }}
+  securityContext:
+    {{- include "optiserve.securityContext" . | nindent 4 }}
+  resources:
+    {{- toYaml $mr.objectStorage.resources | nindent 4 }}
+  volumeMounts:
+    - name: models
+      mountPath: {{ $mr.path }}
+    - name: tmp
+      mountPath: /tmp
+{{- end }}
+{{- if $mr.verify }}
+- name: verify-models
+  image: {{ include "optiserve.image" . }}
+  imagePullPolicy: {{ .Values.image.pullPolicy }}
+  command: ["optiserve", "repo", "verify", "--repository", {{ $mr.path | quote }}]
+  env:
+    - name: HOME
+      value: /tmp
+  securityContext:
+    {{- include "optiserve.securityContext" . | nindent 4 }}
+  resources:
+    {{- toYaml $mr.verifyResources | nindent 4 }}
+  volumeMounts:
+    - name: models
+      mountPath: {{ $mr.path }}
+      readOnly: true
+    - name: tmp
+      mountPath: /tmp
+{{- end }}
+{{- end -}}
+
+{{/* Volumes of a Ray pod; argument: (list $ shmSize tmpSize). */}}
+{{- define "optiserve.rayVolumes" -}}
+{{- $root := index . 0 -}}
+{{- $mr := $root.Values.modelRepository -}}
+- name: models
+{{- if eq $mr.source "pvc" }}
+  persistentVolumeClaim:
+    claimName: {{ $mr.pvc.claimName }}
+    readOnly: true
+{{- else }}
+  emptyDir:
+    sizeLimit: {{ $mr.objectStorage.sizeLimit }}
+{{- end }}
+# Ray's object store lives in shared memory; the container default (64 MiB) is far too small
+- name: shm
+  emptyDir:
+    medium: Memory
+    sizeLimit: {{ index . 1 }}
+# Ray writes sessions, logs and sockets under /tmp; the root filesystem stays read-only
+- name: tmp
+  emptyDir:
+    sizeLimit: {{ index . 2 }}
+{{- end -}}
+
+{{- define "optiserve.rayVolumeMounts" -}}
+- name: models
+  mountPath: {{ .Values.modelRepository.path }}
+  readOnly: true
+- name: shm
+  mountPath: /dev/shm
+- name: tmp
+  mountPath: /tmp
+{{- end -}}
+
+{{/* Pod template of a Ray group; argument: dict root, component, group, image, resources, shmSize,
+     tmpSize, nodeSelector, tolerations, affinity, head (bool). */}}
+{{- define "optiserve.rayPodTemplate" -}}
+{{- $root := .root -}}
+{{- $v := $root.Values -}}
+metadata:
+  labels:
+    {{- include "optiserve.labels" $root | nindent 4 }}
+    app.kubernetes.io/component: {{ .component }}
+    optiserve.dev/ray-group: {{ .group }}
+    {{- with $v.ray.podLabels }}
+    {{- toYaml . | nindent 4 }}
+    {{- end }}
+  {{- with $v.ray.podAnnotations }}
+  annotations:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+spec:
+  {{- /* the head needs the API only for Ray's autoscaler sidecar */}}
+  automountServiceAccountToken: {{ and .head $v.ray.autoscaler.enabled }}
+  enableServiceLinks: false
+  {{- with $v.imagePullSecrets }}
+  imagePullSecrets:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+  {{- with $v.ray.priorityClassName }}
+  priorityClassName: {{ . }}
+  {{- end }}
+  securityContext:
+    {{- include "optiserve.podSecurityContext" $root | nindent 4 }}
+  {{- $init := include "optiserve.modelInitContainers" $root | trim }}
+  {{- if $init }}
+  initContainers:
+    {{- $init | nindent 4 }}
+  {{- end }}
+  containers:
+    - name: {{ ternary "ray-head" "ray-worker" .head }}
+      image: {{ .image }}
+      imagePullPolicy: {{ $v.image.pullPolicy }}
+      env:
+        {{- include "optiserve.rayEnv" $root | nindent 8 }}
+      ports:
+        {{- if .head }}
+        - name: gcs-server
+          containerPort: 6379
+          protocol: TCP
+        - name: dashboard
+          containerPort: {{ $v.ray.dashboardPort }}
+          protocol: TCP
+        - name: client
+          containerPort: 10001
+          protocol: TCP
+        {{- end }}
+        - name: serve
+          containerPort: {{ $v.serve.port }}
+          protocol: TCP
+        - name: metrics
+          containerPort: {{ $v.ray.metricsPort }}
+          protocol: TCP
+      {{- if .head }}
+      # GCS and the dashboard answer once the head is up
+      readinessProbe:
+        httpGet:
+          path: /api/gcs_healthz
+          port: {{ $v.ray.dashboardPort }}
+        initialDelaySeconds: 10
+        periodSeconds: 5
+        timeoutSeconds: 2
+        failureThreshold: 10
+      livenessProbe:
+        httpGet:
+          path: /api/gcs_healthz
+          port: {{ $v.ray.dashboardPort }}
+        initialDelaySeconds: 30
+        periodSeconds: 10
+        timeoutSeconds: 2
+        failureThreshold: 12
+      {{- else }}
+      # ready once this node's Serve proxy answers; alive while its raylet does
+      readinessProbe:
+        httpGet:
+          path: /-/healthz
+          port: {{ $v.serve.port }}
+        initialDelaySeconds: 10
+        periodSeconds: 5
+        timeoutSeconds: 2
+        failureThreshold: 10
+      livenessProbe:
+        httpGet:
+          path: /api/local_raylet_healthz
+          port: 52365
+        initialDelaySeconds: 30
+        periodSeconds: 10
+        timeoutSeconds: 2
+        failureThreshold: 12
+      {{- end }}
+      lifecycle:
+        preStop:
+          exec:
+            command: ["ray", "stop"]
+      securityContext:
+        {{- include "optiserve.securityContext" $root | nindent 8 }}
+      resources:
+        {{- toYaml .resources | nindent 8 }}
+      volumeMounts:
+        {{- include "optiserve.rayVolumeMounts" $root | nindent 8 }}
+  volumes:
+    {{- include "optiserve.rayVolumes" (list $root .shmSize .tmpSize) | nindent 4 }}
+  {{- with .nodeSelector }}
+  nodeSelector:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+  {{- with .tolerations }}
+  tolerations:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+  {{- with .affinity }}
+  affinity:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+{{- end -}}
