@@ -1,0 +1,622 @@
+"""optiserve's Grafana dashboards and Prometheus alert rules, built from ``serving.metrics``.
+
+Every metric name comes from a :class:`serving.metrics.MetricSpec` (``spec.prom``), so a renamed
+metric changes the dashboards and rules when they are regenerated (``python grafana/generate.py``)
+and the sync tests fail until then. Dashboards are built with grafana-foundation-sdk.
+
+Ray adds ``application``, ``deployment`` and ``replica`` labels to optiserve's metrics; the
+Prometheus Operator adds ``namespace`` and ``pod``. Queries group by ``namespace`` so that one
+Prometheus watching several installs keeps them apart.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+
+from serving import metrics as M
+
+# ---- Ray Serve's own metrics (not optiserve's specs; names as Ray 2.60 exports them) ----------
+#: 1 for a healthy replica, 0 for an unhealthy one; labels application, deployment, replica.
+RAY_REPLICA_HEALTHY = "ray_serve_deployment_replica_healthy"
+#: 0=UNKNOWN, 1=DEPLOY_FAILED, 2=UNHEALTHY, 3=UPDATING, 4=UPSCALING, 5=DOWNSCALING, 6=HEALTHY.
+RAY_DEPLOYMENT_STATUS = "ray_serve_deployment_status"
+#: Replicas Serve is trying to run per deployment.
+RAY_TARGET_REPLICAS = "ray_serve_autoscaling_target_replicas"
+
+# ---- dashboard variables ----------------------------------------------------------------------
+#: Value Grafana substitutes for "All" (a regex: matches every value, and a missing label).
+ALL = ".*"
+NS = 'namespace=~"$namespace"'
+MODEL = 'model=~"$model"'
+VERSION = 'version=~"$version"'
+#: A version's deployment is named <model>-v<version> (serving.config.version_app_name).
+VERSION_DEPLOYMENT = 'deployment=~"$model-v$version"'
+RATE = "$__rate_interval"
+
+# ---- alert thresholds: the chart's .Values.alerts defaults ------------------------------------
+
+
+@dataclass(frozen=True)
+class Threshold:
+    key: str  # key under .Values.alerts in the Helm chart
+    default: float
+    description: str
+
+    @property
+    def token(self) -> str:
+        """Placeholder in rule text, replaced by the default or by a Helm expression."""
+        return f"__THRESHOLD_{self.key}__"
+
+
+P99_OBJECTIVE = Threshold("p99ObjectiveSeconds", 0.5, "p99 request latency objective (seconds)")
+ERROR_RATIO = Threshold("errorRatio", 0.05, "share of requests answered with a server-side error")
+GPU_UTILIZATION = Threshold("gpuUtilization", 0.95, "mean GPU utilization over 10 minutes")
+GPU_MEMORY = Threshold("gpuMemoryRatio", 0.95, "GPU memory used / total")
+MIN_RATE = Threshold("minRequestRate", 0.1, "requests/s below which latency and error alerts "
+                                            "stay quiet")
+THRESHOLDS = (P99_OBJECTIVE, ERROR_RATIO, GPU_UTILIZATION, GPU_MEMORY, MIN_RATE)
+
+#: Outcomes counted as the server's fault (serving.gateway's error outcomes; client_error is not).
+SERVER_ERRORS = "server_error|overloaded|timeout"
+SERVER_ERROR_M = f'outcome=~"{SERVER_ERRORS}"'
+NOT_SUCCESS = 'outcome!="success"'
+ROLE_SC = 'role=~"stable|canary"'
+GATEWAY_OR_VERSION = 'deployment=~"gateway|$model-v$version"'
+PHASE_PROGRESSING = 'phase="progressing"'
+PHASE_ROLLED_BACK = 'phase="rolled_back"'
+
+
+def sel(*matchers: str) -> str:
+    """A label selector: sel('a="b"', 'c=~"d"') -> '{a="b", c=~"d"}'."""
+    return "{" + ", ".join(m for m in matchers if m) + "}"
+
+
+def series(spec: M.MetricSpec, suffix: str = "") -> str:
+    if suffix and spec.kind != "histogram":
+        raise ValueError(f"{spec.name} is a {spec.kind}, it has no {suffix} series")
+    return spec.prom + suffix
+
+
+def rate(spec: M.MetricSpec, *matchers: str, suffix: str = "", window: str = RATE) -> str:
+    return f"rate({series(spec, suffix)}{sel(*matchers)}[{window}])"
+
+
+def quantile(q: float, spec: M.MetricSpec, by: str, *matchers: str, window: str = RATE) -> str:
+    return (f"histogram_quantile({q}, sum by ({by}, le) "
+            f"({rate(spec, *matchers, suffix='_bucket', window=window)}))")
+
+
+def mean(spec: M.MetricSpec, by: str, *matchers: str, window: str = RATE) -> str:
+    return (f"sum by ({by}) ({rate(spec, *matchers, suffix='_sum', window=window)}) / "
+            f"sum by ({by}) ({rate(spec, *matchers, suffix='_count', window=window)})")
+
+
+def with_role(expr: str) -> str:
+    """Adds the ``role`` (stable/canary) of each version from the gateway's traffic weights."""
+    tw = M.TRAFFIC_WEIGHT.prom
+    return (f"({expr}) * on (namespace, model, version) group_left (role) "
+            f"(0 * max by (namespace, model, version, role) "
+            f"({tw}{sel(NS, MODEL, ROLE_SC)}) + 1)")
+
+
+def error_ratio(by: str, *matchers: str, window: str = RATE) -> str:
+    """Server-side errors / all requests; 0 (not empty) where there were requests and no errors."""
+    total = f"sum by ({by}) ({rate(M.REQUESTS, *matchers, window=window)})"
+    errors = f"sum by ({by}) ({rate(M.REQUESTS, *matchers, SERVER_ERROR_M, window=window)})"
+    return f"({errors} or 0 * {total}) / {total}"
+
+
+# ---- dashboards -------------------------------------------------------------------------------
+
+
+@dataclass
+class Query:
+    expr: str
+    legend: str
+
+
+@dataclass
+class PanelSpec:
+    title: str
+    description: str
+    queries: list[Query]
+    unit: str = "short"
+    kind: str = "timeseries"  # timeseries | stat
+    width: int = 12
+    height: int = 8
+    min: float | None = None
+    max: float | None = None
+
+
+@dataclass
+class RowSpec:
+    title: str
+    panels: list[PanelSpec] = field(default_factory=list)
+
+
+@dataclass
+class DashboardSpec:
+    uid: str
+    title: str
+    description: str
+    rows: list[RowSpec]
+    #: the metric the namespace/model/version variables take their values from (for the GPU
+    #: dashboard too: GPU gauges carry model and version only in the deployment name)
+    variable_metric: str = M.REQUESTS.prom
+
+    def panels(self) -> list[PanelSpec]:
+        return [p for r in self.rows for p in r.panels]
+
+
+MV = "namespace, model, version"
+F = (NS, MODEL, VERSION)
+
+
+def overview() -> DashboardSpec:
+    return DashboardSpec(
+        uid="optiserve-overview", title="optiserve / Overview",
+        description="Traffic, errors, latency, batching, queues and replicas by model and version.",
+        rows=[
+            RowSpec("Traffic and errors", [
+                PanelSpec("Requests/s", "All inference requests.", [
+                    Query(f"sum({rate(M.REQUESTS, *F)})", "requests/s")],
+                    unit="reqps", kind="stat", width=6, height=4),
+                PanelSpec("Server error ratio", "Requests answered 5xx (server_error, "
+                          "overloaded, timeout) / all requests.", [
+                              Query(error_ratio("namespace", *F), "{{namespace}}")],
+                          unit="percentunit", kind="stat", width=6, height=4),
+                PanelSpec("p99 latency", "End-to-end p99 over all models.", [
+                    Query(quantile(0.99, M.REQUEST_DURATION, "namespace", *F), "p99")],
+                    unit="s", kind="stat", width=6, height=4),
+                PanelSpec("Rows/s", "Rows (inferences) processed successfully.", [
+                    Query(f"sum({rate(M.ROWS, *F)})", "rows/s")],
+                    unit="short", kind="stat", width=6, height=4),
+                PanelSpec("Requests/s by model and version", "", [
+                    Query(f"sum by ({MV}) ({rate(M.REQUESTS, *F)})",
+                          "{{model}} v{{version}}")], unit="reqps"),
+                PanelSpec("Errors/s by outcome and code", "Requests not answered with success "
+                          "(client errors included).", [
+                              Query(f"sum by ({MV}, outcome, code) "
+                                    f"({rate(M.REQUESTS, *F, NOT_SUCCESS)})",
+                                    "{{model}} v{{version}} {{outcome}} {{code}}")],
+                          unit="reqps"),
+                PanelSpec("Server error ratio by model and version", "", [
+                    Query(error_ratio(MV, *F), "{{model}} v{{version}}")],
+                    unit="percentunit", min=0),
+                PanelSpec("Rows/s by model and version", "", [
+                    Query(f"sum by ({MV}) ({rate(M.ROWS, *F)})", "{{model}} v{{version}}")]),
+            ]),
+            RowSpec("Latency", [
+                PanelSpec("Request latency p50 / p95 / p99", "End-to-end in the gateway, from "
+                          "receipt to response.", [
+                              Query(quantile(q, M.REQUEST_DURATION, MV, *F),
+                                    f"{{{{model}}}} v{{{{version}}}} p{int(q * 100)}")
+                              for q in (0.5, 0.95, 0.99)], unit="s", width=24),
+                PanelSpec("Queue wait p95", "Time requests waited in the batcher.", [
+                    Query(quantile(0.95, M.QUEUE_WAIT, MV, *F), "{{model}} v{{version}}")],
+                    unit="s"),
+                PanelSpec("Compute time per batch p95", "Model time per batch in the replica.", [
+                    Query(quantile(0.95, M.COMPUTE, MV, *F), "{{model}} v{{version}}")],
+                    unit="s"),
+            ]),
+            RowSpec("Batching and queues", [
+                PanelSpec("Batch size", "Rows per dispatched batch.", [
+                    Query(mean(M.BATCH_SIZE, MV, *F), "{{model}} v{{version}} mean"),
+                    Query(quantile(0.95, M.BATCH_SIZE, MV, *F), "{{model}} v{{version}} p95")]),
+                PanelSpec("Queued rows and in-flight requests", "", [
+                    Query(f"sum by ({MV}) ({M.QUEUE_ROWS.prom}{sel(*F)})",
+                          "{{model}} v{{version}} queued rows"),
+                    Query(f"sum by ({MV}) ({M.INFLIGHT.prom}{sel(*F)})",
+                          "{{model}} v{{version}} in flight")]),
+            ]),
+            RowSpec("Replicas", [
+                PanelSpec("Healthy replicas", "Ray Serve replicas reporting healthy, per "
+                          "deployment (gateway and one per served version).", [
+                              Query(f"sum by (namespace, application, deployment) "
+                                    f"({RAY_REPLICA_HEALTHY}{sel(NS, GATEWAY_OR_VERSION)})",
+                                    "{{deployment}}")]),
+                PanelSpec("Target replicas", "Replicas Serve is trying to run (autoscaling "
+                          "target or num_replicas).", [
+                              Query(f"max by (namespace, application, deployment) "
+                                    f"({RAY_TARGET_REPLICAS}{sel(NS, GATEWAY_OR_VERSION)})",
+                                    "{{deployment}}")]),
+                PanelSpec("Deployment status", "6 healthy, 3-5 updating or scaling, 2 unhealthy, "
+                          "1 deploy failed.", [
+                              Query(f"max by (namespace, application, deployment) "
+                                    f"({RAY_DEPLOYMENT_STATUS}{sel(NS, GATEWAY_OR_VERSION)})",
+                                    "{{deployment}}")], min=0, max=6),
+                PanelSpec("Model load time", "Time each version's replica took to load it.", [
+                    Query(f"max by ({MV}) ({M.LOAD_TIME.prom}{sel(*F)})",
+                          "{{model}} v{{version}}")], unit="s"),
+            ]),
+        ])
+
+
+def canary() -> DashboardSpec:
+    RM = (NS, MODEL)
+    return DashboardSpec(
+        uid="optiserve-canary", title="optiserve / Canary rollouts",
+        description="Traffic split, rollout controller state, and stable vs canary latency, "
+                    "errors and agreement.",
+        rows=[
+            RowSpec("Traffic split", [
+                PanelSpec("Traffic weight by version", "Percent of a model's traffic the gateway "
+                          "routes to each version.", [
+                              Query(f"max by ({MV}, role) ({M.TRAFFIC_WEIGHT.prom}"
+                                    f"{sel(*RM, VERSION, ROLE_SC)})",
+                                    "{{model}} v{{version}} ({{role}})")],
+                          unit="percent", min=0, max=100),
+                PanelSpec("Canary weight set by the rollout controller", "", [
+                    Query(f"max by (namespace, model, stable, canary) "
+                          f"({M.ROLLOUT_WEIGHT.prom}{sel(*RM)})",
+                          "{{model}} v{{stable}} -> v{{canary}}")],
+                    unit="percent", min=0, max=100),
+            ]),
+            RowSpec("Rollout controller", [
+                PanelSpec("Phase", "The rollout's current phase.", [
+                    Query(f"max by (namespace, model, phase) ({M.ROLLOUT_PHASE.prom}{sel(*RM)}) "
+                          "== 1", "{{model}}: {{phase}}")], kind="stat", width=8, height=5),
+                PanelSpec("Step", "Index of the current step (0-based).", [
+                    Query(f"max by (namespace, model) ({M.ROLLOUT_STEP.prom}{sel(*RM)})",
+                          "{{model}}")], kind="stat", width=8, height=5),
+                PanelSpec("Failed analyses", "Failed analyses counted against the failure "
+                          "budget.", [
+                              Query(f"max by (namespace, model) "
+                                    f"({M.ROLLOUT_FAILURES.prom}{sel(*RM)})", "{{model}}")],
+                          kind="stat", width=8, height=5),
+                PanelSpec("Analysis check values", "Last measured value of each check.", [
+                    Query(f"max by (namespace, model, check) "
+                          f"({M.ROLLOUT_CHECK_VALUE.prom}{sel(*RM)})", "{{model}} {{check}}")]),
+                PanelSpec("Analysis check results", "1 passed, 0 failed, -1 not enough data.", [
+                    Query(f"max by (namespace, model, check) "
+                          f"({M.ROLLOUT_CHECK_PASSED.prom}{sel(*RM)})", "{{model}} {{check}}")],
+                    min=-1, max=1),
+                PanelSpec("Phase transitions", "Transitions in the dashboard's time range.", [
+                    Query(f"sum by (namespace, model, from_phase, to_phase) "
+                          f"(increase({M.ROLLOUT_TRANSITIONS.prom}{sel(*RM)}[$__range]))",
+                          "{{model}} {{from_phase}} -> {{to_phase}}")],
+                    kind="stat", width=24, height=5),
+            ]),
+            RowSpec("Stable vs canary", [
+                PanelSpec("p99 latency by role", "", [
+                    Query(with_role(quantile(0.99, M.REQUEST_DURATION, MV, *RM, VERSION)),
+                          "{{model}} v{{version}} ({{role}})")], unit="s"),
+                PanelSpec("Server error ratio by role", "", [
+                    Query(with_role(error_ratio(MV, *RM, VERSION)),
+                          "{{model}} v{{version}} ({{role}})")], unit="percentunit", min=0),
+                PanelSpec("Requests/s by role", "", [
+                    Query(with_role(f"sum by ({MV}) ({rate(M.REQUESTS, *RM, VERSION)})"),
+                          "{{model}} v{{version}} ({{role}})")], unit="reqps"),
+                PanelSpec("Shadow agreement", "Per-row agreement of canary with stable on "
+                          "mirrored requests (cosine for embeddings, top-1 match for "
+                          "classifiers).", [
+                              Query(quantile(q, M.SHADOW_AGREEMENT, "namespace, model, stable, "
+                                             "canary", *RM),
+                                    f"{{{{model}}}} v{{{{canary}}}} vs v{{{{stable}}}} "
+                                    f"p{int(q * 100):02d}")
+                              for q in (0.5, 0.05)], unit="percentunit", max=1),
+                PanelSpec("Shadow requests/s by outcome", "Mirrored requests: compared, dropped "
+                          "(queue full), failed.", [
+                              Query(f"sum by (namespace, model, stable, canary, outcome) "
+                                    f"({rate(M.SHADOW_REQUESTS, *RM)})",
+                                    "{{model}} v{{canary}} {{outcome}}")],
+                          unit="reqps", width=24),
+            ]),
+        ])
+
+
+def gpu() -> DashboardSpec:
+    G = (NS, VERSION_DEPLOYMENT)
+    by = "namespace, instance, gpu, gpu_name"
+    legend = "{{instance}} GPU {{gpu}} ({{gpu_name}})"
+    return DashboardSpec(
+        uid="optiserve-gpu", title="optiserve / GPUs",
+        description="Per-device utilization, memory and power, sampled through NVML by the "
+                    "replicas of GPU versions.",
+        rows=[RowSpec("Devices", [
+            PanelSpec("GPU utilization", "", [
+                Query(f"max by ({by}) ({M.GPU_UTILIZATION.prom}{sel(*G)})", legend)],
+                unit="percentunit", min=0, max=1),
+            PanelSpec("GPU memory used", "", [
+                Query(f"max by ({by}) ({M.GPU_MEMORY_USED.prom}{sel(*G)})", legend + " used"),
+                Query(f"max by ({by}) ({M.GPU_MEMORY_TOTAL.prom}{sel(*G)})", legend + " total")],
+                unit="bytes", min=0),
+            PanelSpec("GPU memory used / total", "", [
+                Query(f"max by ({by}) ({M.GPU_MEMORY_USED.prom}{sel(*G)}) / "
+                      f"max by ({by}) ({M.GPU_MEMORY_TOTAL.prom}{sel(*G)})", legend)],
+                unit="percentunit", min=0, max=1),
+            PanelSpec("GPU power", "", [
+                Query(f"max by ({by}) ({M.GPU_POWER.prom}{sel(*G)})", legend)],
+                unit="watt", min=0),
+        ])])
+
+
+DASHBOARDS = {"overview": overview, "canary": canary, "gpu": gpu}
+
+
+def variable_queries(d: DashboardSpec) -> dict[str, str]:
+    """Grafana ``label_values`` queries of the namespace/model/version variables."""
+    metric = d.variable_metric
+    return {"namespace": f"label_values({metric}, namespace)",
+            "model": f"label_values({metric}{sel(NS)}, model)",
+            "version": f"label_values({metric}{sel(NS, MODEL)}, version)"}
+
+
+def build_dashboard(d: DashboardSpec) -> dict:
+    """The Grafana dashboard JSON model, built with grafana-foundation-sdk."""
+    from grafana_foundation_sdk.builders import dashboard as db
+    from grafana_foundation_sdk.builders import common as cb
+    from grafana_foundation_sdk.builders import prometheus, stat, timeseries
+    from grafana_foundation_sdk.cog.encoder import JSONEncoder
+    from grafana_foundation_sdk.models import common
+    from grafana_foundation_sdk.models.dashboard import (
+        DataSourceRef, DashboardCursorSync, VariableOption, VariableRefresh, VariableSort,
+    )
+
+    ds = DataSourceRef(type_val="prometheus", uid="${datasource}")
+    b = (db.Dashboard(d.title).uid(d.uid).description(d.description)
+         .tags(["optiserve"]).refresh("30s").time("now-1h", "now")
+         .tooltip(DashboardCursorSync.CROSSHAIR).timezone("browser"))
+    b.with_variable(db.DatasourceVariable("datasource").label("Data source").type("prometheus"))
+    all_option = VariableOption(selected=True, text="All", value="$__all")
+    for name, query in variable_queries(d).items():
+        b.with_variable(
+            db.QueryVariable(name).label(name.capitalize()).datasource(ds).query(query)
+            .refresh(VariableRefresh.ON_TIME_RANGE_CHANGED).sort(VariableSort.NATURAL_ASC)
+            .include_all(True).all_value(ALL).multi(True).current(all_option))
+    for row in d.rows:
+        b.with_row(db.Row(row.title))
+        for p in row.panels:
+            if p.kind == "stat":
+                panel = (stat.Panel().graph_mode(common.BigValueGraphMode.AREA)
+                         .reduce_options(cb.ReduceDataOptions().calcs(["lastNotNull"])))
+            else:
+                panel = (timeseries.Panel().line_width(1).fill_opacity(10)
+                         .legend(cb.VizLegendOptions()
+                                 .display_mode(common.LegendDisplayMode.TABLE)
+                                 .placement(common.LegendPlacement.BOTTOM)
+                                 .show_legend(True).calcs(["lastNotNull", "max"])))
+            panel = (panel.title(p.title).description(p.description).datasource(ds)
+                     .unit(p.unit).span(p.width).height(p.height))
+            if p.min is not None:
+                panel = panel.min(p.min)
+            if p.max is not None:
+                panel = panel.max(p.max)
+            for i, q in enumerate(p.queries):
+                panel = panel.with_target(prometheus.Dataquery().expr(q.expr)
+                                          .legend_format(q.legend).ref_id(chr(ord("A") + i))
+                                          .datasource(ds))
+            b.with_panel(panel)
+    return json.loads(json.dumps(b.build(), cls=JSONEncoder))
+
+
+def dashboard_queries(doc: dict) -> list[tuple[str, str]]:
+    """(panel title, expr) of every query in a dashboard JSON model."""
+    out = []
+    for panel in doc.get("panels", []):
+        for target in panel.get("targets", []):
+            out.append((panel["title"], target["expr"]))
+    return out
+
+
+# ---- alert rules ------------------------------------------------------------------------------
+
+
+@dataclass
+class Alert:
+    name: str
+    expr: str
+    for_: str
+    severity: str
+    summary: str
+    description: str
+    group: str
+
+
+def alerts() -> list[Alert]:
+    dur_count = M.REQUEST_DURATION.prom + "_count"
+    by_mv = "namespace, model, version"
+    traffic_mv = (f"sum by ({by_mv}) (rate({dur_count}[5m])) > {MIN_RATE.token}")
+    req = M.REQUESTS.prom
+    total_m = f"sum by (namespace, model) (rate({req}[5m]))"
+    gpu_by = "namespace, instance, gpu, gpu_name"
+    return [
+        Alert("OptiserveP99LatencyHigh",
+              f"histogram_quantile(0.99, sum by ({by_mv}, le) "
+              f"(rate({M.REQUEST_DURATION.prom}_bucket[5m]))) > {P99_OBJECTIVE.token} "
+              f"and on ({by_mv}) {traffic_mv}",
+              "10m", "warning",
+              "{{ $labels.model }} v{{ $labels.version }}: p99 latency over its objective",
+              "p99 request latency of {{ $labels.model }} version {{ $labels.version }} in "
+              "{{ $labels.namespace }} has been above " + P99_OBJECTIVE.token + " s for 10 "
+              "minutes.", "optiserve.serving"),
+        Alert("OptiserveErrorRateHigh",
+              f"sum by (namespace, model) (rate({req}{sel(SERVER_ERROR_M)}[5m])) "
+              f"/ {total_m} > {ERROR_RATIO.token} "
+              f"and on (namespace, model) {total_m} > {MIN_RATE.token}",
+              "5m", "critical",
+              "{{ $labels.model }}: server error ratio high",
+              "More than " + ERROR_RATIO.token + " of {{ $labels.model }}'s requests in "
+              "{{ $labels.namespace }} end in server_error, overloaded or timeout.",
+              "optiserve.serving"),
+        Alert("OptiserveReplicasUnhealthy",
+              f"count by (namespace, application, deployment) ({RAY_REPLICA_HEALTHY} == 0) > 0 "
+              f"or max by (namespace, application, deployment) ({RAY_DEPLOYMENT_STATUS}) > 0 < 3",
+              "5m", "critical",
+              "{{ $labels.deployment }}: Ray Serve replicas unhealthy",
+              "Deployment {{ $labels.deployment }} (application {{ $labels.application }}) in "
+              "{{ $labels.namespace }} has had unhealthy replicas (or is UNHEALTHY / "
+              "DEPLOY_FAILED) for 5 minutes.",
+              "optiserve.serving"),
+        Alert("OptiserveCanaryFailing",
+              f"max by (namespace, model) ({M.ROLLOUT_FAILURES.prom}) > 0 "
+              f"and on (namespace, model) "
+              f"max by (namespace, model) ({M.ROLLOUT_PHASE.prom}{sel(PHASE_PROGRESSING)}) == 1",
+              "1m", "warning",
+              "{{ $labels.model }}: canary failing its analysis",
+              "The canary of {{ $labels.model }} in {{ $labels.namespace }} failed rollout "
+              "analyses; the controller rolls it back when its failure budget is spent.",
+              "optiserve.rollout"),
+        Alert("OptiserveCanaryRolledBack",
+              f"max by (namespace, model) ({M.ROLLOUT_PHASE.prom}{sel(PHASE_ROLLED_BACK)}) == 1",
+              "0m", "warning",
+              "{{ $labels.model }}: canary rolled back",
+              "The rollout controller rolled back the canary of {{ $labels.model }} in "
+              "{{ $labels.namespace }}; all traffic is on the stable version.",
+              "optiserve.rollout"),
+        Alert("OptiserveGPUSaturated",
+              f"max by ({gpu_by}) (avg_over_time({M.GPU_UTILIZATION.prom}[10m])) "
+              f"> {GPU_UTILIZATION.token}",
+              "15m", "warning",
+              "GPU {{ $labels.gpu }} on {{ $labels.instance }} saturated",
+              "GPU {{ $labels.gpu }} ({{ $labels.gpu_name }}) on {{ $labels.instance }} has "
+              "averaged over " + GPU_UTILIZATION.token + " utilization; add GPU workers or "
+              "replicas.", "optiserve.gpu"),
+        Alert("OptiserveGPUMemoryHigh",
+              f"max by ({gpu_by}) ({M.GPU_MEMORY_USED.prom}) / "
+              f"max by ({gpu_by}) ({M.GPU_MEMORY_TOTAL.prom}) > {GPU_MEMORY.token}",
+              "10m", "warning",
+              "GPU {{ $labels.gpu }} on {{ $labels.instance }} memory nearly full",
+              "GPU {{ $labels.gpu }} ({{ $labels.gpu_name }}) on {{ $labels.instance }} has used "
+              "over " + GPU_MEMORY.token + " of its memory for 10 minutes.", "optiserve.gpu"),
+    ]
+
+
+def rule_groups(alert_list: list[Alert] | None = None) -> dict:
+    """The rules as a Prometheus rule file document, thresholds still as tokens."""
+    groups: dict[str, list] = {}
+    for a in alert_list or alerts():
+        groups.setdefault(a.group, []).append({
+            "alert": a.name, "expr": a.expr, "for": a.for_,
+            "labels": {"severity": a.severity},
+            "annotations": {"summary": a.summary, "description": a.description},
+        })
+    return {"groups": [{"name": name, "rules": rules} for name, rules in groups.items()]}
+
+
+def with_defaults(text: str) -> str:
+    for t in THRESHOLDS:
+        text = text.replace(t.token, repr(t.default))
+    return text
+
+
+def with_helm_values(text: str) -> str:
+    """Rule text for the chart: Prometheus's own {{ }} escaped from Helm's tpl, thresholds from
+    .Values.alerts."""
+    import re
+
+    text = re.sub(r"\{\{|\}\}", lambda m: "{{`" + m.group() + "`}}", text)
+    for t in THRESHOLDS:
+        text = text.replace(t.token, "{{ .Values.alerts.%s }}" % t.key)
+    return text
+
+
+# ---- promtool unit tests: each alert fires in one case and stays quiet in another -------------
+
+
+def _s(metric: str, labels: dict[str, str], values: str) -> dict:
+    inner = ", ".join(f'{k}="{v}"' for k, v in labels.items())
+    return {"series": f"{metric}{{{inner}}}", "values": values}
+
+
+def _latency_series(p99_fast: bool) -> list[dict]:
+    """60 requests/min; 98% under 0.1 s, the rest under 0.25 s (fast) or over 1 s (slow)."""
+    lb = {"namespace": "prod", "model": "minilm", "version": "2"}
+    slow_le = "0.25" if p99_fast else "2.5"
+    out = []
+    for le in M.REQUEST_DURATION.boundaries + (float("inf"),):
+        le_s = "+Inf" if le == float("inf") else repr(le)
+        per_min = 60 if le >= float(slow_le) else (58.8 if le >= 0.1 else 0)
+        out.append(_s(M.REQUEST_DURATION.prom + "_bucket", {**lb, "le": le_s},
+                      f"0+{per_min}x40"))
+    out.append(_s(M.REQUEST_DURATION.prom + "_count", lb, "0+60x40"))
+    return out
+
+
+def _request_series(error_share: float) -> list[dict]:
+    lb = {"namespace": "prod", "model": "minilm", "version": "2"}
+    ok = 600 * (1 - error_share)
+    return [_s(M.REQUESTS.prom, {**lb, "outcome": "success", "code": "200"}, f"0+{ok:g}x30"),
+            _s(M.REQUESTS.prom, {**lb, "outcome": "server_error", "code": "500"},
+               f"0+{600 - ok:g}x30")]
+
+
+def _gpu_series(util: float, used: float) -> list[dict]:
+    lb = {"namespace": "prod", "instance": "10.0.0.7:8080", "gpu": "0", "gpu_name": "NVIDIA L4"}
+    return [_s(M.GPU_UTILIZATION.prom, lb, f"{util}x40"),
+            _s(M.GPU_MEMORY_USED.prom, lb, f"{used}x40"),
+            _s(M.GPU_MEMORY_TOTAL.prom, lb, "24000000000x40")]
+
+
+def _rollout_series(phase: str, failures: int) -> list[dict]:
+    out = [_s(M.ROLLOUT_PHASE.prom, {"namespace": "prod", "model": "minilm", "phase": p},
+              ("1" if p == phase else "0") + "x20")
+           for p in ("pending", "progressing", "promoted", "rolled_back", "aborted")]
+    out.append(_s(M.ROLLOUT_FAILURES.prom, {"namespace": "prod", "model": "minilm"},
+                  f"{failures}x20"))
+    return out
+
+
+def _replica_series(healthy: int, status: int = 6) -> list[dict]:
+    dep = {"namespace": "prod", "application": "minilm-v2", "deployment": "minilm-v2"}
+    return [_s(RAY_REPLICA_HEALTHY, {**dep, "replica": r}, f"{h}x20")
+            for r, h in (("a1", 1), ("b2", healthy))] + [
+        _s(RAY_DEPLOYMENT_STATUS, dep, f"{status}x20")]
+
+
+def rule_tests(rules_file: str) -> dict:
+    """promtool ``test rules`` document for the default thresholds (P99 0.5 s, errors 5%,
+    GPU 95%): one case per alert where it fires and one where it stays quiet."""
+    mv = {"namespace": "prod", "model": "minilm", "version": "2"}
+    gpu = {"namespace": "prod", "instance": "10.0.0.7:8080", "gpu": "0", "gpu_name": "NVIDIA L4"}
+    cases = [
+        ("OptiserveP99LatencyHigh", _latency_series(False), _latency_series(True), "30m",
+         {**mv, "severity": "warning"}),
+        ("OptiserveErrorRateHigh", _request_series(0.2), _request_series(0.01), "20m",
+         {"namespace": "prod", "model": "minilm", "severity": "critical"}),
+        ("OptiserveReplicasUnhealthy", _replica_series(0), _replica_series(1, 4), "15m",
+         {"namespace": "prod", "application": "minilm-v2", "deployment": "minilm-v2",
+          "severity": "critical"}),
+        ("OptiserveCanaryFailing", _rollout_series("progressing", 1),
+         _rollout_series("progressing", 0), "10m",
+         {"namespace": "prod", "model": "minilm", "severity": "warning"}),
+        ("OptiserveCanaryRolledBack", _rollout_series("rolled_back", 2),
+         _rollout_series("promoted", 0), "5m",
+         {"namespace": "prod", "model": "minilm", "severity": "warning"}),
+        ("OptiserveGPUSaturated", _gpu_series(0.99, 1e10), _gpu_series(0.6, 1e10), "30m",
+         {**gpu, "severity": "warning"}),
+        ("OptiserveGPUMemoryHigh", _gpu_series(0.5, 2.35e10), _gpu_series(0.5, 1.2e10), "30m",
+         {**gpu, "severity": "warning"}),
+    ]
+    by_name = {a.name: a for a in alerts()}
+    tests = []
+    for name, firing, quiet, at, labels in cases:
+        a = by_name[name]
+        tests.append({"name": f"{name} fires", "interval": "1m", "input_series": firing,
+                      "alert_rule_test": [{"eval_time": at, "alertname": name, "exp_alerts": [{
+                          "exp_labels": labels,
+                          "exp_annotations": {
+                              "summary": _render(a.summary, labels),
+                              "description": _render(with_defaults(a.description), labels)},
+                      }]}]})
+        tests.append({"name": f"{name} stays quiet", "interval": "1m", "input_series": quiet,
+                      "alert_rule_test": [{"eval_time": at, "alertname": name,
+                                           "exp_alerts": []}]})
+    missing = set(by_name) - {c[0] for c in cases}
+    if missing:
+        raise AssertionError(f"alerts without promtool tests: {sorted(missing)}")
+    return {"rule_files": [rules_file], "evaluation_interval": "1m", "tests": tests}
+
+
+def _render(template: str, labels: dict[str, str]) -> str:
+    """Expands the ``{{ $labels.x }}`` references the annotations use (and nothing else)."""
+    import re
+
+    def sub(m):
+        return labels[m.group(1)]
+
+    out = re.sub(r"\{\{ \$labels\.(\w+) \}\}", sub, template)
+    if "{{" in out:
+        raise ValueError(f"annotation uses more than $labels: {template}")
+    return out
