@@ -44,12 +44,6 @@ class GatewayDeployment:
         self.recorder = M.BufferedRecorder()
         self.gateway = Gateway(repository, self._backend, self.recorder, self._ready_probe)
         self._handles = {}
-        self._flusher: asyncio.Task | None = None
-
-    async def _flush_metrics(self) -> None:
-        while True:
-            await asyncio.sleep(0.5)
-            self.recorder.flush()
 
     def reconfigure(self, user_config: dict) -> None:
         self.gateway.reconfigure(user_config)
@@ -85,8 +79,6 @@ class GatewayDeployment:
         return bool(await self._handle(model, version).ready.remote())
 
     async def __call__(self, request: Request) -> Response:
-        if self._flusher is None:
-            self._flusher = asyncio.get_running_loop().create_task(self._flush_metrics())
         path = request.scope["path"]
         parts = [p for p in path.split("/") if p]
         method = request.method
@@ -167,7 +159,7 @@ class ModelVersionDeployment:
     def __init__(self, repository: str, model: str, version: int):
         from .repository import ModelRepository
 
-        self.recorder = M.Recorder()
+        self.recorder = M.BufferedRecorder()
         # verifies every artifact's sha256; a mismatch fails the replica with the file named
         self.ref = ModelRepository(repository).open(model, version)
         self.tags = {"model": model, "version": str(version)}

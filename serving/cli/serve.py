@@ -73,20 +73,24 @@ def serve_command(
     cluster = LocalCluster(doc, LocalOptions(metrics_port=metrics_port,
                                              dashboard_port=dashboard_port, proxy=proxy))
     stop = threading.Event()
-
-    def _signal(signum, _frame):
-        stop.set()
-
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, _signal)
     t0 = time.perf_counter()
     try:
         with err_console.status("starting Ray and deploying...") as status:
             cluster.start(on_status=lambda s: status.update(
                 "deploying: " + ", ".join(f"{k} {v}" for k, v in s.items())))
+    except KeyboardInterrupt:
+        cluster.stop()
+        fail("interrupted while starting", code=130)
     except Exception as e:
         cluster.stop()
         fail(f"could not start serving: {e}")
+
+    def _signal(signum, _frame):
+        stop.set()
+
+    # after ray.init, which installs its own SIGTERM handler in the driver
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, _signal)
     http = doc.get("http_options") or {}
     url = f"http://{http.get('host', host)}:{http.get('port', port)}"
     console.print(f"[bold green]serving[/] in {time.perf_counter() - t0:.1f} s")
