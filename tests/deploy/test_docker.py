@@ -1,0 +1,133 @@
+"""The serving images. Docker cannot run here, so the Dockerfiles are checked as text: pinned
+multi-stage builds, a non-root user, the same extras and pins the README installs, and COPY
+sources that exist."""
+
+from __future__ import annotations
+
+import re
+import shlex
+from pathlib import Path
+
+import pytest
+
+from .conftest import ROOT
+
+DOCKERFILES = {"cpu": ROOT / "docker/Dockerfile.cpu", "gpu": ROOT / "docker/Dockerfile.gpu"}
+EXTRAS = re.compile(r"""\.\[([a-z0-9_,-]+)\]""")
+
+
+def instructions(path: Path) -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) with line continuations joined and comments dropped."""
+    text = re.sub(r"\\\n", " ", path.read_text())
+    out = []
+    for line in text.splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        op, _, args = line.partition(" ")
+        out.append((op.upper(), args.strip()))
+    return out
+
+
+def stages(path: Path) -> list[list[tuple[str, str]]]:
+    out: list[list[tuple[str, str]]] = []
+    for op, args in instructions(path):
+        if op == "FROM":
+            out.append([])
+        if out:
+            out[-1].append((op, args))
+    return out
+
+
+def build_args(path: Path) -> dict[str, str]:
+    return dict(a.split("=", 1) for op, a in instructions(path) if op == "ARG" and "=" in a)
+
+
+def pip_installs(path: Path) -> list[str]:
+    return [cmd for op, args in instructions(path) if op == "RUN"
+            for cmd in args.split("&&") if "pip install" in cmd]
+
+
+def readme_installs() -> list[str]:
+    readme = ROOT / "README.md"
+    assert readme.exists(), "README.md is missing: the images must install what it documents"
+    text = re.sub(r"\\\n", " ", readme.read_text())
+    return [line for line in text.splitlines()
+            if "pip install" in line and "constraints.txt" in line]
+
+
+def extras(cmd: str) -> set[str]:
+    return {e for m in EXTRAS.findall(cmd) for e in m.split(",")}
+
+
+@pytest.mark.parametrize("flavor", sorted(DOCKERFILES))
+def test_installs_what_the_readme_installs(flavor):
+    path = DOCKERFILES[flavor]
+    installs = pip_installs(path)
+    assert len(installs) == 1, installs
+    (cmd,) = installs
+    tokens = shlex.split(cmd)
+    assert "-c" in tokens and tokens[tokens.index("-c") + 1] == "constraints.txt", cmd
+    assert extras(cmd) == {flavor}, cmd
+    documented = [extras(line) for line in readme_installs()]
+    assert {flavor} in documented, (
+        f"README.md has no `pip install -c constraints.txt '.[{flavor}]'`; found {documented}")
+
+
+def test_readme_extras_exist_in_pyproject():
+    import tomllib
+
+    optional = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"][
+        "optional-dependencies"]
+    for line in readme_installs():
+        assert extras(line) <= set(optional), line
+
+
+@pytest.mark.parametrize("flavor", sorted(DOCKERFILES))
+def test_copy_sources_exist(flavor):
+    for stage in stages(DOCKERFILES[flavor]):
+        for op, args in stage:
+            if op not in ("COPY", "ADD") or "--from=" in args:
+                continue
+            *sources, _dest = [a for a in shlex.split(args) if not a.startswith("--")]
+            for s in sources:
+                assert (ROOT / s).exists(), f"{DOCKERFILES[flavor].name}: COPY {s} does not exist"
+
+
+@pytest.mark.parametrize("flavor", sorted(DOCKERFILES))
+def test_pinned_multi_stage_non_root(flavor):
+    path = DOCKERFILES[flavor]
+    st = stages(path)
+    assert len(st) >= 2, "multi-stage: a build stage and a runtime stage"
+    args = build_args(path)
+    for stage in st:
+        image = stage[0][1].split()[0]
+        image = re.sub(r"\$\{(\w+)\}", lambda m: args[m.group(1)], image)
+        name, _, tag = image.rpartition(":")
+        assert "@sha256:" in image or (name and re.search(r"\d+\.\d+", tag)), \
+            f"{path.name}: base image {image} is not pinned to a version or digest"
+        assert "latest" not in tag
+    final = st[-1]
+    users = [a for op, a in final if op == "USER"]
+    assert users, f"{path.name}: the runtime stage sets no USER"
+    uid = users[-1].split(":")[0]
+    assert uid.isdigit() and int(uid) != 0, f"{path.name}: runs as {users[-1]}"
+    assert any(op == "COPY" and "--from=build" in a for op, a in final)
+    # the runtime stage installs nothing from PyPI: everything comes from the build stage
+    assert not any("pip install" in a for op, a in final if op == "RUN")
+
+
+def test_chart_uses_both_images():
+    values = (ROOT / "helm/optiserve/values.yaml").read_text()
+    assert "gpuImage:" in values and "image:" in values
+    for flavor, path in DOCKERFILES.items():
+        assert f"-t optiserve:0.1.0-{flavor}" in path.read_text()
+
+
+def test_dockerfile_checks_can_fail(tmp_path):
+    bad = tmp_path / "Dockerfile"
+    bad.write_text("FROM python:latest\nCOPY nothing-here /x\nRUN pip install '.[cpu]'\n")
+    assert len(stages(bad)) == 1
+    assert not (ROOT / "nothing-here").exists()
+    (cmd,) = pip_installs(bad)
+    assert "-c" not in shlex.split(cmd)

@@ -1,0 +1,67 @@
+"""k8s/ (plain kustomize) must equal what the Helm chart renders: base = the defaults, each overlay
+= the defaults plus its values.yaml."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+from .conftest import ROOT, run
+
+sys.path.insert(0, str(ROOT / "scripts"))
+import render_k8s  # noqa: E402
+
+K8S = ROOT / "k8s"
+TARGETS = {"base": (K8S / "base", []),
+           **{o: (K8S / "overlays" / o, [K8S / "overlays" / o / "values.yaml"])
+              for o in render_k8s.OVERLAYS}}
+
+
+def kustomize(kubectl: str, path: Path) -> str:
+    r = run([kubectl, "kustomize", str(path)])
+    assert r.returncode == 0, r.stderr
+    return r.stdout
+
+
+def test_generated_files_are_up_to_date(helm):
+    r = run([sys.executable, str(ROOT / "scripts/render_k8s.py"), "--check"])
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+@pytest.mark.parametrize("target", sorted(TARGETS))
+def test_kustomize_output_equals_helm_template(helm, kubectl, target):
+    path, values = TARGETS[target]
+    got = render_k8s.as_installed(render_k8s.objects(kustomize(kubectl, path)))
+    want = render_k8s.as_installed(render_k8s.objects(render_k8s.helm_template(values)))
+    assert sorted(got) == sorted(want)
+    for k in want:
+        assert got[k] == want[k], f"{target}: {k} differs from helm template"
+
+
+def test_overlays_differ_where_expected(kubectl):
+    def rayservice(path):
+        objs = render_k8s.objects(kustomize(kubectl, path))
+        return next(o for o in objs if o["kind"] == "RayService")
+
+    base = rayservice(K8S / "base")
+    gpu = rayservice(K8S / "overlays/gpu")
+    cpu = rayservice(K8S / "overlays/cpu")
+    groups = lambda rs: [g["groupName"] for g in rs["spec"]["rayClusterConfig"]["workerGroupSpecs"]]  # noqa: E731
+    assert groups(base) == ["cpu"] and groups(cpu) == ["cpu"] and groups(gpu) == ["cpu", "gpu"]
+    assert "num_gpus" in gpu["spec"]["serveConfigV2"]
+    assert cpu["spec"]["rayClusterConfig"]["enableInTreeAutoscaling"] is True
+
+
+def test_drift_is_detected(helm, tmp_path, monkeypatch):
+    """A changed chart default makes the committed base stale."""
+    import shutil
+
+    chart = tmp_path / "optiserve"
+    shutil.copytree(render_k8s.CHART, chart)
+    values = chart / "values.yaml"
+    values.write_text(values.read_text().replace("shmSize: 1Gi", "shmSize: 3Gi", 1))
+    monkeypatch.setattr(render_k8s, "CHART", chart)
+    stale = [p for p, t in render_k8s.outputs().items() if p.read_text() != t]
+    assert K8S / "base/optiserve.yaml" in stale
