@@ -1,0 +1,266 @@
+"""Every dashboard panel's query against a real Prometheus scraping a real `optiserve serve` and the
+local rollout controller, with traffic from `optiserve bench`: each query must return data.
+
+Real parts only: the optimized built-in model (minilm_build), Ray Serve serving two versions with
+a canary weight and a shadow share, Debian's Prometheus on a loopback port, the rollout controller
+on its local target. Kubernetes adds the `namespace` label when the Prometheus Operator scrapes;
+here the scrape config sets it (namespace="optiserve-test"). No GPU on these machines: the GPU
+dashboard's queries are checked to parse and run (the Prometheus API accepts them), not for data.
+The alert rules are loaded into the same Prometheus and must evaluate without errors, and the
+`helm test` pod's script sends its inference request to this server.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+import pytest
+import yaml
+
+from serving.config import build_serve_config, gateway_user_config
+from serving.local import free_port
+
+from .conftest import ROOT, find_tool, only
+
+sys.path.insert(0, str(ROOT / "grafana"))
+import optiserve_monitoring as mon  # noqa: E402
+
+pytestmark = pytest.mark.slow
+NAMESPACE = "optiserve-test"
+WAIT_FOR_DATA_S = 120
+
+
+def _get(url: str, timeout: float = 5.0) -> tuple[int, bytes]:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as r:
+            return r.status, r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read()
+
+
+def _wait(what: str, ok, timeout: float, proc: subprocess.Popen | None = None,
+          log: Path | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            tail = log.read_text()[-3000:] if log and log.exists() else ""
+            pytest.fail(f"{what}: the process exited with {proc.returncode}\n{tail}")
+        try:
+            if ok():
+                return
+        except OSError:
+            pass
+        time.sleep(0.5)
+    tail = log.read_text()[-3000:] if log and log.exists() else ""
+    pytest.fail(f"{what}: not ready within {timeout:.0f} s\n{tail}")
+
+
+class Processes:
+    """Processes this test started; stopped by PID (their own session), last started first."""
+
+    def __init__(self):
+        self.procs: list[tuple[str, subprocess.Popen]] = []
+
+    def start(self, name: str, cmd: list[str], log: Path, env: dict | None = None):
+        f = open(log, "w")
+        p = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env=env, cwd=ROOT,
+                             start_new_session=True)
+        self.procs.append((name, p))
+        return p
+
+    def stop_all(self) -> None:
+        for _name, p in reversed(self.procs):
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+                try:
+                    p.wait(timeout=60)
+                except subprocess.TimeoutExpired:
+                    os.killpg(p.pid, signal.SIGKILL)
+                    p.wait(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def live(minilm_build, tmp_path_factory):
+    repo, _report, _result = minilm_build
+    versions = sorted(int(p.name) for p in (Path(repo) / "minilm").iterdir() if p.name.isdigit())
+    assert len(versions) >= 2, f"need two published versions of minilm, got {versions}"
+    stable, canary = versions[0], versions[1]
+    work = tmp_path_factory.mktemp("live")
+    http, metrics, dashboard, prom, ctl = (free_port() for _ in range(5))
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_metrics_report_interval_ms": "1000",
+           "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
+    optiserve = [sys.executable, "-m", "serving.cli.main"]
+
+    # two versions: stable takes 70%, the canary 30% and a mirror of half of stable's requests
+    doc = build_serve_config(str(repo), [("minilm", stable), ("minilm", canary)], port=http,
+                             version_cpus=0.5, gateway_cpus=0.25)
+    gateway_user_config(doc)["models"]["minilm"].update(
+        stable=stable, canary=canary, canary_weight=30, shadow=0.5)
+    (work / "serve.yaml").write_text(yaml.safe_dump(doc))
+    rules = ROOT / "grafana/alerts/optiserve.rules.yaml"
+    (work / "prometheus.yml").write_text(yaml.safe_dump({
+        "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+        "rule_files": [str(rules)],
+        "scrape_configs": [
+            {"job_name": "ray", "static_configs": [
+                {"targets": [f"127.0.0.1:{metrics}"], "labels": {"namespace": NAMESPACE}}]},
+            {"job_name": "rollout-controller", "static_configs": [
+                {"targets": [f"127.0.0.1:{ctl}"], "labels": {"namespace": NAMESPACE}}]},
+        ]}))
+    procs = Processes()
+    try:
+        serve = procs.start("serve", [*optiserve, "serve", "--repository", str(repo),
+                                      "--config", str(work / "serve.yaml"),
+                                      "--metrics-port", str(metrics),
+                                      "--dashboard-port", str(dashboard)],
+                            work / "serve.log", env)
+        prometheus = procs.start("prometheus", [
+            find_tool("prometheus"), f"--config.file={work / 'prometheus.yml'}",
+            f"--storage.tsdb.path={work / 'tsdb'}", f"--web.listen-address=127.0.0.1:{prom}"],
+            work / "prometheus.log")
+        prom_url = f"http://127.0.0.1:{prom}"
+        _wait("prometheus", lambda: _get(prom_url + "/-/ready")[0] == 200, 30, prometheus,
+              work / "prometheus.log")
+        url = f"http://127.0.0.1:{http}"
+        _wait("optiserve serve", lambda: _get(url + "/v2/health/ready")[0] == 200, 300, serve,
+              work / "serve.log")
+
+        controller = procs.start("rollout controller", [
+            *optiserve, "rollout", "controller", "--target", "local",
+            "--serve-api", f"http://127.0.0.1:{dashboard}", "--state-dir", str(work / "state"),
+            "--prometheus", prom_url, "--metrics-port", str(ctl)], work / "controller.log", env)
+        _wait("rollout controller", lambda: _get(f"http://127.0.0.1:{ctl}/healthz")[0] == 200,
+              60, controller, work / "controller.log")
+        # many small steps: the rollout is still progressing while the panels are read
+        start = subprocess.run(
+            [*optiserve, "rollout", "start", "minilm", "--canary", str(canary),
+             "--steps", "30,35,40,45,50,60,70,80,90,100", "--interval", "5s",
+             "--min-requests", "5", "--state-dir", str(work / "state")],
+            capture_output=True, text=True, env=env, cwd=ROOT, timeout=60)
+        assert start.returncode == 0, start.stdout + start.stderr
+
+        # traffic, bounded in time; a few malformed requests so the error panels have data
+        bench = subprocess.run(
+            [*optiserve, "bench", url, "--model", "minilm", "--concurrency", "4",
+             "--duration", "20", "--json"],
+            capture_output=True, text=True, env=env, cwd=ROOT, timeout=120)
+        assert bench.returncode == 0, bench.stdout + bench.stderr
+        for _ in range(5):
+            req = urllib.request.Request(url + "/v2/models/minilm/infer", data=b"{not json",
+                                         headers={"content-type": "application/json"})
+            assert _get_request(req)[0] == 400
+        yield {"prometheus": prom_url, "url": url, "work": work}
+    finally:
+        procs.stop_all()
+
+
+def _get_request(req) -> tuple[int, bytes]:
+    try:
+        with urllib.request.urlopen(req, timeout=10) as r:
+            return r.status, r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read()
+
+
+def _query(prom: str, expr: str) -> dict:
+    status, body = _get(prom + "/api/v1/query?" + urllib.parse.urlencode({"query": expr}), 10)
+    doc = json.loads(body)
+    assert status == 200 and doc["status"] == "success", f"{expr}\n{doc}"
+    return doc["data"]
+
+
+def _substitute(expr: str) -> str:
+    """What Grafana sends with every variable on "All" (its allValue) and a 1-minute rate
+    window (a few scrapes at the test's 1 s interval)."""
+    for var in ("namespace", "model", "version"):
+        expr = expr.replace(f"${var}", mon.ALL)
+    return expr.replace("$__rate_interval", "1m").replace("$__range", "5m")
+
+
+def _label_values(prom: str, query: str) -> list[str]:
+    """A Grafana ``label_values(metric{selector}, label)`` variable query, run the way Grafana's
+    Prometheus data source runs it (the series endpoint with match[])."""
+    assert query.startswith("label_values(") and query.endswith(")")
+    selector, label = query[len("label_values("):-1].rsplit(",", 1)
+    params = urllib.parse.urlencode({"match[]": _substitute(selector.strip())})
+    status, body = _get(f"{prom}/api/v1/label/{label.strip()}/values?{params}")
+    doc = json.loads(body)
+    assert status == 200 and doc["status"] == "success", doc
+    return [v for v in doc["data"] if v]
+
+
+def _dashboard(name: str) -> dict:
+    return json.loads((ROOT / "grafana/dashboards" / f"{name}.json").read_text())
+
+
+@pytest.mark.parametrize("name", ["overview", "canary"])
+def test_every_panel_query_returns_data(live, name):
+    doc = _dashboard(name)
+    queries = mon.dashboard_queries(doc)
+    assert queries
+    empty = queries
+    deadline = time.monotonic() + WAIT_FOR_DATA_S
+    while empty and time.monotonic() < deadline:
+        empty = [(t, e) for t, e in empty if not _query(live["prometheus"], _substitute(e))["result"]]
+        if empty:
+            time.sleep(2)
+    assert not empty, "panels without data:\n" + "\n".join(f"  {t}: {e}" for t, e in empty)
+
+
+@pytest.mark.parametrize("name", ["overview", "canary", "gpu"])
+def test_dashboard_variables_have_values(live, name):
+    for var in _dashboard(name)["templating"]["list"]:
+        if var["type"] != "query":
+            continue
+        values = _label_values(live["prometheus"], var["query"])
+        assert values, f"{name}: variable {var['name']} ({var['query']}) has no values"
+        if var["name"] == "namespace":
+            assert values == [NAMESPACE]
+
+
+def test_gpu_queries_are_valid_promql(live):
+    """No GPU here, so NVML reports nothing and the GPU panels have no data on this machine:
+    each query must still be accepted and evaluated by Prometheus."""
+    queries = mon.dashboard_queries(_dashboard("gpu"))
+    assert len(queries) >= 4
+    for title, expr in queries:
+        assert _query(live["prometheus"], _substitute(expr))["resultType"] == "vector", title
+    # and the check can fail: broken PromQL is refused
+    status, _ = _get(live["prometheus"] + "/api/v1/query?" +
+                     urllib.parse.urlencode({"query": "max by (gpu ("}))
+    assert status == 400
+
+
+def test_alert_rules_evaluate_against_real_metrics(live):
+    status, body = _get(live["prometheus"] + "/api/v1/rules")
+    groups = json.loads(body)["data"]["groups"]
+    rules = [r for g in groups for r in g["rules"]]
+    assert {r["name"] for r in rules} == {a.name for a in mon.alerts()}
+    deadline = time.monotonic() + 20
+    while any(r.get("health") != "ok" for r in rules) and time.monotonic() < deadline:
+        time.sleep(1)
+        rules = [r for g in json.loads(_get(live["prometheus"] + "/api/v1/rules")[1])["data"][
+            "groups"] for r in g["rules"]]
+    bad = [(r["name"], r.get("health"), r.get("lastError")) for r in rules if r["health"] != "ok"]
+    assert not bad, bad
+
+
+def test_helm_test_script_sends_a_real_inference_request(live, rendered):
+    """The chart's `helm test` pod script, pointed at this server instead of the cluster Service."""
+    (pod,) = only(rendered["default"], "Pod")
+    script = pod["spec"]["containers"][0]["args"][0]
+    marker = "http://osv-optiserve-serve-svc:8000"
+    assert marker in script
+    r = subprocess.run([sys.executable, "-c", script.replace(marker, live["url"])],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "ok: minilm" in r.stdout, r.stdout
