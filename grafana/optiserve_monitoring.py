@@ -345,13 +345,17 @@ def variable_queries(d: DashboardSpec) -> dict[str, str]:
 
 def build_dashboard(d: DashboardSpec) -> dict:
     """The Grafana dashboard JSON model, built with grafana-foundation-sdk."""
-    from grafana_foundation_sdk.builders import dashboard as db
     from grafana_foundation_sdk.builders import common as cb
+    from grafana_foundation_sdk.builders import dashboard as db
     from grafana_foundation_sdk.builders import prometheus, stat, timeseries
     from grafana_foundation_sdk.cog.encoder import JSONEncoder
     from grafana_foundation_sdk.models import common
     from grafana_foundation_sdk.models.dashboard import (
-        DataSourceRef, DashboardCursorSync, VariableOption, VariableRefresh, VariableSort,
+        DashboardCursorSync,
+        DataSourceRef,
+        VariableOption,
+        VariableRefresh,
+        VariableSort,
     )
 
     ds = DataSourceRef(type_val="prometheus", uid="${datasource}")
@@ -508,7 +512,7 @@ def with_helm_values(text: str) -> str:
 
     text = re.sub(r"\{\{|\}\}", lambda m: "{{`" + m.group() + "`}}", text)
     for t in THRESHOLDS:
-        text = text.replace(t.token, "{{ .Values.alerts.%s }}" % t.key)
+        text = text.replace(t.token, "{{ .Values.alerts." + t.key + " }}")
     return text
 
 

@@ -31,7 +31,8 @@ def find_tool(name: str) -> str:
 
 
 def run(cmd: list[str], timeout: float = 300, **kw) -> subprocess.CompletedProcess:
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, **kw)
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False,
+                          **kw)
 
 
 @pytest.fixture(scope="session")

@@ -16,7 +16,15 @@ import yaml
 from serving.config import build_serve_config, validate_serve_config
 
 from .conftest import (
-    CHART, CI_VALUES, ROOT, helm_template, only, pod_templates, rayservice, run, serve_config,
+    CHART,
+    CI_VALUES,
+    ROOT,
+    helm_template,
+    only,
+    pod_templates,
+    rayservice,
+    run,
+    serve_config,
 )
 
 KUBE_VERSIONS = ("1.29.0", "1.33.0")
@@ -286,7 +294,7 @@ def test_every_pod_and_container_is_hardened(rendered, values):
 
 def test_ray_pods_storage_and_probes(rendered):
     for values in ("default", "canary"):
-        for group, t in pod_templates(rayservice(rendered[values])).items():
+        for t in pod_templates(rayservice(rendered[values])).values():
             spec = t["spec"]
             vols = {v["name"]: v for v in spec["volumes"]}
             assert vols["shm"]["emptyDir"]["medium"] == "Memory"
@@ -315,7 +323,7 @@ def test_ray_pods_storage_and_probes(rendered):
 
 def test_ray_serving_environment(rendered):
     rs = rayservice(rendered["default"])
-    for group, t in pod_templates(rs).items():
+    for t in pod_templates(rs).values():
         env = {e["name"]: e.get("value") for e in t["spec"]["containers"][0]["env"]}
         assert env["RAY_SERVE_ENABLE_HA_PROXY"] == "1"
         assert env["RAY_SERVE_THROUGHPUT_OPTIMIZED"] == "1"

@@ -9,7 +9,6 @@ import os
 import re
 from pathlib import Path
 
-import pytest
 import yaml
 
 from .conftest import CHART, ROOT, find_tool, only, pod_templates, rayservice, run

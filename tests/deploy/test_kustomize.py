@@ -11,7 +11,7 @@ import pytest
 from .conftest import ROOT, run
 
 sys.path.insert(0, str(ROOT / "scripts"))
-import render_k8s  # noqa: E402
+import render_k8s
 
 K8S = ROOT / "k8s"
 TARGETS = {"base": (K8S / "base", []),
@@ -48,7 +48,7 @@ def test_overlays_differ_where_expected(kubectl):
     base = rayservice(K8S / "base")
     gpu = rayservice(K8S / "overlays/gpu")
     cpu = rayservice(K8S / "overlays/cpu")
-    groups = lambda rs: [g["groupName"] for g in rs["spec"]["rayClusterConfig"]["workerGroupSpecs"]]  # noqa: E731
+    groups = lambda rs: [g["groupName"] for g in rs["spec"]["rayClusterConfig"]["workerGroupSpecs"]]
     assert groups(base) == ["cpu"] and groups(cpu) == ["cpu"] and groups(gpu) == ["cpu", "gpu"]
     assert "num_gpus" in gpu["spec"]["serveConfigV2"]
     assert cpu["spec"]["rayClusterConfig"]["enableInTreeAutoscaling"] is True

@@ -6,7 +6,6 @@ import json
 import re
 import sys
 
-import pytest
 import yaml
 
 from serving import metrics as M
@@ -14,7 +13,7 @@ from serving import metrics as M
 from .conftest import CHART, ROOT, only, run
 
 sys.path.insert(0, str(ROOT / "grafana"))
-import optiserve_monitoring as mon  # noqa: E402
+import optiserve_monitoring as mon
 
 ALERTS_DIR = ROOT / "grafana/alerts"
 DASHBOARDS = {name: json.loads((ROOT / "grafana/dashboards" / f"{name}.json").read_text())
