@@ -13,7 +13,7 @@ from starlette.responses import Response
 
 from . import metrics as M
 from .config import GatewayArgs, VersionArgs, VersionConfig, version_app_name
-from .gateway import Gateway, error_outcome
+from .gateway import Gateway
 from .protocol import InferenceError, ModelUnavailable, PayloadTooLarge
 
 log = logging.getLogger("optiserve")
@@ -120,36 +120,23 @@ class GatewayDeployment:
             return _json_response(self.gateway.model_config(model, version))
         return _json_response(self.gateway.model_metadata(model, version))
 
-    async def _read_body(self, request: Request) -> bytes:
-        limit = self.gateway.config.max_body_bytes
-        declared = request.headers.get("content-length")
-        if declared is not None and declared.isdigit() and int(declared) > limit:
-            raise PayloadTooLarge(f"request body of {declared} bytes exceeds the limit of "
-                                  f"{limit} bytes")
-        chunks, size = [], 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > limit:
-                raise PayloadTooLarge(f"request body exceeds the limit of {limit} bytes")
-            chunks.append(chunk)
-        return b"".join(chunks)
-
     async def _infer(self, request: Request, model: str, version: str | None) -> Response:
-        t0 = time.perf_counter()
-        known = model in self.gateway.models
-        tags = {"model": model if known else "", "version": version if known and version else ""}
-        try:
-            body = await self._read_body(request)
-            out, headers, vs = await self.gateway.infer(model, version, body, request.headers)
-        except Exception as e:
-            status, outcome, message, extra = error_outcome(e)
-            if status == 500:
-                log.exception("infer %s failed", model)
-            self.recorder.inc(M.REQUESTS, {**tags, "outcome": outcome, "code": str(status)})
-            return _error(status, message, extra or None)
-        self.recorder.inc(M.REQUESTS, {**vs.tags, "outcome": "success", "code": "200"})
-        self.recorder.observe(M.REQUEST_DURATION, vs.tags, time.perf_counter() - t0)
-        return Response(out, headers=headers)
+        async def read_body(limit: int) -> bytes:
+            declared = request.headers.get("content-length")
+            if declared is not None and declared.isdigit() and int(declared) > limit:
+                raise PayloadTooLarge(f"request body of {declared} bytes exceeds the limit of "
+                                      f"{limit} bytes")
+            chunks, size = [], 0
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > limit:
+                    raise PayloadTooLarge(f"request body exceeds the limit of {limit} bytes")
+                chunks.append(chunk)
+            return b"".join(chunks)
+
+        status, body, headers = await self.gateway.handle_infer(model, version, read_body,
+                                                                request.headers)
+        return Response(body, status_code=status, headers=headers)
 
 
 @serve.deployment

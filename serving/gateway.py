@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import orjson
 
 from . import metrics as M
 from .batching import AdaptiveBatcher, BatchPolicy, Observer
@@ -189,6 +190,11 @@ class Gateway:
                                      "not match its sha256 in the manifest")
             encoder = TextEncoder(path, m.preprocessing)
         tags = {"model": model, "version": str(version)}
+        # counters exist from the start, so rate()/increase() see a version's first requests
+        for outcome, code in (("success", "200"), ("server_error", "500"),
+                              ("server_error", "503"), ("timeout", "504"),
+                              ("overloaded", "503")):
+            self.recorder.inc(M.REQUESTS, {**tags, "outcome": outcome, "code": code}, 0.0)
         vs = VersionState(model, version, m, self._backend_factory(model, version), encoder,
                           tags=tags)
         vs.batcher = AdaptiveBatcher(vs.run_batch, BatchPolicy(), label=f"{model}:{version}",
@@ -297,17 +303,38 @@ class Gateway:
         return out
 
     # ---- inference -----------------------------------------------------------------------------
-    async def infer(self, name: str, version: str | None, body: bytes, headers
-                    ) -> tuple[bytes, dict[str, str], VersionState]:
-        """Run an infer request; raise :class:`InferenceError` subclasses for the client."""
-        st = self.model(name)
-        if version:
-            vs = self.version(name, version)
-        else:
-            sticky = headers.get(st.policy.sticky_header) if st.policy.sticky_header else None
-            vs = st.versions[choose_version(st.policy, sticky, self._rng)]
+    async def handle_infer(self, name: str, version: str | None,
+                           read_body: Callable[[int], Awaitable[bytes]], headers
+                           ) -> tuple[int, bytes, dict[str, str]]:
+        """Serve one infer request: (status, body, headers). Every outcome is counted under
+        the version that was chosen for it, so a canary's errors are the canary's."""
+        t0 = time.perf_counter()
+        tags = {"model": name if name in self.models else "", "version": ""}
+        try:
+            st = self.model(name)
+            if version:
+                vs = self.version(name, version)
+            else:
+                sticky = headers.get(st.policy.sticky_header) if st.policy.sticky_header else None
+                vs = st.versions[choose_version(st.policy, sticky, self._rng)]
+            tags = vs.tags
+            body = await read_body(self.config.max_body_bytes)
+            out, out_headers = await self._infer(st, vs, not version, body, headers)
+        except Exception as e:
+            status, outcome, message, extra = error_outcome(e)
+            if status == 500:
+                log.exception("infer %s failed", name)
+            self.recorder.inc(M.REQUESTS, {**tags, "outcome": outcome, "code": str(status)})
+            return status, orjson.dumps({"error": message}), {
+                "content-type": "application/json", **extra}
+        self.recorder.inc(M.REQUESTS, {**tags, "outcome": "success", "code": "200"})
+        self.recorder.observe(M.REQUEST_DURATION, tags, time.perf_counter() - t0)
+        return 200, out, out_headers
+
+    async def _infer(self, st: ModelState, vs: VersionState, routed: bool, body: bytes, headers
+                     ) -> tuple[bytes, dict[str, str]]:
         req = decode_request(body, headers)
-        validate_inputs(req, vs.manifest.signature, name)
+        validate_inputs(req, vs.manifest.signature, vs.model)
         payload, rows = vs.prepare(req)
         vs.inflight += 1
         self.recorder.set(M.INFLIGHT, vs.tags, vs.inflight)
@@ -317,29 +344,30 @@ class Gateway:
             vs.inflight -= 1
             self.recorder.set(M.INFLIGHT, vs.tags, vs.inflight)
         self.recorder.inc(M.ROWS, vs.tags, rows)
-        if not version:
+        if routed:  # requests pinned to a version are not mirrored
             target = shadow_target(st.policy, vs.version, self._rng)
             if target is not None:
                 self._spawn(self._shadow(st, vs, st.versions[target], req, outputs))
-        body_out, headers_out = encode_response(name, vs.version, outputs, req)
-        return body_out, headers_out, vs
+        return encode_response(vs.model, vs.version, outputs, req)
 
-    async def _shadow(self, st: ModelState, stable: VersionState, canary: VersionState,
-                      req: InferRequest, stable_out: dict[str, np.ndarray]) -> None:
-        tags = {"model": stable.model, "stable": str(stable.version),
-                "canary": str(canary.version)}
+    async def _shadow(self, st: ModelState, served: VersionState, mirror: VersionState,
+                      req: InferRequest, served_out: dict[str, np.ndarray]) -> None:
+        """Send a copy of a served request to the other version and record their agreement
+        (labelled stable/canary whichever way the copy went)."""
+        tags = {"model": served.model, "stable": str(st.policy.stable),
+                "canary": str(st.policy.canary)}
         try:
-            payload, rows = canary.prepare(req)
-            out = await canary.batcher.submit(payload, rows)
+            payload, rows = mirror.prepare(req)
+            out = await mirror.batcher.submit(payload, rows)
         except Overloaded:
             self.recorder.inc(M.SHADOW_REQUESTS, {**tags, "outcome": "dropped"})
             return
         except Exception as e:
-            log.warning("shadow request to %s:%s failed: %s", canary.model, canary.version, e)
+            log.warning("shadow request to %s:%s failed: %s", mirror.model, mirror.version, e)
             self.recorder.inc(M.SHADOW_REQUESTS, {**tags, "outcome": "failed"})
             return
-        primary = canary.manifest.signature.outputs[0].name
-        scores = agreement(stable.manifest.task, stable_out[primary], out[primary])
+        primary = mirror.manifest.signature.outputs[0].name
+        scores = agreement(served.manifest.task, served_out[primary], out[primary])
         for s in scores:
             self.recorder.observe(M.SHADOW_AGREEMENT, tags, float(s))
         self.recorder.inc(M.SHADOW_REQUESTS, {**tags, "outcome": "compared"})

@@ -39,7 +39,12 @@ def choose_version(policy: TrafficPolicy, sticky_key: str | None = None,
 
 def shadow_target(policy: TrafficPolicy, served: int, rng: random.Random | None = None
                   ) -> int | None:
-    """The canary, when this request (served by stable) is to be mirrored to it."""
-    if policy.canary is None or served != policy.stable or policy.shadow <= 0:
+    """The other version of the stable/canary pair, when this request is to be mirrored to it.
+
+    Mirroring goes both ways, so agreement keeps being measured when the canary takes all the
+    traffic (at a 100% step stable would otherwise see none)."""
+    if policy.canary is None or policy.shadow <= 0 or served not in (policy.stable, policy.canary):
         return None
-    return policy.canary if (rng or random).random() < policy.shadow else None
+    if (rng or random).random() >= policy.shadow:
+        return None
+    return policy.canary if served == policy.stable else policy.stable

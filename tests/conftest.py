@@ -24,8 +24,11 @@ def minilm_build(tmp_path_factory):
     from tests.helpers import run_cli
 
     root = tmp_path_factory.mktemp("minilm")
-    repo, report = root / "repo", root / "report"
+    repo, report, cwd = root / "repo", root / "report", root / "cwd"
+    cwd.mkdir()
     result = run_cli("optimize", "minilm", "--publish", "all", "--report", str(report),
-                     "--repository", str(repo), "-q", timeout=1800)
+                     "--repository", str(repo), "-q", timeout=1800, cwd=cwd)
     assert result.returncode == 0, result.stderr + result.stdout
+    # temporary files of the quantizers stay out of the user's working directory
+    assert list(cwd.iterdir()) == []
     return repo, report, result

@@ -8,6 +8,7 @@ stay in fp32 (fewest possible, found by doubling then bisecting) until the budge
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import time
 import warnings
@@ -93,7 +94,12 @@ def optimized_fp32(ctx: BuildContext) -> Path:
 
 
 class _quiet:
-    """Silence the quantizer's and optimizer's chatter (warnings, root-logger notices)."""
+    """Silence the quantizer's and optimizer's chatter (warnings, root-logger notices), and run
+    them inside ``workdir``: shape inference and calibration write temporary files
+    (``sym_shape_infer_temp.onnx``, ``<uuid>.data``) into the current directory."""
+
+    def __init__(self, workdir: Path | None = None):
+        self._workdir = workdir
 
     def __enter__(self):
         self._w = warnings.catch_warnings()
@@ -101,8 +107,12 @@ class _quiet:
         warnings.simplefilter("ignore")
         self._level = logging.root.manager.disable
         logging.disable(logging.WARNING)
+        self._cwd = os.getcwd()
+        if self._workdir is not None:
+            os.chdir(self._workdir)
 
     def __exit__(self, *exc):
+        os.chdir(self._cwd)
         logging.disable(self._level)
         self._w.__exit__(*exc)
 
@@ -212,7 +222,7 @@ def build_onnx_int8_dynamic(ctx: BuildContext) -> VariantBuild:
 
     def quantize(exclude: list[str], only: list[str] | None) -> Path:
         out = work / "candidate.onnx"
-        with _quiet():
+        with _quiet(work):
             quantize_dynamic(
                 str(base), str(out), weight_type=QuantType.QInt8, per_channel=True,
                 nodes_to_exclude=exclude, nodes_to_quantize=only or None,
@@ -242,7 +252,7 @@ def build_onnx_int8_static(ctx: BuildContext) -> VariantBuild:
     work = ctx.scratch("onnx-int8-static-work")
     base = work / "preprocessed.onnx"
     ctx.status("onnx-int8-static: pre-processing")
-    with _quiet():
+    with _quiet(work):
         try:
             quant_pre_process(str(base_src), str(base), skip_symbolic_shape=False)
         except Exception:
@@ -258,7 +268,7 @@ def build_onnx_int8_static(ctx: BuildContext) -> VariantBuild:
 
     def quantize(exclude: list[str], only: list[str] | None) -> Path:
         out = work / "candidate.onnx"
-        with _quiet():
+        with _quiet(work):
             quantize_static(
                 str(base), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
                 weight_type=QuantType.QInt8, activation_type=QuantType.QUInt8,

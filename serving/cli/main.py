@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from . import repo
+from . import repo, rollout
 from .optimize import optimize_command
 from .serve import serve_command
 from .bench import bench_command
@@ -19,6 +19,7 @@ app.command("optimize")(optimize_command)
 app.add_typer(repo.app, name="repo")
 app.command("serve")(serve_command)
 app.command("bench")(bench_command)
+app.add_typer(rollout.app, name="rollout")
 
 
 def main() -> None:

@@ -29,10 +29,13 @@ def test_sticky_key_pins_a_client_and_follows_the_weight():
     assert 0 <= sticky_bucket("anything") < 100
 
 
-def test_shadow_mirrors_only_stable_traffic_at_the_configured_share():
+def test_shadow_mirrors_to_the_other_version_at_the_configured_share():
     rng = random.Random(1)
     p = TrafficPolicy(stable=1, canary=2, canary_weight=10, shadow=0.2)
     mirrored = sum(shadow_target(p, 1, rng) == 2 for _ in range(10_000))
     assert abs(mirrored / 10_000 - 0.2) < 0.02
-    assert shadow_target(p, 2, rng) is None
+    # at a 100% step stable gets no traffic: canary's requests are mirrored to stable instead
+    full = TrafficPolicy(stable=1, canary=2, canary_weight=100, shadow=1.0)
+    assert shadow_target(full, 2, rng) == 1
+    assert shadow_target(p, 3, rng) is None  # a pinned third version is never mirrored
     assert shadow_target(TrafficPolicy(stable=1), 1, rng) is None

@@ -1,0 +1,140 @@
+"""Rollout spec and state: a typed state machine, persisted after every change."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, field_validator, model_validator
+
+Phase = Literal["pending", "progressing", "promoted", "rolled_back", "aborted"]
+TERMINAL: frozenset[str] = frozenset({"promoted", "rolled_back", "aborted"})
+#: Allowed transitions; anything else is a bug and raises.
+TRANSITIONS: dict[str, frozenset[str]] = {
+    "pending": frozenset({"progressing", "aborted", "promoted", "rolled_back"}),
+    "progressing": frozenset({"promoted", "rolled_back", "aborted"}),
+    "promoted": frozenset(), "rolled_back": frozenset(), "aborted": frozenset(),
+}
+
+
+def now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class RolloutSpec(BaseModel):
+    """What a rollout does and how it judges the canary."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    model: str = Field(description="Model name.")
+    stable: PositiveInt = Field(description="Version serving today.")
+    canary: PositiveInt = Field(description="Version under test.")
+    steps: list[float] = Field([10, 25, 50, 100], description="Canary weights (percent).")
+    interval_s: float = Field(30.0, gt=0, description="How long each step is held and judged.")
+    max_error_rate: float = Field(0.01, ge=0, le=1, description="Canary 5xx/timeouts share.")
+    max_p99_ms: float | None = Field(None, gt=0, description="Canary p99 latency bound.")
+    max_p99_ratio: float | None = Field(1.2, gt=0, description="Canary p99 / stable p99 bound.")
+    min_agreement: float | None = Field(
+        0.99, ge=0, le=1, description="Mean agreement with stable on mirrored requests.")
+    min_requests: PositiveInt = Field(
+        20, description="Requests (and comparisons) a step needs before it is judged.")
+    failure_budget: int = Field(2, ge=0, description="Failed analyses tolerated; one more "
+                                                     "rolls back.")
+    shadow: float = Field(0.1, ge=0, le=1, description="Share of requests mirrored to the other "
+                                                      "version to measure agreement.")
+    max_wait_intervals: PositiveInt = Field(
+        10, description="Intervals a step may wait for enough data before that counts as a "
+                        "failed analysis.")
+
+    @field_validator("steps")
+    @classmethod
+    def _steps(cls, v: list[float]) -> list[float]:
+        if not v:
+            raise ValueError("steps must not be empty")
+        if any(not 0 < s <= 100 for s in v):
+            raise ValueError(f"steps must be percentages in (0, 100], got {v}")
+        if any(b <= a for a, b in zip(v, v[1:])):
+            raise ValueError(f"steps must increase, got {v}")
+        if v[-1] != 100:
+            raise ValueError(f"the last step must be 100 (full traffic), got {v[-1]:g}")
+        return v
+
+    @model_validator(mode="after")
+    def _consistent(self) -> RolloutSpec:
+        if self.canary == self.stable:
+            raise ValueError(f"canary ({self.canary}) equals stable ({self.stable}): nothing to "
+                             "roll out")
+        if self.min_agreement is not None and self.shadow <= 0:
+            raise ValueError("min_agreement needs shadow > 0 (mirrored requests are what "
+                             "agreement is measured on)")
+        return self
+
+
+class CheckResult(BaseModel):
+    name: str
+    value: float | None
+    threshold: float | None
+    verdict: Literal["pass", "fail", "no_data", "skipped"]
+    detail: str = ""
+
+
+class Analysis(BaseModel):
+    at: datetime = Field(default_factory=now)
+    step: int
+    weight: float
+    window_s: float
+    checks: list[CheckResult]
+    outcome: Literal["pass", "fail", "wait"]
+    reason: str = ""
+
+
+class Transition(BaseModel):
+    at: datetime = Field(default_factory=now)
+    from_phase: str
+    to_phase: str
+    step: int
+    weight: float
+    reason: str
+
+
+class RolloutState(BaseModel):
+    """Where a rollout is; saved after every change so a restarted controller resumes."""
+
+    spec: RolloutSpec
+    phase: Phase = "pending"
+    step: int = 0
+    weight: float = 0.0
+    #: step whose weights are known applied (-1: none); a step is never applied twice
+    applied_step: int = -1
+    step_started_at: datetime | None = None
+    failures: int = 0
+    waited_intervals: int = 0
+    last_analysis: Analysis | None = None
+    history: list[Transition] = Field(default_factory=list)
+    analyses: list[Analysis] = Field(default_factory=list)
+    reason: str = ""
+    created_at: datetime = Field(default_factory=now)
+    updated_at: datetime = Field(default_factory=now)
+    revision: int = 0
+
+    @property
+    def model(self) -> str:
+        return self.spec.model
+
+    @property
+    def done(self) -> bool:
+        return self.phase in TERMINAL
+
+    def transition(self, to: Phase, reason: str) -> Transition:
+        if to not in TRANSITIONS[self.phase]:
+            raise ValueError(f"rollout of {self.model}: {self.phase} -> {to} is not allowed")
+        t = Transition(from_phase=self.phase, to_phase=to, step=self.step, weight=self.weight,
+                       reason=reason)
+        self.history.append(t)
+        self.phase = to
+        self.reason = reason
+        return t
+
+    def record(self, analysis: Analysis, keep: int = 50) -> None:
+        self.last_analysis = analysis
+        self.analyses = [*self.analyses, analysis][-keep:]

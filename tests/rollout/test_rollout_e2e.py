@@ -1,0 +1,211 @@
+"""Canary rollouts end to end: real Ray Serve, a real Prometheus, the real CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from serving.config import build_serve_config, gateway_user_config
+from serving.serve_api import ServeAPI
+from tests.helpers import ROOT, PrometheusProcess, ServeProcess, free_port, run_cli
+
+pytestmark = pytest.mark.slow
+
+FAST = ["--steps", "50,100", "--interval", "4s", "--min-requests", "10",
+        "--failure-budget", "1", "--shadow", "0.5", "--max-p99-ratio", "3",
+        "--max-wait-intervals", "6"]
+
+
+@pytest.fixture(scope="module")
+def env(rollout_repo, tmp_path_factory):
+    repo_dir, v = rollout_repo
+    refs = [("minilm", v[k]) for k in ("fp32", "int8", "broken", "degraded")]
+    doc = build_serve_config(str(repo_dir), refs, version_cpus=0.5)
+    gateway_user_config(doc)["models"]["minilm"]["stable"] = v["fp32"]
+    work = tmp_path_factory.mktemp("rollout-e2e")
+    server = ServeProcess(doc, work, env={"RAY_metrics_report_interval_ms": "1000"}).start()
+    controller_port = free_port()
+    prom = PrometheusProcess(work, {"optiserve": f"127.0.0.1:{server.metrics_port}",
+                                    "controller": f"127.0.0.1:{controller_port}"}).start()
+    server.prometheus, server.versions, server.repo = prom, v, repo_dir
+    server.controller_port, server.work = controller_port, work
+    yield server
+    prom.stop()
+    server.stop()
+
+
+def common(env) -> list[str]:
+    return ["--serve-api", env.serve_api, "--prometheus", env.prometheus.url,
+            "--repository", str(env.repo)]
+
+
+def traffic(env) -> dict:
+    cfg = ServeAPI(env.serve_api).deployed_config()
+    return gateway_user_config(cfg)["models"]["minilm"]
+
+
+def start_load(env, seconds: float, rate: float = 40) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "serving.cli.main", "bench", env.url, "--model", "minilm",
+         "--rate", str(rate), "--duration", str(seconds), "--warmup", "0", "--json"],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)})
+
+
+def finish_load(proc: subprocess.Popen) -> dict:
+    out, _ = proc.communicate(timeout=180)
+    return json.loads(out)
+
+
+def reset(env) -> None:
+    """Back to fp32 stable with no canary, for the next test."""
+    from serving.rollout.targets import LocalServeTarget
+
+    LocalServeTarget(ServeAPI(env.serve_api)).apply("minilm", env.versions["fp32"], None, 0, 0)
+
+
+def status(env) -> dict:
+    result = run_cli("rollout", "status", "minilm", "--json", *common(env)[2:])
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def test_faithful_canary_is_promoted_with_no_failed_request(env):
+    v = env.versions
+    load = start_load(env, 60)
+    try:
+        result = run_cli("rollout", "start", "minilm", "--canary", str(v["int8"]),
+                         "--min-agreement", "0.98", *FAST, *common(env), timeout=300)
+    finally:
+        bench = finish_load(load)
+    assert result.returncode == 0, result.stdout + result.stderr
+    st = status(env)
+    assert st["phase"] == "promoted", st["reason"]
+    assert [t["to_phase"] for t in st["history"]] == ["progressing", "promoted"]
+    weights = [a["weight"] for a in st["analyses"] if a["outcome"] == "pass"]
+    assert weights == [50, 100]  # every step judged, in order, once each
+    checks = {c["name"]: c for c in st["last_analysis"]["checks"]}
+    assert checks["agreement"]["verdict"] == "pass" and checks["agreement"]["value"] > 0.98
+    assert checks["error_rate"]["value"] == 0
+    t = traffic(env)
+    assert t["stable"] == v["int8"] and t.get("canary") is None
+    assert bench["ok"] > 500 and bench["errors"] == {}, bench  # (d) no request failed
+    reset(env)
+
+
+def test_failing_canary_is_rolled_back(env):
+    v = env.versions
+    load = start_load(env, 45)
+    result = run_cli("rollout", "start", "minilm", "--canary", str(v["broken"]),
+                     "--min-agreement", "0", *FAST, *common(env), timeout=300)
+    finish_load(load)
+    assert result.returncode == 3, result.stdout + result.stderr
+    st = status(env)
+    assert st["phase"] == "rolled_back"
+    assert "error_rate" in st["reason"]
+    failed = [a for a in st["analyses"] if a["outcome"] == "fail"]
+    assert len(failed) == 2 and all(a["weight"] == 50 for a in failed)  # never reached 100 %
+    assert {c["name"]: c["verdict"] for c in failed[-1]["checks"]}["error_rate"] == "fail"
+    t = traffic(env)
+    assert t["stable"] == v["fp32"] and t.get("canary") is None
+    reset(env)
+
+
+def test_disagreeing_canary_is_rolled_back_on_agreement(env):
+    v = env.versions
+    load = start_load(env, 45)
+    result = run_cli("rollout", "start", "minilm", "--canary", str(v["degraded"]),
+                     "--min-agreement", "0.98", *FAST, *common(env), timeout=300)
+    bench = finish_load(load)
+    assert result.returncode == 3, result.stdout + result.stderr
+    st = status(env)
+    assert st["phase"] == "rolled_back"
+    last = {c["name"]: c for c in st["last_analysis"]["checks"]}
+    assert last["agreement"]["verdict"] == "fail" and last["agreement"]["value"] < 0.98
+    assert last["error_rate"]["verdict"] == "pass"  # it raised no errors at all
+    assert bench["errors"] == {}
+    assert traffic(env)["stable"] == v["fp32"]
+    reset(env)
+
+
+def test_rollout_errors_are_clear_and_apply_nothing(env):
+    v = env.versions
+    before = traffic(env)
+    cases = [
+        (["--canary", str(v["fp32"])], "canary"),
+        (["--canary", "999"], "minilm:999 is not served"),
+    ]
+    for args, message in cases:
+        result = run_cli("rollout", "start", "minilm", *args, *FAST, *common(env))
+        assert result.returncode != 0 and message in result.stderr, result.stderr
+    result = run_cli("rollout", "start", "nope", "--canary", "1", *FAST, *common(env))
+    assert result.returncode != 0 and "model 'nope' is not served" in result.stderr
+    # Serve API unreachable
+    result = run_cli("rollout", "start", "minilm", "--canary", str(v["int8"]), *FAST,
+                     "--serve-api", f"http://127.0.0.1:{free_port()}", "--prometheus",
+                     env.prometheus.url, "--repository", str(env.repo))
+    assert result.returncode != 0 and "unreachable" in result.stderr
+    assert traffic(env) == before
+
+
+def test_unreachable_prometheus_never_promotes(env):
+    v = env.versions
+    load = start_load(env, 40)
+    result = run_cli("rollout", "start", "minilm", "--canary", str(v["int8"]), *FAST,
+                     "--serve-api", env.serve_api, "--repository", str(env.repo),
+                     "--prometheus", f"http://127.0.0.1:{free_port()}", timeout=300)
+    finish_load(load)
+    assert result.returncode == 3
+    st = status(env)
+    assert st["phase"] == "rolled_back" and "Prometheus" in st["reason"]
+    assert all(a["outcome"] == "fail" for a in st["analyses"])
+    assert traffic(env)["stable"] == v["fp32"]
+    reset(env)
+
+
+def _controller(env) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "serving.cli.main", "rollout", "controller", "--poll", "0.5",
+         "--metrics-port", str(env.controller_port), "--metrics-host", "127.0.0.1",
+         *common(env)], cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
+        stdout=open(env.work / "controller.log", "a"), stderr=subprocess.STDOUT)
+
+
+def test_killed_controller_resumes_where_it_was(env):
+    v = env.versions
+    load = start_load(env, 70)
+    result = run_cli("rollout", "start", "minilm", "--canary", str(v["int8"]), "--detach",
+                     "--min-agreement", "0.98", *FAST, "--steps", "25,50,100", *common(env))
+    assert result.returncode == 0, result.stderr
+    ctl = _controller(env)
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and status(env)["step"] < 1:
+            time.sleep(0.5)
+        before = status(env)
+        assert before["phase"] == "progressing" and before["step"] == 1
+        # its metrics reach Prometheus while it runs
+        env.prometheus.wait_for('optiserve_rollout_phase{model="minilm",phase="progressing"} == 1')
+        ctl.send_signal(signal.SIGKILL)
+        ctl.wait(timeout=10)
+        time.sleep(2)
+        ctl = _controller(env)
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and status(env)["phase"] == "progressing":
+            time.sleep(0.5)
+    finally:
+        ctl.send_signal(signal.SIGTERM)
+        ctl.wait(timeout=20)
+        bench = finish_load(load)
+    st = status(env)
+    assert st["phase"] == "promoted", st["reason"]
+    passed = [a["weight"] for a in st["analyses"] if a["outcome"] == "pass"]
+    assert passed == [25, 50, 100]  # resumed at its step: none skipped, none repeated
+    assert bench["errors"] == {}
+    reset(env)
