@@ -134,17 +134,20 @@ def live(minilm_build, tmp_path_factory):
         _wait("optiserve serve", lambda: _get(url + "/v2/health/ready")[0] == 200, 300, serve,
               work / "serve.log")
 
+        target = ["--target", "local", "--serve-api", f"http://127.0.0.1:{dashboard}",
+                  "--state-dir", str(work / "state"), "--prometheus", prom_url,
+                  "--repository", str(repo)]
         controller = procs.start("rollout controller", [
-            *optiserve, "rollout", "controller", "--target", "local",
-            "--serve-api", f"http://127.0.0.1:{dashboard}", "--state-dir", str(work / "state"),
-            "--prometheus", prom_url, "--metrics-port", str(ctl)], work / "controller.log", env)
+            *optiserve, "rollout", "controller", *target, "--poll", "1",
+            "--metrics-host", "127.0.0.1", "--metrics-port", str(ctl)],
+            work / "controller.log", env)
         _wait("rollout controller", lambda: _get(f"http://127.0.0.1:{ctl}/healthz")[0] == 200,
               60, controller, work / "controller.log")
         # many small steps: the rollout is still progressing while the panels are read
         start = subprocess.run(
-            [*optiserve, "rollout", "start", "minilm", "--canary", str(canary),
+            [*optiserve, "rollout", "start", "minilm", "--canary", str(canary), "--detach",
              "--steps", "30,35,40,45,50,60,70,80,90,100", "--interval", "5s",
-             "--min-requests", "5", "--state-dir", str(work / "state")],
+             "--min-requests", "5", "--shadow", "0.5", *target],
             capture_output=True, text=True, env=env, cwd=ROOT, timeout=60, check=False)
         assert start.returncode == 0, start.stdout + start.stderr
 

@@ -43,6 +43,11 @@ app.kubernetes.io/part-of: optiserve
 {{- default (printf "%s-rollout-state" (include "optiserve.fullname" .)) .Values.rolloutController.stateConfigMap -}}
 {{- end -}}
 
+{{/* The rollout commands' target flags (controller, start, status). */}}
+{{- define "optiserve.rolloutTargetArgs" -}}
+--target=rayservice --namespace={{ .Release.Namespace }} --rayservice={{ include "optiserve.fullname" . }} --state-configmap={{ include "optiserve.stateConfigMap" . }} --prometheus={{ .Values.rolloutController.prometheusUrl }}
+{{- end -}}
+
 {{/* KubeRay's serving Service for a RayService. */}}
 {{- define "optiserve.serveService" -}}
 {{- printf "%s-serve-svc" (include "optiserve.fullname" .) -}}
