@@ -70,6 +70,8 @@ class OptimizeOptions:
     repository: str | None = None
     min_time_s: float = 1.0
     tune_seconds: float = 300.0
+    #: Keep every built candidate (model file + extras) under this directory.
+    keep_build: str | None = None
 
 
 @dataclass
@@ -181,7 +183,8 @@ def optimize(opts: OptimizeOptions, progress: Progress | None = None) -> Optimiz
     reference = vset.gather(ref_batches)
 
     with tempfile.TemporaryDirectory(prefix="optiserve-build-") as tmp:
-        work = Path(tmp)
+        work = Path(opts.keep_build) if opts.keep_build else Path(tmp)
+        work.mkdir(parents=True, exist_ok=True)
         ctx = BuildContext(source=src, validation=vset, reference=reference, budget=opts.budget,
                            workdir=work, threads=threads, status=progress.status,
                            tune_seconds=opts.tune_seconds)

@@ -52,6 +52,8 @@ def optimize_command(
     min_time: float = typer.Option(1.0, "--min-time", help="Seconds to benchmark each size."),
     tune_seconds: float = typer.Option(
         300.0, "--tune-seconds", help="Time allowed for keeping INT8-sensitive nodes in fp32."),
+    keep_build: Optional[str] = typer.Option(
+        None, "--keep-build", help="Keep every built candidate under DIR/candidates/<variant>."),
     repository: Optional[str] = RepositoryOption,
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
 ) -> None:
@@ -77,6 +79,7 @@ def optimize_command(
         batch_sizes=_csv_ints(batch_sizes, "--batch-sizes"), p99_target_ms=p99_target_ms,
         threads=threads, task=task, inputs=list(inputs or []), outputs=list(outputs or []) or None,
         repository=repository, min_time_s=min_time, tune_seconds=tune_seconds,
+        keep_build=keep_build,
     )
     try:
         with progress_bars(not quiet) as progress:

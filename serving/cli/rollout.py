@@ -15,16 +15,23 @@ from .common import RepositoryOption, console, err_console, fail
 
 app = typer.Typer(help="Canary rollouts judged on Prometheus data.", no_args_is_help=True)
 
-TargetOpt = typer.Option("local", "--target", help="local (Ray Serve REST API) or rayservice.")
-ServeApiOpt = typer.Option("http://127.0.0.1:8265", "--serve-api",
+# Each option can also come from the environment (the controller's pod sets them), so
+# `rollout start/status` run inside that pod need no flags.
+TargetOpt = typer.Option("local", "--target", envvar="OPTISERVE_ROLLOUT_TARGET",
+                         help="local (Ray Serve REST API) or rayservice.")
+ServeApiOpt = typer.Option("http://127.0.0.1:8265", "--serve-api", envvar="OPTISERVE_SERVE_API",
                            help="Serve REST API (local target).")
-NamespaceOpt = typer.Option(None, "--namespace", help="RayService namespace (rayservice target).")
-RayServiceOpt = typer.Option(None, "--rayservice", help="RayService name (rayservice target).")
-StateDirOpt = typer.Option(None, "--state-dir",
+NamespaceOpt = typer.Option(None, "--namespace", envvar="OPTISERVE_NAMESPACE",
+                            help="RayService namespace (rayservice target).")
+RayServiceOpt = typer.Option(None, "--rayservice", envvar="OPTISERVE_RAYSERVICE",
+                             help="RayService name (rayservice target).")
+StateDirOpt = typer.Option(None, "--state-dir", envvar="OPTISERVE_ROLLOUT_STATE_DIR",
                            help="Local state directory [default: <repository>/.rollouts].")
 ConfigMapOpt = typer.Option("optiserve-rollouts", "--state-configmap",
+                            envvar="OPTISERVE_ROLLOUT_CONFIGMAP",
                             help="ConfigMap holding rollout state (rayservice target).")
-PromOpt = typer.Option("http://127.0.0.1:9090", "--prometheus", help="Prometheus URL.")
+PromOpt = typer.Option("http://127.0.0.1:9090", "--prometheus", envvar="OPTISERVE_PROMETHEUS",
+                       help="Prometheus URL.")
 
 
 def parse_duration(text: str) -> float:

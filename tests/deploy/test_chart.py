@@ -349,10 +349,13 @@ def test_rollout_controller_least_privilege(rendered):
     named = {r["resources"][0]: r["resourceNames"] for r in role["rules"] if "resourceNames" in r}
     assert named["rayservices"] == [rs_name]
     (dep,) = only(objs, "Deployment")
-    args = dep["spec"]["template"]["spec"]["containers"][0]["args"]
-    assert f"--rayservice={rs_name}" in args and "--target=rayservice" in args
-    assert f"--state-configmap={named['configmaps'][0]}" in args
-    assert "--namespace=$(POD_NAMESPACE)" in args and "--metrics-port=9464" in args
+    container = dep["spec"]["template"]["spec"]["containers"][0]
+    assert container["args"] == ["--metrics-port=9464"]
+    env = {e["name"]: e.get("value", e.get("valueFrom")) for e in container["env"]}
+    assert env["OPTISERVE_ROLLOUT_TARGET"] == "rayservice"
+    assert env["OPTISERVE_RAYSERVICE"] == rs_name
+    assert env["OPTISERVE_ROLLOUT_CONFIGMAP"] == named["configmaps"][0]
+    assert env["OPTISERVE_NAMESPACE"] == {"fieldRef": {"fieldPath": "metadata.namespace"}}
     (rb,) = only(objs, "RoleBinding")
     assert rb["roleRef"]["name"] == role["metadata"]["name"]
     assert rb["subjects"][0]["name"] == dep["spec"]["template"]["spec"]["serviceAccountName"]

@@ -44,10 +44,6 @@ app.kubernetes.io/part-of: optiserve
 {{- end -}}
 
 {{/* The rollout commands' target flags (controller, start, status). */}}
-{{- define "optiserve.rolloutTargetArgs" -}}
---target=rayservice --namespace={{ .Release.Namespace }} --rayservice={{ include "optiserve.fullname" . }} --state-configmap={{ include "optiserve.stateConfigMap" . }} --prometheus={{ .Values.rolloutController.prometheusUrl }}
-{{- end -}}
-
 {{/* KubeRay's serving Service for a RayService. */}}
 {{- define "optiserve.serveService" -}}
 {{- printf "%s-serve-svc" (include "optiserve.fullname" .) -}}
