@@ -152,13 +152,17 @@ def main() -> None:
         m = draft_manifest(src, cands / chosen, chosen)
         options = {f"threads={t},spin={sp}": RuntimeOptions(intra_op_threads=t, spin=sp)
                    for t in sorted({1, threads}) for sp in (False, True)}
-        rts = {k: load_runtime(m, cands / chosen, o) for k, o in options.items()}
         rt_ref = runtimes["torch-fp32"]
-        opt_samples = {k: [] for k in rts}
+        del runtimes  # idle sessions must not share the CPU with the ones measured
+        opt_samples = {k: [] for k in options}
         for _ in range(args.rounds):
             base = throughput(rt_ref, shapes["b32x128"], args.seconds)
-            for k, rt in rts.items():
+            for k, o in options.items():
+                # a fresh session each time: a spinning session's threads keep spinning for a
+                # while after its last run and would slow whatever is measured next
+                rt = load_runtime(m, cands / chosen, o)
                 opt_samples[k].append(throughput(rt, shapes["b32x128"], args.seconds) / base)
+                del rt
         print(f"\n{chosen} session options at b32x128 (ratio to torch-fp32 at {threads} threads):")
         for k, xs in opt_samples.items():
             print(f"  {k:22} {statistics.median(xs):5.2f}x")

@@ -23,7 +23,8 @@ def free_port() -> int:
 class ServeProcess:
     """A real ``optiserve serve --config`` in a subprocess, on free ports; stop() by PID."""
 
-    def __init__(self, config: dict, workdir: Path, env: dict | None = None):
+    def __init__(self, config: dict, workdir: Path, env: dict | None = None,
+                 extra_args: list[str] | None = None):
         import yaml
 
         self.port, self.metrics_port, self.dashboard_port = free_port(), free_port(), free_port()
@@ -36,6 +37,7 @@ class ServeProcess:
         self.serve_api = f"http://127.0.0.1:{self.dashboard_port}"
         self.metrics_url = f"http://127.0.0.1:{self.metrics_port}/metrics"
         self._env = env or {}
+        self._extra = extra_args or []
         self.proc: subprocess.Popen | None = None
 
     def start(self, timeout: float = 180) -> ServeProcess:
@@ -46,7 +48,7 @@ class ServeProcess:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "serving.cli.main", "serve", "--config", str(self.config_path),
              "--metrics-port", str(self.metrics_port), "--dashboard-port",
-             str(self.dashboard_port)],
+             str(self.dashboard_port), *self._extra],
             stdout=self._log, stderr=subprocess.STDOUT, env=full_env,
             start_new_session=True,
         )
