@@ -90,7 +90,9 @@ class GatewayDeployment:
                 return _json_response(self.gateway.server_metadata())
             if rest[0] == "health" and len(rest) == 2 and rest[1] in ("live", "ready"):
                 ok = True if rest[1] == "live" else await self.gateway.server_ready()
-                return Response(status_code=200 if ok else 503)
+                # the protocol answers health with 200 (true) or a 4xx (false)
+                return Response(status_code=200) if ok else _error(
+                    400, "not ready: a served model's stable version has no ready replica")
             if rest == ["repository", "index"] and method == "POST":
                 return _json_response(await self.gateway.repository_index())
             if rest[0] == "models" and len(rest) >= 2:
@@ -115,7 +117,8 @@ class GatewayDeployment:
         if action == "ready":
             vs = self.gateway.version(model, version)
             ok = await self.gateway.version_ready(vs)
-            return Response(status_code=200 if ok else 503)
+            return Response(status_code=200) if ok else _error(
+                400, f"{vs.model}:{vs.version} has no ready replica")
         if action == "config":
             return _json_response(self.gateway.model_config(model, version))
         return _json_response(self.gateway.model_metadata(model, version))

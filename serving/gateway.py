@@ -100,15 +100,26 @@ class VersionState:
             for g, res in zip(groups, results):
                 for n in names:
                     merged[n][g] = res[n]
-        else:
-            names_in = list(payloads[0])
-            feed = {n: np.concatenate([p[n] for p in payloads]) for n in names_in}
-            merged = (await self.backend([feed]))[0]
-        out, start = [], 0
-        for p in payloads:
-            n = len(p) if self.encoder is not None else len(next(iter(p.values())))
-            out.append({k: v[start:start + n] for k, v in merged.items()})
-            start += n
+            out, start = [], 0
+            for p in payloads:
+                out.append({k: v[start:start + len(p)] for k, v in merged.items()})
+                start += len(p)
+            return out
+        # tensors: requests whose non-batch dimensions agree are concatenated into one feed
+        by_shape: dict[tuple, list[int]] = {}
+        for i, p in enumerate(payloads):
+            by_shape.setdefault(tuple(v.shape[1:] for v in p.values()), []).append(i)
+        groups = list(by_shape.values())
+        feeds = [{n: np.concatenate([payloads[i][n] for i in g]) for n in payloads[g[0]]}
+                 for g in groups]
+        results = await self.backend(feeds)
+        out: list[dict[str, np.ndarray]] = [{} for _ in payloads]
+        for g, res in zip(groups, results):
+            start = 0
+            for i in g:
+                n = len(next(iter(payloads[i].values())))
+                out[i] = {k: v[start:start + n] for k, v in res.items()}
+                start += n
         return out
 
 

@@ -1,0 +1,189 @@
+"""The gateway's request path without Ray: routing, batching across requests, shape grouping,
+shadow comparison and error mapping, with the real ONNX Runtime as the backend (the same runtime a
+version replica runs; only the Ray hop is left out)."""
+
+from __future__ import annotations
+
+import asyncio
+
+from pathlib import Path
+
+import numpy as np
+import orjson
+import pytest
+from onnx import TensorProto, helper
+
+from serving import metrics as M
+from serving.gateway import Gateway
+from serving.repository import (
+    Artifact, BatchingPolicy, Fidelity, Manifest, Measurements, ModelRepository, Signature,
+    Source, TensorSpec,
+)
+from serving.runtimes import load_runtime
+
+
+def reducer_model(path: Path, op: str) -> None:
+    """y = op(x, axis 1): any row width, one number per row."""
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["b", "w"])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["b", 1])
+    axes = helper.make_tensor("axes", TensorProto.INT64, [1], [1])
+    node = helper.make_node(op, ["x", "axes"], ["y"], keepdims=1)
+    graph = helper.make_graph([node], "reducer", [x], [y], [axes])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 8
+    path.write_bytes(model.SerializeToString())
+
+
+def publish(repo: ModelRepository, op: str) -> int:
+    sig = Signature(inputs=[TensorSpec(name="x", datatype="FP32", shape=[-1, -1])],
+                    outputs=[TensorSpec(name="y", datatype="FP32", shape=[-1, 1])])
+
+    def fill(staging: Path) -> Manifest:
+        reducer_model(staging / "model.onnx", op)
+        return Manifest(
+            name="reducer", version=1, variant=f"onnx-{op.lower()}", task="generic",
+            runtime="onnxruntime", model_file="model.onnx", model_signature=sig, signature=sig,
+            artifacts=[Artifact(path="model.onnx", sha256="0" * 64, size_bytes=0)],
+            measurements=Measurements(fidelity=Fidelity(samples=0, passed=True, budget="-"),
+                                      size_bytes=0),
+            batching=BatchingPolicy(max_batch_size=64, max_delay_ms=20.0),
+            source=Source(kind="onnx", ref="test"), optiserve_version="test")
+
+    return repo.publish("reducer", fill).version
+
+
+class RecordingRecorder:
+    """Keeps metric calls in memory (Ray's metrics need a Ray worker; the e2e tests check those
+    in Prometheus)."""
+
+    def __init__(self):
+        self.calls = []
+
+    def inc(self, spec, tags, value=1.0):
+        self.calls.append(("inc", spec, dict(tags), value))
+
+    def observe(self, spec, tags, value):
+        self.calls.append(("observe", spec, dict(tags), value))
+
+    def set(self, spec, tags, value):
+        self.calls.append(("set", spec, dict(tags), value))
+
+    def of(self, spec):
+        return [c for c in self.calls if c[1] is spec]
+
+
+@pytest.fixture
+def gateway(tmp_path):
+    repo = ModelRepository(tmp_path / "repo")
+    sum_v, max_v = publish(repo, "ReduceSum"), publish(repo, "ReduceMin")
+    runtimes = {v: load_runtime(repo.get("reducer", v).manifest, repo.get("reducer", v).path)
+                for v in (sum_v, max_v)}
+    calls = []
+
+    def backend(model, version):
+        async def run(feeds):
+            calls.append((version, [f["x"].shape for f in feeds]))
+            await asyncio.sleep(0.01)
+            return [runtimes[version].run(f) for f in feeds]
+        return run
+
+    rec = RecordingRecorder()
+    gw = Gateway(str(tmp_path / "repo"), backend, rec)
+    gw.reconfigure({"models": {"reducer": {"versions": {sum_v: {}, max_v: {}},
+                                           "stable": sum_v}}})
+    gw.calls, gw.rec, gw.v = calls, rec, {"sum": sum_v, "max": max_v}
+    return gw
+
+
+def request(x: np.ndarray) -> bytes:
+    return orjson.dumps({"inputs": [{"name": "x", "datatype": "FP32", "shape": list(x.shape),
+                                     "data": x.ravel().tolist()}]})
+
+
+async def call(gw, body: bytes, version=None, headers=None):
+    async def read(limit):
+        return body
+    status, out, hdrs = await gw.handle_infer("reducer", version, read, headers or {})
+    return status, orjson.loads(out)
+
+
+def test_requests_of_different_widths_share_a_batch_and_get_their_own_rows(gateway):
+    rng = np.random.default_rng(0)
+    xs = [rng.standard_normal((n, w)).astype(np.float32) for n, w in
+          [(1, 3), (2, 5), (1, 3), (3, 5), (2, 7)]]
+
+    async def main():
+        return await asyncio.gather(*[call(gateway, request(x)) for x in xs])
+
+    results = asyncio.run(main())
+    for x, (status, doc) in zip(xs, results):
+        assert status == 200
+        np.testing.assert_allclose(np.array(doc["outputs"][0]["data"]), x.sum(1), rtol=1e-5)
+    # one backend call for all five requests, one feed per width
+    assert len(gateway.calls) == 1
+    assert sorted(gateway.calls[0][1]) == [(2, 3), (2, 7), (5, 5)]
+    sizes = gateway.rec.of(M.BATCH_SIZE)
+    assert [c[3] for c in sizes] == [9]
+
+
+def test_shadow_compares_the_other_version_and_records_agreement(gateway):
+    gateway.reconfigure({"models": {"reducer": {
+        "versions": {gateway.v["sum"]: {}, gateway.v["max"]: {}}, "stable": gateway.v["sum"],
+        "canary": gateway.v["max"], "canary_weight": 0, "shadow": 1.0}}})
+    x = np.array([[1.0, 2.0, 3.0], [-1.0, 2.0, 3.0]], dtype=np.float32)
+
+    async def main():
+        status, doc = await call(gateway, request(x))
+        await asyncio.sleep(0.2)  # the mirrored copy runs after the answer
+        return status, doc
+
+    status, doc = asyncio.run(main())
+    assert status == 200 and doc["model_version"] == str(gateway.v["sum"])
+    agree = [c[3] for c in gateway.rec.of(M.SHADOW_AGREEMENT)]
+    # sum vs min per row: 6 vs 1 agree in direction, 4 vs -1 do not
+    assert agree == [1.0, -1.0]
+    compared = [c for c in gateway.rec.of(M.SHADOW_REQUESTS) if c[2]["outcome"] == "compared"]
+    assert compared and compared[0][2]["canary"] == str(gateway.v["max"])
+
+
+def test_errors_are_counted_under_the_version_that_failed(gateway):
+    async def failing(feeds):
+        raise RuntimeError("device lost")
+
+    gateway.models["reducer"].versions[gateway.v["sum"]].backend = failing
+    x = np.ones((1, 3), np.float32)
+
+    async def main():
+        return await asyncio.gather(*[call(gateway, request(x)) for _ in range(3)])
+
+    results = asyncio.run(main())
+    assert all(s == 500 and "device lost" in d["error"] for s, d in results)
+    errors = [c for c in gateway.rec.of(M.REQUESTS) if c[2]["outcome"] == "server_error"
+              and c[3] > 0]
+    assert len(errors) == 3 and all(c[2]["version"] == str(gateway.v["sum"]) for c in errors)
+
+
+def test_unknown_model_and_version(gateway):
+    async def main():
+        async def read(limit):
+            return b"{}"
+        a = await gateway.handle_infer("nope", None, read, {})
+        b = await gateway.handle_infer("reducer", "42", read, {})
+        return a, b
+
+    (s1, b1, _), (s2, b2, _) = asyncio.run(main())
+    assert s1 == 404 and "model 'nope' is not served" in orjson.loads(b1)["error"]
+    assert s2 == 404 and "version 42 of model 'reducer' is not served" in orjson.loads(b2)["error"]
+    unknown = [c for c in gateway.rec.of(M.REQUESTS) if c[3] > 0]
+    assert unknown[0][2] == {"model": "", "version": "", "outcome": "client_error", "code": "404"}
+    assert unknown[1][2]["model"] == "reducer" and unknown[1][2]["version"] == ""
+
+
+def test_removed_versions_are_closed(gateway):
+    gateway.reconfigure({"models": {"reducer": {"versions": {gateway.v["max"]: {}},
+                                                "stable": gateway.v["max"]}}})
+    status, doc = asyncio.run(call(gateway, request(np.ones((1, 2), np.float32)),
+                                   version=str(gateway.v["sum"])))
+    assert status == 404 and "served versions: " + str(gateway.v["max"]) in doc["error"]
+
+
