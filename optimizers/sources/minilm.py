@@ -33,6 +33,10 @@ def build_module(model_dir: Path):
     from transformers import AutoModel
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()  # no weight-loading bars or notices in optiserve's output
+    hf_logging.disable_progress_bar()
     # Eager attention exports to a graph ONNX Runtime's BERT optimizer can fuse.
     encoder = AutoModel.from_pretrained(str(model_dir), attn_implementation="eager").eval()
 

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
-import typer
+import os
 
-from . import repo, rollout
-from .optimize import optimize_command
-from .serve import serve_command
-from .bench import bench_command
+# torch's C++ deprecation warnings (quantized tensors) would interleave with progress bars
+os.environ.setdefault("TORCH_CPP_LOG_LEVEL", "ERROR")
+
+import typer  # noqa: E402
+
+from . import repo, rollout  # noqa: E402
+from .bench import bench_command  # noqa: E402
+from .optimize import optimize_command  # noqa: E402
+from .serve import serve_command  # noqa: E402
 
 app = typer.Typer(
     name="optiserve",

@@ -109,7 +109,7 @@ def print_result(result) -> None:
         status = ("[bold green]chosen[/]" if o.name == result.chosen
                   else ("ok" if f.passed else "[red]over budget[/]"))
         table.add_row(o.name, status, fid, f"{best_throughput(m.latency):.1f}",
-                      f"{best.p99_ms:.1f} @ {best.batch_size}", "; ".join(o.build.notes)[:80])
+                      f"{best.p99_ms:.3g} @ {best.batch_size}", "; ".join(o.build.notes)[:80])
     console.print(table)
     for ref in result.published:
         console.print(f"published [bold]{ref.name}:{ref.version}[/] ({ref.manifest.variant}) "
