@@ -10,8 +10,13 @@ import orjson
 import pytest
 
 from serving.protocol import (
-    InvalidInput, UnsupportedMediaType, decode_request, decode_response, encode_infer_request,
-    encode_response, validate_inputs,
+    InvalidInput,
+    UnsupportedMediaType,
+    decode_request,
+    decode_response,
+    encode_infer_request,
+    encode_response,
+    validate_inputs,
 )
 from serving.repository import Signature, TensorSpec
 

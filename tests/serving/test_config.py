@@ -6,7 +6,12 @@ import copy
 
 import pytest
 
-from serving.config import ConfigError, build_serve_config, gateway_user_config, validate_serve_config
+from serving.config import (
+    ConfigError,
+    build_serve_config,
+    gateway_user_config,
+    validate_serve_config,
+)
 
 
 def config():
@@ -54,3 +59,21 @@ def test_missing_versions_in_the_repository_are_reported(tmp_path):
     with pytest.raises(ConfigError, match=r"applications\[1\]\.args: model 'minilm' has no "
                                           r"published version"):
         validate_serve_config(build_serve_config(str(tmp_path), [("minilm", 1)]))
+
+
+def test_serve_cli_refuses_an_invalid_config_file_before_starting_anything(tmp_path):
+    import yaml
+
+    from tests.helpers import run_cli
+
+    doc = config()
+    gateway_user_config(doc)["models"]["minilm"].update(canary=1, canary_weight=150)
+    path = tmp_path / "serve.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    result = run_cli("serve", "--config", str(path), timeout=60)
+    assert result.returncode != 0
+    assert ("applications[0].deployments[0].user_config.models.minilm.canary_weight: "
+            "Input should be less than or equal to 100") in " ".join(result.stderr.split())
+    path.write_text("applications: [unclosed")
+    result = run_cli("serve", "--config", str(path), timeout=60)
+    assert result.returncode != 0 and "is not valid YAML" in result.stderr

@@ -5,7 +5,6 @@ version replica runs; only the Ray hop is left out)."""
 from __future__ import annotations
 
 import asyncio
-
 from pathlib import Path
 
 import numpy as np
@@ -16,8 +15,15 @@ from onnx import TensorProto, helper
 from serving import metrics as M
 from serving.gateway import Gateway
 from serving.repository import (
-    Artifact, BatchingPolicy, Fidelity, Manifest, Measurements, ModelRepository, Signature,
-    Source, TensorSpec,
+    Artifact,
+    BatchingPolicy,
+    Fidelity,
+    Manifest,
+    Measurements,
+    ModelRepository,
+    Signature,
+    Source,
+    TensorSpec,
 )
 from serving.runtimes import load_runtime
 

@@ -14,8 +14,19 @@ from pathlib import Path
 import pytest
 
 from serving.repository import (
-    Artifact, BatchingPolicy, Fidelity, IntegrityError, Manifest, ManifestError, Measurements,
-    ModelNotFoundError, ModelRepository, RepositoryError, Signature, Source, TensorSpec,
+    Artifact,
+    BatchingPolicy,
+    Fidelity,
+    IntegrityError,
+    Manifest,
+    ManifestError,
+    Measurements,
+    ModelNotFoundError,
+    ModelRepository,
+    RepositoryError,
+    Signature,
+    Source,
+    TensorSpec,
 )
 from tests.helpers import ROOT, run_cli
 
