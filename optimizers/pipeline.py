@@ -63,7 +63,9 @@ class OptimizeOptions:
     report_dir: str | None = None
     batch_sizes: list[int] = field(default_factory=lambda: [1, 8, 32])
     p99_target_ms: float = 100.0
-    threads: int | None = None
+    #: Threads each variant is measured with: serving's default is one thread per replica
+    #: (a replica reserves one Ray CPU unless --cpus-per-replica says more); match the two.
+    threads: int = 1
     task: str | None = None
     inputs: list[str] = field(default_factory=list)
     outputs: list[str] | None = None
@@ -169,7 +171,8 @@ def optimize(opts: OptimizeOptions, progress: Progress | None = None) -> Optimiz
     repo = ModelRepository(opts.repository)
     if opts.publish != "none":
         check_writable(repo)
-    threads = opts.threads or available_cpus()
+    if opts.threads < 1:
+        raise OptimizeError(f"--threads must be >= 1 (got {opts.threads})")
 
     progress.phase("loading the source model")
     src = resolve_source(opts.source, name=opts.name, task=opts.task, inputs=opts.inputs,
@@ -186,14 +189,16 @@ def optimize(opts: OptimizeOptions, progress: Progress | None = None) -> Optimiz
         work = Path(opts.keep_build) if opts.keep_build else Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
         ctx = BuildContext(source=src, validation=vset, reference=reference, budget=opts.budget,
-                           workdir=work, threads=threads, status=progress.status,
+                           # checking fidelity may use every CPU; measuring uses serving's threads
+                           workdir=work, threads=available_cpus(), status=progress.status,
                            tune_seconds=opts.tune_seconds)
         bench = _bench_batches(vset, sorted(set(opts.batch_sizes)))
         outcomes: list[VariantOutcome] = []
         progress.phase("variants", total=len(names))
         for name in names:
             progress.status(f"{name}: building")
-            outcomes.append(_build_and_measure(name, ctx, vset, bench, threads, opts, work))
+            outcomes.append(_build_and_measure(name, ctx, vset, bench, opts.threads, opts,
+                                               work))
             progress.advance()
 
         passing = {o.name: o for o in outcomes if o.passed}

@@ -42,8 +42,9 @@ def optimize_command(
     batch_sizes: str = typer.Option("1,8,32", "--batch-sizes", help="Batch sizes to benchmark."),
     p99_target_ms: float = typer.Option(
         100.0, "--p99-target-ms", help="Latency objective for the batching recommendation."),
-    threads: Optional[int] = typer.Option(
-        None, "--threads", help="Intra-op threads [default: CPUs available, as serving uses]."),
+    threads: int = typer.Option(
+        1, "--threads", help="Intra-op threads each variant is measured with; match "
+                             "`optiserve serve --cpus-per-replica` (its default is 1)."),
     task: Optional[str] = typer.Option(
         None, "--task", help="embedding | classification | generic (ONNX/torch sources)."),
     inputs: Optional[list[str]] = typer.Option(
