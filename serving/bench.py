@@ -9,7 +9,7 @@ import json
 import random
 import time
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -45,12 +45,9 @@ class BenchResult:
     latency_ms: dict[str, float]
     offered_rate: float | None = None
     concurrency: int | None = None
-    samples_ms: list[float] = field(default_factory=list, repr=False)
 
     def to_json(self) -> dict:
-        d = self.__dict__.copy()
-        d.pop("samples_ms")
-        return d
+        return dict(self.__dict__)
 
 
 def load_inputs(path: str | None, metadata: dict) -> list[dict[str, np.ndarray]]:
@@ -102,7 +99,6 @@ def summarize(mode: str, samples: list[float], errors: Counter, elapsed: float, 
         throughput_rps=ok / elapsed if elapsed else 0.0,
         rows_per_s=ok * rows / elapsed if elapsed else 0.0, latency_ms=pct,
         offered_rate=opts.rate, concurrency=opts.concurrency if mode == "closed" else None,
-        samples_ms=list(lat),
     )
 
 

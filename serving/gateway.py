@@ -157,7 +157,6 @@ class Gateway:
         self.config: GatewayConfig | None = None
         self._rng = random.Random()
         self._shadow_tasks: set[asyncio.Task] = set()
-        self._encoders: dict[tuple[str, int], TextEncoder] = {}
 
     # ---- configuration ---------------------------------------------------------------------
     def reconfigure(self, user_config: dict) -> None:

@@ -63,7 +63,7 @@ def requested_cpus(doc: dict) -> float:
 
 
 class LocalCluster:
-    """An embedded Ray cluster serving one config; use as a context manager."""
+    """An embedded Ray cluster serving one config: start(), then stop()."""
 
     def __init__(self, doc: dict, opts: LocalOptions):
         self.doc = validate_serve_config(doc)
@@ -134,17 +134,6 @@ class LocalCluster:
             finally:
                 ray.shutdown()
         self._tmp.cleanup()
-
-    def __enter__(self) -> LocalCluster:
-        try:
-            self.start()
-        except BaseException:
-            self.stop()
-            raise
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
 
 
 __all__ = ["LocalCluster", "LocalOptions", "GATEWAY_APP", "free_port", "port_free"]

@@ -194,7 +194,3 @@ class BufferedRecorder(Recorder):
                 self.flush()
             except Exception:  # metrics must never take the replica down
                 pass
-
-    def close(self) -> None:
-        self._stop.set()
-        self.flush()

@@ -35,6 +35,7 @@ class SourceModel:
     #: Default validation data when the user gives none (text models).
     default_validation: Path | None = None
     notes: list[str] = field(default_factory=list)
+    _ref_session: Any = field(default=None, repr=False)
 
     @property
     def is_text(self) -> bool:
@@ -56,7 +57,7 @@ class SourceModel:
         return self._onnx_reference_session().run(inputs)
 
     def _onnx_reference_session(self):
-        if getattr(self, "_ref_session", None) is None:
+        if self._ref_session is None:
             self._ref_session = _PlainOnnx(self.onnx_path, self.model_signature)
         return self._ref_session
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,7 +29,6 @@ class VariantBuild:
     device: str = "cpu"
     providers: list[str] = field(default_factory=lambda: ["CPUExecutionProvider"])
     notes: list[str] = field(default_factory=list)
-    build_time_s: float = 0.0
 
 
 @dataclass
@@ -82,14 +80,3 @@ class Variant:
     build: Callable[[BuildContext], VariantBuild]
     device: str = "cpu"
 
-
-def timed(fn: Callable[[BuildContext], VariantBuild]) -> Callable[[BuildContext], VariantBuild]:
-    def wrapper(ctx: BuildContext) -> VariantBuild:
-        t0 = time.perf_counter()
-        build = fn(ctx)
-        build.build_time_s = time.perf_counter() - t0
-        return build
-
-    wrapper.__name__ = fn.__name__
-    wrapper.__doc__ = fn.__doc__
-    return wrapper

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import functools
 
-from .base import BuildContext, VariantBuild, VariantSkipped, timed
+from .base import BuildContext, VariantBuild, VariantSkipped
 from .onnx_variants import _quiet, exported_onnx
 
 
@@ -48,7 +48,6 @@ def _require(provider: str) -> None:
         raise VariantSkipped(reason)
 
 
-@timed
 def build_onnx_fp16_cuda(ctx: BuildContext) -> VariantBuild:
     """fp16 weights and compute on the CUDA execution provider (inputs/outputs stay fp32)."""
     _require("CUDAExecutionProvider")
@@ -72,7 +71,6 @@ def build_onnx_fp16_cuda(ctx: BuildContext) -> VariantBuild:
                         providers=["CUDAExecutionProvider"])
 
 
-@timed
 def build_tensorrt_fp16(ctx: BuildContext) -> VariantBuild:
     """The fp32 graph compiled by TensorRT in fp16; engines cached per version on disk."""
     _require("TensorrtExecutionProvider")

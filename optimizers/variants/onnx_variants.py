@@ -19,7 +19,7 @@ import numpy as np
 
 from serving.repository import Fidelity
 
-from .base import BuildContext, VariantBuild, VariantSkipped, timed
+from .base import BuildContext, VariantBuild, VariantSkipped
 
 #: Node types the INT8 quantizers turn into integer kernels.
 QUANTIZABLE = ("MatMul", "Gemm", "Attention", "Conv")
@@ -199,7 +199,6 @@ def _onnx_required(ctx: BuildContext) -> None:
         raise VariantSkipped("onnxruntime is not installed (install optiserve[cpu])")
 
 
-@timed
 def build_onnx_fp32(ctx: BuildContext) -> VariantBuild:
     """fp32 ONNX with ONNX Runtime's graph optimisations (BERT fusions for transformers)."""
     _onnx_required(ctx)
@@ -210,7 +209,6 @@ def build_onnx_fp32(ctx: BuildContext) -> VariantBuild:
     return VariantBuild("onnx-fp32", "onnxruntime", path, notes=notes)
 
 
-@timed
 def build_onnx_int8_dynamic(ctx: BuildContext) -> VariantBuild:
     """INT8 weights (QInt8, per channel), activations quantized per batch at run time."""
     _onnx_required(ctx)
@@ -238,7 +236,6 @@ def build_onnx_int8_dynamic(ctx: BuildContext) -> VariantBuild:
     return VariantBuild("onnx-int8-dynamic", "onnxruntime", final, notes=notes)
 
 
-@timed
 def build_onnx_int8_static(ctx: BuildContext) -> VariantBuild:
     """INT8 weights and activations (QDQ), activation ranges calibrated on validation data."""
     _onnx_required(ctx)

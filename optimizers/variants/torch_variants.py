@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import warnings
 
-from .base import BuildContext, VariantBuild, VariantSkipped, timed
+from .base import BuildContext, VariantBuild, VariantSkipped
 
 
 def _example_args(ctx: BuildContext):
@@ -32,14 +32,12 @@ def _module(ctx: BuildContext):
     return ctx.source.torch_module
 
 
-@timed
 def build_torch_fp32(ctx: BuildContext) -> VariantBuild:
     """The source module traced to TorchScript, unchanged numerically."""
     path = _trace_and_save(_module(ctx), ctx, "torch-fp32")
     return VariantBuild("torch-fp32", "torch", path, providers=[])
 
 
-@timed
 def build_torch_int8_dynamic(ctx: BuildContext) -> VariantBuild:
     """Linear layers with INT8 weights and dynamically quantized activations."""
     import copy

@@ -7,7 +7,6 @@ controllers can't both apply a step.
 from __future__ import annotations
 
 import fcntl
-import json
 import os
 from contextlib import contextmanager
 from pathlib import Path
@@ -133,6 +132,3 @@ class ConfigMapStateStore:
             raise
         return new
 
-
-def dumps(state: RolloutState) -> str:
-    return json.dumps(json.loads(state.model_dump_json()), indent=2)
