@@ -83,6 +83,8 @@ def rate(spec: M.MetricSpec, *matchers: str, suffix: str = "", window: str = RAT
 
 
 def quantile(q: float, spec: M.MetricSpec, by: str, *matchers: str, window: str = RATE) -> str:
+    if spec is M.REQUEST_DURATION:  # latency is the server's over the outcomes it is timed for
+        matchers = (*matchers, M.LATENCY_MATCHER)
     return (f"histogram_quantile({q}, sum by ({by}, le) "
             f"({rate(spec, *matchers, suffix='_bucket', window=window)}))")
 
@@ -428,7 +430,8 @@ def alerts() -> list[Alert]:
     return [
         Alert("OptiserveP99LatencyHigh",
               f"histogram_quantile(0.99, sum by ({by_mv}, le) "
-              f"(rate({M.REQUEST_DURATION.prom}_bucket[5m]))) > {P99_OBJECTIVE.token} "
+              f"(rate({M.REQUEST_DURATION.prom}_bucket{sel(M.LATENCY_MATCHER)}[5m]))) > "
+              f"{P99_OBJECTIVE.token} "
               f"and on ({by_mv}) {traffic_mv}",
               "10m", "warning",
               "{{ $labels.model }} v{{ $labels.version }}: p99 latency over its objective",
@@ -526,7 +529,7 @@ def _s(metric: str, labels: dict[str, str], values: str) -> dict:
 
 def _latency_series(p99_fast: bool) -> list[dict]:
     """60 requests/min; 98% under 0.1 s, the rest under 0.25 s (fast) or over 1 s (slow)."""
-    lb = {"namespace": "prod", "model": "minilm", "version": "2"}
+    lb = {"namespace": "prod", "model": "minilm", "version": "2", "outcome": "success"}
     slow_le = "0.25" if p99_fast else "2.5"
     out = []
     for le in M.REQUEST_DURATION.boundaries + (float("inf"),):

@@ -14,9 +14,12 @@ from starlette.responses import Response
 from . import metrics as M
 from .config import GatewayArgs, VersionArgs, VersionConfig, version_app_name
 from .gateway import Gateway
-from .protocol import InferenceError, ModelUnavailable, PayloadTooLarge
+from .protocol import (
+    InferenceError, InputRejected, ModelExecutionError, ModelUnavailable, PayloadTooLarge,
+    RequestCancelled,
+)
 
-log = logging.getLogger("optiserve")
+log = logging.getLogger("ray.serve.optiserve")
 _JSON = "application/json"
 
 
@@ -46,7 +49,19 @@ class GatewayDeployment:
         self._handles = {}
 
     def reconfigure(self, user_config: dict) -> None:
-        self.gateway.reconfigure(user_config)
+        """Apply a new gateway config, all or nothing. The first config must apply (raising
+        here fails the deployment, with the message in Serve's status). Once serving, a config
+        that cannot be applied is refused without raising: Ray Serve stops a replica whose
+        reconfigure raises, which would turn a bad config into an outage. The running config
+        stays; the refusal is logged and shown in the server metadata (``GET /v2``)."""
+        if self.gateway.config is None:
+            self.gateway.reconfigure(user_config)
+            return
+        try:
+            self.gateway.reconfigure(user_config)
+        except Exception as e:
+            self.gateway.rejected_config = str(e)
+            log.error("gateway config refused, the running config stays: %s", e)
 
     def _handle(self, model: str, version: int):
         key = (model, version)
@@ -97,8 +112,17 @@ class GatewayDeployment:
                 return _json_response(await self.gateway.repository_index())
             if rest[0] == "models" and len(rest) >= 2:
                 return await self._model_endpoint(request, rest[1], rest[2:])
+            if rest == ["openapi.json"] and method == "GET":
+                return _json_response(self.gateway.openapi())
         except InferenceError as e:
             return _error(e.status, str(e), e.headers())
+        except Exception:
+            import uuid
+
+            rid = uuid.uuid4().hex[:16]
+            log.exception("%s %s (request id %s) failed", method, path, rid)
+            return _json_response({"error": f"internal error (request id {rid})",
+                                   "request_id": rid}, 500)
         return _error(404, f"unknown endpoint {method} {path}")
 
     async def _model_endpoint(self, request: Request, model: str, tail: list[str]) -> Response:
@@ -125,16 +149,21 @@ class GatewayDeployment:
 
     async def _infer(self, request: Request, model: str, version: str | None) -> Response:
         async def read_body(limit: int) -> bytes:
+            from starlette.requests import ClientDisconnect
+
             declared = request.headers.get("content-length")
             if declared is not None and declared.isdigit() and int(declared) > limit:
                 raise PayloadTooLarge(f"request body of {declared} bytes exceeds the limit of "
                                       f"{limit} bytes")
             chunks, size = [], 0
-            async for chunk in request.stream():
-                size += len(chunk)
-                if size > limit:
-                    raise PayloadTooLarge(f"request body exceeds the limit of {limit} bytes")
-                chunks.append(chunk)
+            try:
+                async for chunk in request.stream():
+                    size += len(chunk)
+                    if size > limit:
+                        raise PayloadTooLarge(f"request body exceeds the limit of {limit} bytes")
+                    chunks.append(chunk)
+            except ClientDisconnect:
+                raise RequestCancelled("the client went away while sending the body") from None
             return b"".join(chunks)
 
         status, body, headers = await self.gateway.handle_infer(model, version, read_body,
@@ -182,7 +211,16 @@ class ModelVersionDeployment:
 
     def _run(self, groups):
         t0 = time.perf_counter()
-        out = [self.runtime.run(g) for g in groups]
+        try:
+            out = [self.runtime.run(g) for g in groups]
+        except InputRejected:
+            raise
+        except Exception as e:
+            # crosses to the gateway as an InferenceError, bisected there; the text is for the
+            # gateway's log, clients get "internal error" and a request id
+            log.exception("%s:%s failed on a batch", self.ref.name, self.ref.version)
+            raise ModelExecutionError(f"{self.ref.name}:{self.ref.version} failed on a batch: "
+                                      f"{type(e).__name__}: {str(e)[:500]}") from None
         return out, time.perf_counter() - t0
 
     async def infer(self, groups):

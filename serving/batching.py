@@ -1,10 +1,24 @@
-"""Dynamic batching: a bounded queue of requests, one future per request, batches by rows.
+"""Dynamic batching: bounded queues of requests, one future per request, batches by rows.
 
 A batch is dispatched when it holds ``max_batch_size`` rows, or when its oldest request has
 waited ``max_delay``, and only while fewer than ``max_inflight`` batches are running: while the
-model is busy, requests gather into the next batch, so batches grow with load. The queue is
-bounded in rows; past the bound a request is refused at once with :class:`Overloaded` (503 and a
-Retry-After estimated from recent throughput). An exception in a batch reaches every request in it.
+model is busy, requests gather into the next batch, so batches grow with load.
+
+Bounds (Triton's rules, and then some):
+
+- a request of more than ``max_batch_size`` rows is refused (400) before it queues: one client
+  cannot buy a batch that stalls everyone else;
+- the queue is bounded in rows; past the bound a request is refused at once with
+  :class:`Overloaded` (503 and a Retry-After estimated from recent throughput);
+- mirrored (shadow) copies queue apart, within their own bounded share, and only fill the room
+  real requests leave in a batch: they are dropped first and never make a real request wait or
+  get a 503;
+- a request that times out or whose client goes away leaves the queue at once; rows that
+  nobody waits for are never computed.
+
+Isolation: when a batch fails with an error of the model (not of the serving machinery), it is
+bisected and the halves run again, so only the request that caused it fails. Errors of the
+machinery (replica gone, unavailable) reach every request of the batch as they are.
 """
 
 from __future__ import annotations
@@ -16,7 +30,9 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from .protocol.errors import ModelUnavailable, Overloaded, RequestTimeout
+from .protocol.errors import (
+    InvalidInput, ModelUnavailable, Overloaded, RequestTimeout, ShadowDropped, is_infrastructure,
+)
 
 
 @dataclass(frozen=True)
@@ -28,6 +44,15 @@ class BatchPolicy:
     max_queue_rows: int = 2048
     max_inflight: int = 2
     timeout_s: float | None = 30.0
+    #: rows of mirrored copies allowed to wait (None: a quarter of max_queue_rows, at least a
+    #: batch)
+    max_shadow_rows: int | None = None
+
+    @property
+    def shadow_rows(self) -> int:
+        if self.max_shadow_rows is not None:
+            return self.max_shadow_rows
+        return max(self.max_batch_size, self.max_queue_rows // 4)
 
 
 class Observer:
@@ -35,15 +60,24 @@ class Observer:
 
     def dispatched(self, rows: int, waits_s: list[float]) -> None: ...
     def queue_changed(self, rows: int) -> None: ...
+    def bisected(self, requests: int) -> None: ...
 
 
-@dataclass
+@dataclass(eq=False)
 class _Item:
     payload: Any
     rows: int
     future: asyncio.Future
     enqueued: float
+    shadow: bool = False
+    #: left the queue unanswered (timeout, disconnect): skipped, its rows already released
     abandoned: bool = False
+    dispatched: bool = False
+
+
+def _retrieve(f: asyncio.Future) -> None:
+    if not f.cancelled():
+        f.exception()
 
 
 class AdaptiveBatcher:
@@ -56,7 +90,9 @@ class AdaptiveBatcher:
         self.label = label
         self._observer = observer or Observer()
         self._queue: deque[_Item] = deque()
-        self._queued_rows = 0
+        self._shadow: deque[_Item] = deque()
+        self._queued_rows = 0  # real rows waiting (abandoned ones excluded)
+        self._shadow_rows = 0
         self._inflight = 0
         self._wakeup: asyncio.Event | None = None
         self._loop_task: asyncio.Task | None = None
@@ -69,6 +105,10 @@ class AdaptiveBatcher:
         return self._queued_rows
 
     @property
+    def shadow_rows(self) -> int:
+        return self._shadow_rows
+
+    @property
     def inflight(self) -> int:
         return self._inflight
 
@@ -78,71 +118,114 @@ class AdaptiveBatcher:
         if self._wakeup is not None:
             self._wakeup.set()
 
-    async def submit(self, payload: Any, rows: int) -> Any:
-        """Queue ``payload`` (``rows`` rows) and wait for its result."""
+    def _queue_changed(self) -> None:
+        self._observer.queue_changed(self._queued_rows + self._shadow_rows)
+
+    def _admit(self, rows: int, shadow: bool) -> None:
+        p = self.policy
         if self._closed:
             raise ModelUnavailable(f"{self.label} is shutting down")
-        p = self.policy
+        if rows > p.max_batch_size:
+            raise InvalidInput(f"the request has {rows} rows; {self.label} accepts at most "
+                               f"{p.max_batch_size} rows per request (max_batch_size): split it")
+        if shadow:
+            if self._shadow_rows + rows > p.shadow_rows:
+                raise ShadowDropped(f"{self.label}: the mirrored share of the queue is full")
+            return
         if self._queued_rows and self._queued_rows + rows > p.max_queue_rows:
             wait = self._queued_rows / self._rate if self._rate > 0 else 1.0
             raise Overloaded(
                 f"{self.label} is overloaded: {self._queued_rows} rows queued, the limit is "
                 f"{p.max_queue_rows}; retry later", retry_after_s=wait)
+
+    async def submit(self, payload: Any, rows: int, shadow: bool = False) -> Any:
+        """Queue ``payload`` (``rows`` rows) and wait for its result. ``shadow``: a mirrored
+        copy, queued apart and dropped first (:class:`ShadowDropped`)."""
+        self._admit(rows, shadow)
+        loop = asyncio.get_running_loop()
         if self._loop_task is None:
             self._wakeup = asyncio.Event()
-            self._loop_task = asyncio.get_running_loop().create_task(self._loop())
-        fut = asyncio.get_running_loop().create_future()
-        item = _Item(payload, rows, fut, time.perf_counter())
-        self._queue.append(item)
-        self._queued_rows += rows
-        self._observer.queue_changed(self._queued_rows)
+            self._loop_task = loop.create_task(self._loop())
+        item = _Item(payload, rows, loop.create_future(), time.perf_counter(), shadow)
+        # a result nobody waits for any more (timed out, client gone) is still retrieved
+        item.future.add_done_callback(_retrieve)
+        if shadow:
+            self._shadow.append(item)
+            self._shadow_rows += rows
+        else:
+            self._queue.append(item)
+            self._queued_rows += rows
+        self._queue_changed()
         self._wakeup.set()
-        if p.timeout_s is None:
-            return await fut
+        timeout = self.policy.timeout_s
         try:
-            return await asyncio.wait_for(asyncio.shield(fut), p.timeout_s)
+            if timeout is None:
+                return await asyncio.shield(item.future)
+            return await asyncio.wait_for(asyncio.shield(item.future), timeout)
         except asyncio.TimeoutError:
-            item.abandoned = True
+            self._abandon(item)
+            if shadow:
+                raise ShadowDropped(f"{self.label}: a mirrored copy waited past "
+                                    f"{timeout:g} s") from None
             raise RequestTimeout(
-                f"{self.label} did not answer within {p.timeout_s:g} s "
+                f"{self.label} did not answer within {timeout:g} s "
                 f"({self._queued_rows} rows queued, {self._inflight} batches running)") from None
+        except asyncio.CancelledError:  # the client went away: nobody waits for these rows
+            self._abandon(item)
+            raise
+
+    def _abandon(self, item: _Item) -> None:
+        if item.dispatched or item.abandoned:
+            return
+        item.abandoned = True
+        if item.shadow:
+            self._shadow_rows -= item.rows
+        else:
+            self._queued_rows -= item.rows
+        self._queue_changed()
 
     async def close(self) -> None:
         """Refuse new requests, fail queued ones, wait for running batches."""
         self._closed = True
-        while self._queue:
-            item = self._queue.popleft()
-            if not item.future.done():
-                item.future.set_exception(ModelUnavailable(f"{self.label} was unloaded"))
-        self._queued_rows = 0
+        for q in (self._queue, self._shadow):
+            while q:
+                item = q.popleft()
+                if not item.future.done():
+                    item.future.set_exception(ModelUnavailable(f"{self.label} was unloaded"))
+        self._queued_rows = self._shadow_rows = 0
         if self._loop_task is not None:
             self._loop_task.cancel()
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
 
+    def _oldest(self) -> float | None:
+        for q in (self._queue, self._shadow):
+            while q and q[0].abandoned:
+                q.popleft()
+        heads = [q[0].enqueued for q in (self._queue, self._shadow) if q]
+        return min(heads) if heads else None
+
     async def _loop(self) -> None:
         wakeup = self._wakeup
         while not self._closed:
-            if not self._queue or self._inflight >= self.policy.max_inflight:
+            oldest = self._oldest()
+            if oldest is None or self._inflight >= self.policy.max_inflight:
                 wakeup.clear()
                 await wakeup.wait()
                 continue
-            while self._queue and self._queue[0].abandoned:
-                self._queued_rows -= self._queue.popleft().rows
-            if not self._queue:
-                continue
             p = self.policy
-            if self._queued_rows < p.max_batch_size:
-                remaining = self._queue[0].enqueued + p.max_delay_s - time.perf_counter()
+            if self._queued_rows + self._shadow_rows < p.max_batch_size:
+                remaining = oldest + p.max_delay_s - time.perf_counter()
                 if remaining > 0:
                     wakeup.clear()
                     try:
                         await asyncio.wait_for(wakeup.wait(), remaining)
                     except asyncio.TimeoutError:
                         pass
-                    if self._queued_rows < p.max_batch_size and self._queue and (
-                        self._queue[0].enqueued + p.max_delay_s > time.perf_counter()
-                    ):
+                    oldest = self._oldest()
+                    if (oldest is not None
+                            and self._queued_rows + self._shadow_rows < p.max_batch_size
+                            and oldest + p.max_delay_s > time.perf_counter()):
                         continue
             batch, rows = self._take(p.max_batch_size)
             if not batch:
@@ -153,40 +236,57 @@ class AdaptiveBatcher:
             task.add_done_callback(self._tasks.discard)
 
     def _take(self, max_rows: int) -> tuple[list[_Item], int]:
+        """Real requests first, in arrival order; mirrored copies fill what room is left."""
         batch, rows = [], 0
-        while self._queue:
-            item = self._queue[0]
-            if item.abandoned:
-                self._queue.popleft()
-                self._queued_rows -= item.rows
-                continue
-            if batch and rows + item.rows > max_rows:
-                break
-            self._queue.popleft()
-            self._queued_rows -= item.rows
-            batch.append(item)
-            rows += item.rows
-        self._observer.queue_changed(self._queued_rows)
+        for q, shadow in ((self._queue, False), (self._shadow, True)):
+            while q:
+                item = q[0]
+                if item.abandoned:
+                    q.popleft()
+                    continue
+                if batch and rows + item.rows > max_rows:
+                    break
+                q.popleft()
+                item.dispatched = True
+                if shadow:
+                    self._shadow_rows -= item.rows
+                else:
+                    self._queued_rows -= item.rows
+                batch.append(item)
+                rows += item.rows
+        self._queue_changed()
         return batch, rows
 
     async def _dispatch(self, batch: list[_Item], rows: int) -> None:
         now = time.perf_counter()
         self._observer.dispatched(rows, [now - i.enqueued for i in batch])
         try:
+            await self._run(batch)
+            elapsed = max(time.perf_counter() - now, 1e-6)
+            rate = rows / elapsed * max(1, self._inflight)
+            self._rate = rate if self._rate == 0 else 0.8 * self._rate + 0.2 * rate
+        finally:
+            self._inflight -= 1
+            self._wakeup.set()
+
+    async def _run(self, batch: list[_Item]) -> None:
+        """Run a batch; on an error of the model, bisect so that only the culprit fails."""
+        try:
             results = await self._run_batch([i.payload for i in batch])
             if len(results) != len(batch):
                 raise RuntimeError(f"batch returned {len(results)} results for {len(batch)} "
                                    "requests")
-            for item, result in zip(batch, results):
-                if not item.future.done():
-                    item.future.set_result(result)
-            elapsed = max(time.perf_counter() - now, 1e-6)
-            rate = rows / elapsed * max(1, self._inflight)
-            self._rate = rate if self._rate == 0 else 0.8 * self._rate + 0.2 * rate
-        except Exception as e:  # every request of the batch learns what happened
-            for item in batch:
-                if not item.future.done():
-                    item.future.set_exception(e)
-        finally:
-            self._inflight -= 1
-            self._wakeup.set()
+        except Exception as e:
+            live = [i for i in batch if not i.future.done()]
+            if len(live) > 1 and not is_infrastructure(e):
+                self._observer.bisected(len(live))
+                half = len(live) // 2
+                await self._run(live[:half])
+                await self._run(live[half:])
+                return
+            for item in live:  # one request, or the machinery failed: they all learn it
+                item.future.set_exception(e)
+            return
+        for item, result in zip(batch, results):
+            if not item.future.done():
+                item.future.set_result(result)

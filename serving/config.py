@@ -45,11 +45,16 @@ class BatchingConfig(_Strict):
     """Dynamic batching of one version; unset fields take the optimizer's recommendation."""
 
     max_batch_size: PositiveInt | None = Field(
-        None, description="Most rows per model call [default: the manifest's recommendation].")
+        None, description="Most rows per model call, and per request: a request with more "
+                          "rows is refused with 400 [default: the manifest's recommendation].")
     max_delay_ms: NonNegativeFloat | None = Field(
         None, le=10_000, description="Longest a row waits for batch-mates [default: manifest].")
     max_queue_rows: PositiveInt = Field(
         2048, description="Rows allowed to wait; past it requests get 503 with Retry-After.")
+    max_shadow_rows: PositiveInt | None = Field(
+        None, description="Rows of mirrored (shadow) copies allowed to wait, apart from real "
+                          "requests; past it copies are dropped [default: max_queue_rows/4, at "
+                          "least max_batch_size].")
     max_inflight_batches: PositiveInt = Field(
         2, description="Batches running at once per gateway replica (keep ~2 per model replica).")
     timeout_s: PositiveFloat | None = Field(
@@ -63,7 +68,7 @@ class BatchingConfig(_Strict):
             max_delay_s=(self.max_delay_ms if self.max_delay_ms is not None
                          else default.max_delay_ms) / 1000.0,
             max_queue_rows=self.max_queue_rows, max_inflight=self.max_inflight_batches,
-            timeout_s=self.timeout_s,
+            timeout_s=self.timeout_s, max_shadow_rows=self.max_shadow_rows,
         )
 
 
@@ -122,7 +127,12 @@ class GatewayConfig(_Strict):
 
     models: dict[str, ModelRoute] = Field(description="Served models by name.", min_length=1)
     max_body_bytes: PositiveInt = Field(
-        64 * 1024 * 1024, description="Largest request body accepted (413 above).")
+        64 * 1024 * 1024, description="Largest request body accepted, after decompression "
+                                      "(413 above).")
+    max_element_bytes: PositiveInt = Field(
+        64 * 1024, description="Largest single element of a BYTES input, e.g. one text (413 "
+                               "above; a text model's tokenizer still truncates to the "
+                               "manifest's max_length).")
 
     @field_validator("models")
     @classmethod

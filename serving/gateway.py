@@ -15,7 +15,9 @@ import asyncio
 import logging
 import random
 import time
+import uuid
 from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,14 +28,16 @@ from . import metrics as M
 from .batching import AdaptiveBatcher, BatchPolicy, Observer
 from .config import GatewayConfig, ModelRoute
 from .protocol import (
-    InferenceError, InferRequest, InvalidInput, ModelNotFound, Overloaded,
-    decode_request, encode_response, validate_inputs,
+    InferenceError, InferRequest, InputRejected, InvalidInput, ModelExecutionError, ModelNotFound,
+    ShadowDropped, decode_request, encode_response, validate_inputs,
 )
+from .protocol.codec import Limits
 from .repository import Manifest, ModelRepository
 from .routing import TrafficPolicy, choose_version, shadow_target
 from .runtimes import TextEncoder, length_groups
 
-log = logging.getLogger("optiserve.gateway")
+#: under Ray Serve's logger, so records land in the replica's log file with Serve's request ids
+log = logging.getLogger("ray.serve.optiserve.gateway")
 SERVER_NAME = "optiserve"
 SERVER_VERSION = "0.1.0"
 PLATFORMS = {"onnxruntime": "onnxruntime_onnx", "torch": "pytorch_libtorch"}
@@ -41,11 +45,23 @@ PLATFORMS = {"onnxruntime": "onnxruntime_onnx", "torch": "pytorch_libtorch"}
 #: backend(model, version) -> coroutine function running a list of padded groups on the replica
 Backend = Callable[[list[dict[str, np.ndarray]]], Awaitable[list[dict[str, np.ndarray]]]]
 
+#: Work below these sizes runs on the event loop (a thread hop costs more than it saves);
+#: above, in the gateway's worker threads, so one large request never stalls the loop that
+#: serves everyone else (``tokenizers`` releases the GIL while it encodes).
+INLINE_TEXT_BYTES = 16 * 1024
+INLINE_BODY_BYTES = 64 * 1024
+#: Every outcome a request can have, as counted and timed (``cancelled``: the client went
+#: away, or the request was cancelled, before an answer).
+OUTCOMES = (("success", "200"), ("client_error", "400"), ("server_error", "500"),
+            ("server_error", "503"), ("overloaded", "503"), ("timeout", "504"),
+            ("cancelled", "499"))
+
 
 class NullRecorder:
     def inc(self, *a, **k): ...
     def observe(self, *a, **k): ...
     def set(self, *a, **k): ...
+    def forget(self, *a, **k): ...
 
 
 class _BatchObserver(Observer):
@@ -60,6 +76,11 @@ class _BatchObserver(Observer):
     def queue_changed(self, rows: int) -> None:
         self.recorder.set(M.QUEUE_ROWS, self.tags, rows)
 
+    def bisected(self, requests: int) -> None:
+        log.warning("a batch of %d requests to %s:%s failed; running it again in halves to "
+                    "find the request that caused it", requests, self.tags["model"],
+                    self.tags["version"])
+
 
 @dataclass
 class VersionState:
@@ -73,6 +94,7 @@ class VersionState:
     batcher: AdaptiveBatcher = None
     tags: dict[str, str] = field(default_factory=dict)
     inflight: int = 0
+    executor: ThreadPoolExecutor | None = None
 
     def prepare(self, req: InferRequest) -> tuple[Any, int]:
         """Turn request tensors into a batch payload and its row count (texts stay strings:
@@ -88,14 +110,27 @@ class VersionState:
         arrays = {n: t.data for n, t in req.inputs.items()}
         return arrays, len(next(iter(arrays.values())))
 
+    def _encode(self, texts: list[str]) -> tuple[list[list[int]], list[dict[str, np.ndarray]]]:
+        rows = self.encoder.encode(texts)
+        groups = length_groups([len(r) for r in rows])
+        return groups, [self.encoder.pad([rows[i] for i in g]) for g in groups]
+
     async def run_batch(self, payloads: list[Any]) -> list[dict[str, np.ndarray]]:
         if self.encoder is not None:
-            rows = self.encoder.encode([t for p in payloads for t in p])
-            groups = length_groups([len(r) for r in rows])
-            feeds = [self.encoder.pad([rows[i] for i in g]) for g in groups]
-            results = await self.backend(feeds)
+            texts = [t for p in payloads for t in p]
+            if self.executor is None or sum(map(len, texts)) <= INLINE_TEXT_BYTES:
+                groups, feeds = self._encode(texts)
+            else:
+                groups, feeds = await asyncio.get_running_loop().run_in_executor(
+                    self.executor, self._encode, texts)
+            try:
+                results = await self.backend(feeds)
+            except InputRejected as e:
+                # the gateway made these tensors itself: a model refusing them is the
+                # server's fault, never the client's
+                raise ModelExecutionError(str(e)) from None
             names = list(results[0])
-            merged = {n: np.empty((len(rows), *results[0][n].shape[1:]), results[0][n].dtype)
+            merged = {n: np.empty((len(texts), *results[0][n].shape[1:]), results[0][n].dtype)
                       for n in names}
             for g, res in zip(groups, results):
                 for n in names:
@@ -130,6 +165,15 @@ class ModelState:
     versions: dict[int, VersionState]
 
 
+class ConfigRejected(ValueError):
+    """A gateway config that cannot be applied; the running one stays. Names the field."""
+
+
+def _roles(st: ModelState) -> dict[int, str]:
+    return {v: "stable" if v == st.policy.stable else (
+        "canary" if v == st.policy.canary else "idle") for v in st.versions}
+
+
 def agreement(task: str, stable: np.ndarray, canary: np.ndarray) -> np.ndarray:
     """Per-row agreement: cosine for embeddings (and generic outputs), top-1 match otherwise."""
     if task == "classification":
@@ -157,35 +201,70 @@ class Gateway:
         self.config: GatewayConfig | None = None
         self._rng = random.Random()
         self._shadow_tasks: set[asyncio.Task] = set()
+        #: tokenization and decoding of large requests, off the event loop
+        self.executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="gateway-work")
+        #: the last config that was refused (the running one stayed): shown in /v2
+        self.rejected_config: str | None = None
 
     # ---- configuration ---------------------------------------------------------------------
     def reconfigure(self, user_config: dict) -> None:
-        """Apply a gateway config: add/remove versions, change batching and weights in place."""
+        """Apply a gateway config: add/remove versions, change batching and weights in place.
+
+        All or nothing: every new version is loaded and every batching policy resolved before
+        anything changes; if one fails, the running config stays exactly as it was, what was
+        loaded for the new one is dropped, and :class:`ConfigRejected` says what failed."""
         cfg = GatewayConfig.model_validate(user_config)
         new: dict[str, ModelState] = {}
+        loaded: list[VersionState] = []
+        updates: list[tuple[VersionState, Any]] = []
+        # nothing below changes running state; what a failure leaves behind (versions loaded
+        # for the new config, never queued on, never started) is only garbage
         for name, route in cfg.models.items():
             old = self.models.get(name)
             versions = {}
             for v, batching in route.versions.items():
                 vs = old.versions.get(v) if old else None
                 if vs is None:
-                    vs = self._load_version(name, v)
-                vs.batcher.update(batching.resolve(vs.manifest.batching))
+                    try:
+                        vs = self._load_version(name, v)
+                    except Exception as e:
+                        raise ConfigRejected(f"models.{name}.versions.{v}: {name}:{v} cannot "
+                                             f"be loaded: {e}") from e
+                    loaded.append(vs)
+                try:
+                    policy = batching.resolve(vs.manifest.batching)
+                except ValueError as e:
+                    raise ConfigRejected(f"models.{name}.versions.{v}: {e}") from e
+                updates.append((vs, policy))
                 versions[v] = vs
             new[name] = ModelState(route, route.policy(), versions)
+        for vs, policy in updates:
+            vs.batcher.update(policy)
         removed = [vs for name, st in self.models.items() for v, vs in st.versions.items()
                    if name not in new or v not in new[name].versions]
+        previous = {(name, v): role for name, st in self.models.items()
+                    for v, role in _roles(st).items()}
         self.models, self.config = new, cfg
+        self.rejected_config = None
+        for vs in loaded:
+            for outcome, code in OUTCOMES:  # rate()/increase() see a version's first requests
+                self.recorder.inc(M.REQUESTS, {**vs.tags, "outcome": outcome, "code": code}, 0.0)
+        current = set()
         for name, st in new.items():
-            for v in st.versions:
-                w = st.policy.weights().get(v, 0.0)
-                role = "stable" if v == st.policy.stable else (
-                    "canary" if v == st.policy.canary else "idle")
+            weights = st.policy.weights()
+            for v, role in _roles(st).items():
+                current.add((name, v, role))
                 self.recorder.set(M.TRAFFIC_WEIGHT, {"model": name, "version": str(v),
-                                                     "role": role}, w)
+                                                     "role": role}, weights.get(v, 0.0))
+        # a version whose role changed stops reporting the old one (no stale role series)
+        for (name, v), role in previous.items():
+            if (name, v, role) not in current:
+                self.recorder.forget(M.TRAFFIC_WEIGHT, {"model": name, "version": str(v),
+                                                        "role": role})
         for vs in removed:
+            for spec in (M.INFLIGHT, M.QUEUE_ROWS):
+                self.recorder.forget(spec, vs.tags)
             self._spawn(vs.batcher.close())
-            self.recorder.set(M.TRAFFIC_WEIGHT, {**vs.tags, "role": "removed"}, 0.0)
 
     def _load_version(self, model: str, version: int) -> VersionState:
         ref = self.repo.get(model, version)
@@ -200,13 +279,8 @@ class Gateway:
                                      "not match its sha256 in the manifest")
             encoder = TextEncoder(path, m.preprocessing)
         tags = {"model": model, "version": str(version)}
-        # counters exist from the start, so rate()/increase() see a version's first requests
-        for outcome, code in (("success", "200"), ("server_error", "500"),
-                              ("server_error", "503"), ("timeout", "504"),
-                              ("overloaded", "503")):
-            self.recorder.inc(M.REQUESTS, {**tags, "outcome": outcome, "code": code}, 0.0)
         vs = VersionState(model, version, m, self._backend_factory(model, version), encoder,
-                          tags=tags)
+                          tags=tags, executor=self.executor)
         vs.batcher = AdaptiveBatcher(vs.run_batch, BatchPolicy(), label=f"{model}:{version}",
                                      observer=_BatchObserver(self.recorder, tags))
         return vs
@@ -265,8 +339,19 @@ class Gateway:
 
     # ---- metadata ----------------------------------------------------------------------------
     def server_metadata(self) -> dict:
-        return {"name": SERVER_NAME, "version": SERVER_VERSION,
-                "extensions": ["binary_tensor_data", "model_configuration", "model_repository"]}
+        doc = {"name": SERVER_NAME, "version": SERVER_VERSION,
+               "extensions": ["binary_tensor_data", "model_configuration", "model_repository"],
+               "openapi": "/v2/openapi.json"}
+        if self.rejected_config:
+            doc["config_rejected"] = self.rejected_config
+        return doc
+
+    def openapi(self) -> dict:
+        from .protocol.openapi import openapi_document
+
+        return openapi_document(
+            {n: list(st.versions) for n, st in self.models.items()}, SERVER_VERSION,
+            {n: st.versions[st.policy.stable].manifest.signature for n, st in self.models.items()})
 
     def model_metadata(self, name: str, version: str | None = None) -> dict:
         st = self.model(name)
@@ -313,11 +398,17 @@ class Gateway:
         return out
 
     # ---- inference -----------------------------------------------------------------------------
+    def limits(self, vs: VersionState) -> Limits:
+        cfg = self.config
+        return Limits(max_body_bytes=cfg.max_body_bytes, max_rows=vs.batcher.policy.max_batch_size,
+                      max_element_bytes=cfg.max_element_bytes)
+
     async def handle_infer(self, name: str, version: str | None,
                            read_body: Callable[[int], Awaitable[bytes]], headers
                            ) -> tuple[int, bytes, dict[str, str]]:
-        """Serve one infer request: (status, body, headers). Every outcome is counted under
-        the version that was chosen for it, so a canary's errors are the canary's."""
+        """Serve one infer request: (status, body, headers). Every outcome is counted and
+        timed under the version that was chosen for it, so a canary's errors are the
+        canary's, and a p99 sees the requests that timed out."""
         t0 = time.perf_counter()
         tags = {"model": name if name in self.models else "", "version": ""}
         try:
@@ -330,20 +421,37 @@ class Gateway:
             tags = vs.tags
             body = await read_body(self.config.max_body_bytes)
             out, out_headers = await self._infer(st, vs, not version, body, headers)
+        except asyncio.CancelledError:
+            self._count(tags, "cancelled", "499", t0)
+            raise
         except Exception as e:
             status, outcome, message, extra = error_outcome(e)
-            if status == 500:
-                log.exception("infer %s failed", name)
-            self.recorder.inc(M.REQUESTS, {**tags, "outcome": outcome, "code": str(status)})
-            return status, orjson.dumps({"error": message}), {
-                "content-type": "application/json", **extra}
-        self.recorder.inc(M.REQUESTS, {**tags, "outcome": "success", "code": "200"})
-        self.recorder.observe(M.REQUEST_DURATION, tags, time.perf_counter() - t0)
+            doc = {"error": message}
+            if status >= 500 and (not isinstance(e, InferenceError)
+                                  or isinstance(e, ModelExecutionError)):
+                # the details are for the log, under an id the client can quote
+                rid = uuid.uuid4().hex[:16]
+                log.error("infer %s:%s (request id %s) failed", tags["model"], tags["version"],
+                          rid, exc_info=e)
+                doc = {"error": f"internal error (request id {rid})", "request_id": rid}
+            self._count(tags, outcome, str(status), t0)
+            return status, orjson.dumps(doc), {"content-type": "application/json", **extra}
+        self._count(tags, "success", "200", t0)
         return 200, out, out_headers
+
+    def _count(self, tags: dict[str, str], outcome: str, code: str, t0: float) -> None:
+        self.recorder.inc(M.REQUESTS, {**tags, "outcome": outcome, "code": code})
+        self.recorder.observe(M.REQUEST_DURATION, {**tags, "outcome": outcome},
+                              time.perf_counter() - t0)
 
     async def _infer(self, st: ModelState, vs: VersionState, routed: bool, body: bytes, headers
                      ) -> tuple[bytes, dict[str, str]]:
-        req = decode_request(body, headers)
+        limits = self.limits(vs)
+        if len(body) <= INLINE_BODY_BYTES and not headers.get("content-encoding"):
+            req = decode_request(body, headers, limits)
+        else:
+            req = await asyncio.get_running_loop().run_in_executor(
+                self.executor, decode_request, body, dict(headers), limits)
         validate_inputs(req, vs.manifest.signature, vs.model)
         payload, rows = vs.prepare(req)
         vs.inflight += 1
@@ -363,13 +471,15 @@ class Gateway:
     async def _shadow(self, st: ModelState, served: VersionState, mirror: VersionState,
                       req: InferRequest, served_out: dict[str, np.ndarray]) -> None:
         """Send a copy of a served request to the other version and record their agreement
-        (labelled stable/canary whichever way the copy went)."""
+        (labelled stable/canary whichever way the copy went). Copies queue in their own
+        bounded share and give way to real requests; a dropped or failed copy is counted
+        here only, never as a request of either version."""
         tags = {"model": served.model, "stable": str(st.policy.stable),
                 "canary": str(st.policy.canary)}
         try:
             payload, rows = mirror.prepare(req)
-            out = await mirror.batcher.submit(payload, rows)
-        except Overloaded:
+            out = await mirror.batcher.submit(payload, rows, shadow=True)
+        except ShadowDropped:
             self.recorder.inc(M.SHADOW_REQUESTS, {**tags, "outcome": "dropped"})
             return
         except Exception as e:
@@ -386,10 +496,12 @@ class Gateway:
         for st in self.models.values():
             for vs in st.versions.values():
                 await vs.batcher.close()
+        self.executor.shutdown(wait=False, cancel_futures=True)
 
 
 def error_outcome(e: Exception) -> tuple[int, str, str, dict[str, str]]:
-    """(status, outcome label, message, headers) for an exception raised while serving."""
+    """(status, outcome label, message, headers) for an exception raised while serving. The
+    message of anything that is not an :class:`InferenceError` stays in the log."""
     if isinstance(e, InferenceError):
         return e.status, e.outcome, str(e), e.headers()
-    return 500, "server_error", f"internal error: {type(e).__name__}: {e}", {}
+    return 500, "server_error", "internal error", {}

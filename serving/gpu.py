@@ -8,7 +8,7 @@ import threading
 
 from . import metrics as M
 
-log = logging.getLogger("optiserve.gpu")
+log = logging.getLogger("ray.serve.optiserve.gpu")
 
 
 class GpuSampler:

@@ -20,6 +20,19 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def gateway_replica(serve_pid: int):
+    """The gateway replica's process (a child of ``optiserve serve``), for memory readings."""
+    import psutil
+
+    for p in psutil.Process(serve_pid).children(recursive=True):
+        try:
+            if "ServeReplica:optiserve:gateway" in " ".join(p.cmdline()):
+                return p
+        except psutil.Error:
+            continue
+    raise LookupError("no gateway replica process")
+
+
 class ServeProcess:
     """A real ``optiserve serve --config`` in a subprocess, on free ports; stop() by PID."""
 

@@ -39,15 +39,24 @@ class MetricSpec:
 
 MV = ("model", "version")
 
+#: Outcomes whose duration is the server's doing, so latency objectives (the rollout's p99
+#: check, the dashboards' quantiles, the p99 alert) are computed over these: a 504 counts at the
+#: time it took, while instant refusals (client_error, overloaded) and requests the client gave
+#: up on (cancelled) would only pull the quantile down (or reflect the client).
+LATENCY_OUTCOMES = ("success", "server_error", "timeout")
+LATENCY_MATCHER = f'outcome=~"{"|".join(LATENCY_OUTCOMES)}"'
+
 REQUESTS = MetricSpec(
     "optiserve_requests", "counter",
-    "Inference requests by outcome (success, client_error, server_error, overloaded, timeout).",
+    "Inference requests by outcome (success, client_error, server_error, overloaded, timeout, "
+    "cancelled).",
     (*MV, "outcome", "code"))
 ROWS = MetricSpec("optiserve_rows", "counter", "Rows (inferences) processed successfully.", MV)
 REQUEST_DURATION = MetricSpec(
     "optiserve_request_duration_seconds", "histogram",
-    "End-to-end request latency in the gateway, from receipt to response.", MV,
-    tuple(LATENCY_BUCKETS_S))
+    "End-to-end request latency in the gateway, from receipt to response, by outcome (every "
+    "outcome is timed: success, client_error, server_error, overloaded, timeout, cancelled).",
+    (*MV, "outcome"), tuple(LATENCY_BUCKETS_S))
 QUEUE_WAIT = MetricSpec(
     "optiserve_queue_wait_seconds", "histogram",
     "Time a request waited in the batcher before its batch was dispatched.", MV,
@@ -146,6 +155,9 @@ class Recorder:
     def set(self, spec: MetricSpec, tags: dict[str, str], value: float) -> None:
         self.get(spec).set(value, tags)
 
+    def forget(self, spec: MetricSpec, tags: dict[str, str]) -> None:
+        """Stop reporting a gauge series (Ray drops it once it is not refreshed)."""
+
 
 class BufferedRecorder(Recorder):
     """Counters and gauges kept in plain dicts and pushed every ``interval_s`` by a background
@@ -179,6 +191,9 @@ class BufferedRecorder(Recorder):
 
     def set(self, spec: MetricSpec, tags: dict[str, str], value: float) -> None:
         self._gauges[self._key(spec, tags)] = value
+
+    def forget(self, spec: MetricSpec, tags: dict[str, str]) -> None:
+        self._gauges.pop(self._key(spec, tags), None)
 
     def flush(self) -> None:
         with self._lock:

@@ -9,7 +9,7 @@ are returned the same way.
 
 from __future__ import annotations
 
-import gzip
+import math
 import struct
 import zlib
 from dataclasses import dataclass, field
@@ -18,7 +18,7 @@ import numpy as np
 import orjson
 
 from ..repository import DATATYPES, Signature
-from .errors import InvalidInput, UnsupportedMediaType
+from .errors import InvalidInput, PayloadTooLarge, UnsupportedMediaType
 
 HEADER_LENGTH = "inference-header-content-length"
 _NP = {k: np.dtype(v) for k, v in DATATYPES.items() if k != "BYTES"}
@@ -42,26 +42,79 @@ class InferRequest:
     parameters: dict = field(default_factory=dict)
 
 
-def _decompress(body: bytes, encoding: str | None) -> bytes:
-    if not encoding or encoding == "identity":
+@dataclass(frozen=True)
+class Limits:
+    """Bounds one request must stay within; each is checked before the work it bounds."""
+
+    #: largest body after decompression (the compressed size is bounded where it is read)
+    max_body_bytes: int = 64 * 1024 * 1024
+    #: most rows (first dimension) of any input: the version's max_batch_size
+    max_rows: int | None = None
+    #: largest single element of a BYTES tensor
+    max_element_bytes: int = 1024 * 1024
+    #: most dimensions of a tensor
+    max_dims: int = 16
+
+
+DEFAULT_LIMITS = Limits()
+_DECOMPRESS_CHUNK = 1 << 20
+
+
+def _decompress(body: bytes, encoding: str | None, limit: int) -> bytes:
+    """Inflate a gzip/deflate body, refusing (413) as soon as it grows past ``limit`` bytes:
+    the output is produced in bounded chunks, so a small body that inflates to gigabytes
+    costs at most ``limit`` bytes of memory and the time to produce them."""
+    if not encoding or encoding.strip().lower() == "identity":
         return body
+    encoding = encoding.strip().lower()
+    if encoding in ("gzip", "x-gzip"):
+        wbits = 16 + zlib.MAX_WBITS
+    elif encoding == "deflate":
+        # RFC 9110's deflate is zlib-wrapped; some clients send raw deflate: accept both
+        wbits = zlib.MAX_WBITS if body[:1] and (body[0] & 0x0F) == 8 and len(body) > 1 and (
+            (body[0] << 8) | body[1]) % 31 == 0 else -zlib.MAX_WBITS
+    else:
+        raise UnsupportedMediaType(f"Content-Encoding {encoding!r} is not supported; use gzip "
+                                   "or deflate")
+    out, size = [], 0
+    data = body
     try:
-        if encoding == "gzip":
-            return gzip.decompress(body)
-        if encoding == "deflate":
-            return zlib.decompress(body)
-    except (OSError, zlib.error) as e:
-        raise InvalidInput(f"body is not valid {encoding} data: {e}")
-    raise UnsupportedMediaType(f"Content-Encoding {encoding!r} is not supported; use gzip or deflate")
+        while data:
+            d = zlib.decompressobj(wbits)
+            chunk = d.decompress(data, _DECOMPRESS_CHUNK)
+            while True:
+                size += len(chunk)
+                if size > limit:
+                    raise PayloadTooLarge(f"request body inflates past the limit of {limit} "
+                                          f"bytes (Content-Encoding: {encoding})")
+                out.append(chunk)
+                if d.eof or not d.unconsumed_tail and not chunk:
+                    break
+                chunk = d.decompress(d.unconsumed_tail, _DECOMPRESS_CHUNK)
+            if not d.eof:
+                raise InvalidInput(f"body is not valid {encoding} data: it ends early")
+            # gzip allows several members one after another
+            data = d.unused_data if wbits > zlib.MAX_WBITS else b""
+    except zlib.error as e:
+        raise InvalidInput(f"body is not valid {encoding} data: {e}") from None
+    return b"".join(out)
 
 
-def _bytes_elements(raw: bytes, name: str) -> list[bytes]:
+def _bytes_elements(raw: bytes, name: str, count: int, max_element: int) -> list[bytes]:
+    """The elements of a binary BYTES tensor; stops as soon as the data disagrees with the
+    shape's ``count``, so a hostile body costs no more than the elements it claims."""
     out, pos, n = [], 0, len(raw)
     while pos < n:
+        if len(out) == count:
+            raise InvalidInput(f"input {name!r}: binary data holds more than the {count} "
+                               "BYTES elements its shape needs")
         if pos + 4 > n:
             raise InvalidInput(f"input {name!r}: truncated BYTES element length at byte {pos}")
         (size,) = struct.unpack_from("<I", raw, pos)
         pos += 4
+        if size > max_element:
+            raise PayloadTooLarge(f"input {name!r}: BYTES element {len(out)} is {size} bytes, "
+                                  f"the limit is {max_element}")
         if pos + size > n:
             raise InvalidInput(
                 f"input {name!r}: BYTES element of {size} bytes runs past the data ({n - pos} left)"
@@ -71,67 +124,121 @@ def _bytes_elements(raw: bytes, name: str) -> list[bytes]:
     return out
 
 
-def _check_shape(name: str, shape) -> list[int]:
-    if not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape):
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _check_shape(name: str, shape, limits: Limits, body_bytes: int) -> list[int]:
+    if not isinstance(shape, list) or not all(_is_int(d) and d >= 0 for d in shape):
         raise InvalidInput(f"input {name!r}: shape must be a list of non-negative integers, "
-                           f"got {shape!r}")
+                           f"got {_preview(shape)}")
+    if len(shape) > limits.max_dims:
+        raise InvalidInput(f"input {name!r}: shape has {len(shape)} dimensions, at most "
+                           f"{limits.max_dims} are accepted")
+    if limits.max_rows is not None and shape and shape[0] > limits.max_rows:
+        raise InvalidInput(f"input {name!r} has {shape[0]} rows; this model version accepts at "
+                           f"most {limits.max_rows} rows per request (max_batch_size): split "
+                           "the request")
+    # Python ints: no wrap-around. Every element takes at least one byte of any valid body.
+    count = _count(shape)
+    if count > max(body_bytes, 1):
+        raise InvalidInput(f"input {name!r}: shape {shape} needs {count} elements, more than a "
+                           f"{body_bytes}-byte request can carry")
     return shape
 
 
 def _count(shape: list[int]) -> int:
-    return int(np.prod(shape)) if shape else 1
+    return math.prod(shape) if shape else 1
 
 
-def _json_tensor(name: str, datatype: str, shape: list[int], data) -> np.ndarray:
+def _preview(v, n: int = 60) -> str:
+    text = repr(v)
+    return text if len(text) <= n else text[:n] + "..."
+
+
+def _json_tensor(name: str, datatype: str, shape: list[int], data,
+                 max_element: int = DEFAULT_LIMITS.max_element_bytes) -> np.ndarray:
     count = _count(shape)
+    flat = _flatten(data)
+    if len(flat) != count:
+        raise InvalidInput(f"input {name!r}: shape {shape} needs {count} elements, "
+                           f"data has {len(flat)}")
     if datatype == "BYTES":
-        flat = _flatten(data)
-        if len(flat) != count:
-            raise InvalidInput(f"input {name!r}: shape {shape} needs {count} elements, "
-                               f"data has {len(flat)}")
         out = np.empty(count, dtype=object)
         for i, v in enumerate(flat):
             if isinstance(v, str):
-                out[i] = v.encode("utf-8")
+                b = v.encode("utf-8")
             elif isinstance(v, (bytes, bytearray)):
-                out[i] = bytes(v)
+                b = bytes(v)
             else:
                 raise InvalidInput(f"input {name!r}: BYTES data must be strings, "
-                                   f"got {type(v).__name__}")
+                                   f"got {type(v).__name__} at element {i}")
+            if len(b) > max_element:
+                raise PayloadTooLarge(f"input {name!r}: element {i} is {len(b)} bytes, the "
+                                      f"limit is {max_element}")
+            out[i] = b
         return out.reshape(shape)
-    try:
-        arr = np.asarray(data, dtype=_NP[datatype])
-    except (ValueError, TypeError, OverflowError):
-        raise InvalidInput(
-            f"input {name!r}: data is not a list of {datatype} numbers"
-        ) from None
-    if arr.size != count:
-        raise InvalidInput(f"input {name!r}: shape {shape} needs {count} elements, "
-                           f"data has {arr.size}")
-    return arr.reshape(shape)
+    want = _NP[datatype]
+    arr = np.asarray(flat) if flat else np.empty(0, dtype=want)
+    kind = arr.dtype.kind
+    if datatype == "BOOL":
+        ok = kind == "b" or not flat
+    elif want.kind in "iu":
+        ok = kind in "iub" or not flat
+        if ok and flat and kind != "b":
+            info = np.iinfo(want)
+            ok = info.min <= int(arr.min()) and int(arr.max()) <= info.max
+    else:
+        ok = kind in "iubf" or not flat
+    if not ok:
+        what = "true/false values" if datatype == "BOOL" else "numbers"
+        raise InvalidInput(f"input {name!r}: data is not a list of {datatype} {what} (wrong "
+                           f"type, or out of {datatype}'s range)")
+    with np.errstate(all="ignore"):
+        return arr.astype(want, copy=False).reshape(shape)
 
 
 def _flatten(data) -> list:
+    """Nested lists to one flat list, iteratively (a hostile nesting depth cannot exhaust the
+    stack)."""
     if not isinstance(data, list):
         return [data]
-    if data and isinstance(data[0], list):
-        out = []
-        for d in data:
-            out.extend(_flatten(d))
-        return out
-    return data
+    if not any(isinstance(d, list) for d in data):
+        return data
+    out: list = []
+    stack = [iter(data)]
+    while stack:
+        for d in stack[-1]:
+            if isinstance(d, list):
+                stack.append(iter(d))
+                break
+            out.append(d)
+        else:
+            stack.pop()
+    return out
 
 
-def decode_request(body: bytes, headers) -> InferRequest:
-    """Parse an infer request body (JSON, or JSON header + binary tensors)."""
-    body = _decompress(body, headers.get("content-encoding"))
+def _field(doc: dict, key: str, kind, where: str, what: str):
+    v = doc.get(key)
+    if v is None:
+        return None
+    if not isinstance(v, kind) or (kind is int and isinstance(v, bool)):
+        raise InvalidInput(f"{where}{key} must be {what}, got {_preview(v)}")
+    return v
+
+
+def decode_request(body: bytes, headers, limits: Limits = DEFAULT_LIMITS) -> InferRequest:
+    """Parse an infer request body (JSON, or JSON header + binary tensors). Every way a body
+    can be wrong is an :class:`InvalidInput` (400), :class:`PayloadTooLarge` (413) or
+    :class:`UnsupportedMediaType` (415) whose message names the field."""
+    body = _decompress(body, headers.get("content-encoding"), limits.max_body_bytes)
     header_len = headers.get(HEADER_LENGTH)
     if header_len is not None:
         try:
             hlen = int(header_len)
         except ValueError:
             raise InvalidInput(f"Inference-Header-Content-Length must be an integer, "
-                               f"got {header_len!r}") from None
+                               f"got {_preview(header_len)}") from None
         if hlen < 0 or hlen > len(body):
             raise InvalidInput(f"Inference-Header-Content-Length {hlen} is outside the "
                                f"{len(body)}-byte body")
@@ -147,28 +254,28 @@ def decode_request(body: bytes, headers) -> InferRequest:
     raw_inputs = doc.get("inputs")
     if not isinstance(raw_inputs, list) or not raw_inputs:
         raise InvalidInput("request must have a non-empty \"inputs\" list")
-    params = doc.get("parameters") or {}
-    if not isinstance(params, dict):
-        raise InvalidInput("\"parameters\" must be an object")
+    params = _field(doc, "parameters", dict, "", "an object") or {}
     inputs: dict[str, Tensor] = {}
     offset = 0
     for i, t in enumerate(raw_inputs):
+        where = f"inputs[{i}]."
         if not isinstance(t, dict):
             raise InvalidInput(f"inputs[{i}] must be an object with name, datatype, shape, data")
         name = t.get("name")
         if not isinstance(name, str) or not name:
-            raise InvalidInput(f"inputs[{i}] has no \"name\"")
+            raise InvalidInput(f"inputs[{i}].name must be a non-empty string")
         if name in inputs:
             raise InvalidInput(f"input {name!r} appears twice")
         datatype = t.get("datatype")
-        if datatype not in DATATYPES:
-            raise InvalidInput(f"input {name!r}: datatype {datatype!r} is not one of "
+        if not isinstance(datatype, str) or datatype not in DATATYPES:
+            raise InvalidInput(f"input {name!r}: datatype {_preview(datatype)} is not one of "
                                f"{', '.join(DATATYPES)}")
-        shape = _check_shape(name, t.get("shape"))
-        tparams = t.get("parameters") or {}
-        size = tparams.get("binary_data_size") if isinstance(tparams, dict) else None
+        shape = _check_shape(name, t.get("shape"), limits, len(body))
+        tparams = _field(t, "parameters", dict, where, "an object") or {}
+        size = _field(tparams, "binary_data_size", int, f"{where}parameters.",
+                      "a non-negative integer")
         if size is not None:
-            if not isinstance(size, int) or size < 0:
+            if size < 0:
                 raise InvalidInput(f"input {name!r}: binary_data_size must be a non-negative "
                                    f"integer")
             if offset + size > len(binary):
@@ -178,32 +285,38 @@ def decode_request(body: bytes, headers) -> InferRequest:
                 )
             raw = bytes(binary[offset:offset + size])
             offset += size
-            data = _binary_tensor(name, datatype, shape, raw)
+            data = _binary_tensor(name, datatype, shape, raw, limits.max_element_bytes)
         else:
             if "data" not in t:
                 raise InvalidInput(f"input {name!r} has neither \"data\" nor "
                                    "parameters.binary_data_size")
-            data = _json_tensor(name, datatype, shape, t["data"])
+            data = _json_tensor(name, datatype, shape, t["data"], limits.max_element_bytes)
         inputs[name] = Tensor(name, datatype, shape, data)
     if offset != len(binary):
         raise InvalidInput(f"{len(binary) - offset} bytes of binary data are not claimed by "
                            "any input's binary_data_size")
-    binary_default = bool(params.get("binary_data_output", False))
+    binary_default = _field(params, "binary_data_output", bool, "parameters.",
+                            "true or false") or False
     outputs = {}
-    for o in doc.get("outputs") or []:
+    raw_outputs = _field(doc, "outputs", list, "", "a list") or []
+    for j, o in enumerate(raw_outputs):
         if not isinstance(o, dict) or not isinstance(o.get("name"), str):
-            raise InvalidInput("each entry of \"outputs\" must be an object with a \"name\"")
-        op = o.get("parameters") or {}
-        outputs[o["name"]] = bool(op.get("binary_data", binary_default))
+            raise InvalidInput(f"outputs[{j}] must be an object with a string \"name\"")
+        op = _field(o, "parameters", dict, f"outputs[{j}].", "an object") or {}
+        binary = _field(op, "binary_data", bool, f"outputs[{j}].parameters.", "true or false")
+        outputs[o["name"]] = binary_default if binary is None else binary
     rid = doc.get("id")
-    return InferRequest(inputs=inputs, id=str(rid) if rid is not None else None,
-                        outputs=outputs, binary_default=binary_default, parameters=params)
+    if rid is not None and not isinstance(rid, str):
+        raise InvalidInput(f"id must be a string, got {_preview(rid)}")
+    return InferRequest(inputs=inputs, id=rid, outputs=outputs, binary_default=binary_default,
+                        parameters=params)
 
 
-def _binary_tensor(name: str, datatype: str, shape: list[int], raw: bytes) -> np.ndarray:
+def _binary_tensor(name: str, datatype: str, shape: list[int], raw: bytes,
+                   max_element: int = DEFAULT_LIMITS.max_element_bytes) -> np.ndarray:
     count = _count(shape)
     if datatype == "BYTES":
-        elems = _bytes_elements(raw, name)
+        elems = _bytes_elements(raw, name, count, max_element)
         if len(elems) != count:
             raise InvalidInput(f"input {name!r}: shape {shape} needs {count} elements, "
                                f"binary data has {len(elems)}")

@@ -60,3 +60,34 @@ class ModelUnavailable(InferenceError):
 class RequestTimeout(InferenceError):
     status = 504
     outcome = "timeout"
+
+
+class InputRejected(InvalidInput):
+    """The model itself refused a request's tensors (e.g. an index out of its range): the
+    request's fault, raised for that request alone after its batch was bisected."""
+
+
+class ModelExecutionError(InferenceError):
+    """The model failed on a batch for a reason it does not attribute to the inputs. The
+    message is for the log; clients get "internal error" and a request id."""
+
+
+class RequestCancelled(InferenceError):
+    """The client went away (or the request was cancelled) before it was answered."""
+
+    status = 499
+    outcome = "cancelled"
+
+
+class ShadowDropped(InferenceError):
+    """A mirrored copy gave way to real traffic (queue share full, or evicted)."""
+
+    status = 503
+    outcome = "dropped"
+
+
+#: Errors of the serving machinery, not of one request: every request of a batch gets them
+#: as they are, with no bisection (retrying alone cannot help, and costs the model time).
+def is_infrastructure(e: BaseException) -> bool:
+    return isinstance(e, InferenceError) and not isinstance(e, (InputRejected,
+                                                                  ModelExecutionError))

@@ -30,8 +30,12 @@ class Queries:
         return f"sum(increase({M.REQUESTS.prom}{{{sel}}}[{self.w}]))"
 
     def p99_ms(self, version: int) -> str:
+        """p99 over the outcomes in ``serving.metrics.LATENCY_OUTCOMES`` (success, server
+        errors and timeouts, each at the time it took): a canary that times out has a high
+        p99, and a client's fast 400s or instant 503 refusals cannot pull it down."""
+        sel = self._sel(version, M.LATENCY_MATCHER)
         return (f"1000 * histogram_quantile(0.99, sum by (le) (increase("
-                f"{M.REQUEST_DURATION.prom}_bucket{{{self._sel(version)}}}[{self.w}])))")
+                f"{M.REQUEST_DURATION.prom}_bucket{{{sel}}}[{self.w}])))")
 
     def _pair(self) -> str:
         s = self.spec

@@ -8,7 +8,21 @@ from typing import Protocol
 
 import numpy as np
 
+from ..protocol.errors import InputRejected
 from ..repository import DATATYPES, Manifest
+
+__all__ = ["InputRejected"]  # raised by every runtime for inputs the model refuses
+
+
+
+def short_message(e: BaseException, limit: int = 300) -> str:
+    """An exception's text fit for a client: the first line that says something, no colour
+    codes, bounded."""
+    import re
+
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(e))
+    text = " ".join(text.split("\n")[0].split()) or type(e).__name__
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 class RuntimeLoadError(RuntimeError):

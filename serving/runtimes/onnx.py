@@ -9,7 +9,9 @@ from pathlib import Path
 import numpy as np
 
 from ..repository import Manifest
-from .base import RuntimeLoadError, RuntimeOptions, cast_inputs
+from .base import (
+    InputRejected, RuntimeLoadError, RuntimeOptions, cast_inputs, short_message,
+)
 
 
 def _provider_options(name: str, manifest: Manifest, options: RuntimeOptions) -> dict:
@@ -105,5 +107,13 @@ class OnnxRuntime:
 
     def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         feeds = cast_inputs(self.manifest, inputs)
-        results = self.session.run(self._outputs, feeds)
+        try:
+            results = self.session.run(self._outputs, feeds)
+        except Exception as e:
+            # ONNX Runtime's INVALID_ARGUMENT: the inputs, not the model (an index out of a
+            # table's range, a dimension the graph fixes)
+            if type(e).__name__ == "InvalidArgument":
+                raise InputRejected(f"{self.manifest.name}:{self.manifest.version} rejected the "
+                                    f"inputs: {short_message(e)}") from None
+            raise
         return dict(zip(self._outputs, results))

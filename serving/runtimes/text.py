@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -53,22 +54,35 @@ def length_groups(lengths: Sequence[int], overhead: int = CALL_OVERHEAD_TOKENS) 
     """Split row indices into groups of similar length, minimising padded work.
 
     Rows are sorted by length and cut into contiguous runs; the cost of a run is
-    ``rows * longest + overhead`` (padded tokens plus a per-call cost), minimised exactly by
-    dynamic programming (n is a batch, so O(n^2) is small).
+    ``rows * longest + overhead`` (padded tokens plus a per-call cost). The optimum is found
+    exactly in O(n log n): ``best[j] = j*L_j + overhead + min_i (best[i] - i*L_j)`` is a minimum
+    over lines of slope ``-i`` queried at non-decreasing ``L_j`` (the sorted lengths), which a
+    monotone convex-hull deque answers in amortised O(1) per row after the sort.
     """
     n = len(lengths)
     if n <= 1:
         return [list(range(n))]
     order = sorted(range(n), key=lambda i: lengths[i])
-    srt = [lengths[i] for i in order]
-    best = [0.0] + [float("inf")] * n
+    srt = [int(lengths[i]) for i in order]
+    best = [0] * (n + 1)
     cut = [0] * (n + 1)
+    hull: deque[int] = deque()  # candidate cut points i: lines (-i, best[i]), slopes decreasing
+
+    def useless(i1: int, i2: int, i3: int) -> bool:
+        # line i2 is never the lowest once i3 exists (exact integer arithmetic)
+        return (best[i3] - best[i1]) * (i2 - i1) <= (best[i2] - best[i1]) * (i3 - i1)
+
     for j in range(1, n + 1):
-        longest = srt[j - 1]
-        for i in range(j):
-            cost = best[i] + (j - i) * longest + overhead
-            if cost < best[j]:
-                best[j], cut[j] = cost, i
+        i = j - 1
+        while len(hull) >= 2 and useless(hull[-2], hull[-1], i):
+            hull.pop()
+        hull.append(i)
+        x = srt[j - 1]
+        while len(hull) >= 2 and best[hull[1]] - hull[1] * x <= best[hull[0]] - hull[0] * x:
+            hull.popleft()
+        i = hull[0]
+        best[j] = best[i] + (j - i) * x + overhead
+        cut[j] = i
     groups, j = [], n
     while j > 0:
         i = cut[j]

@@ -9,7 +9,9 @@ from pathlib import Path
 import numpy as np
 
 from ..repository import Manifest
-from .base import RuntimeLoadError, RuntimeOptions, cast_inputs
+from .base import (
+    InputRejected, RuntimeLoadError, RuntimeOptions, cast_inputs, short_message,
+)
 
 
 class TorchRuntime:
@@ -47,8 +49,12 @@ class TorchRuntime:
         torch = self._torch
         feeds = cast_inputs(self.manifest, inputs)
         args = [torch.from_numpy(feeds[n]).to(self.device) for n in self._inputs]
-        with torch.inference_mode():
-            out = self.module(*args)
+        try:
+            with torch.inference_mode():
+                out = self.module(*args)
+        except IndexError as e:  # e.g. an id past an embedding table: the inputs' fault
+            raise InputRejected(f"{self.manifest.name}:{self.manifest.version} rejected the "
+                                f"inputs: {short_message(e)}") from None
         if isinstance(out, dict):
             out = [out[n] for n in self._outputs]
         elif not isinstance(out, (tuple, list)):

@@ -7,7 +7,9 @@ import asyncio
 import pytest
 
 from serving.batching import AdaptiveBatcher, BatchPolicy, Observer
-from serving.protocol import Overloaded, RequestTimeout
+from serving.protocol import (
+    InputRejected, InvalidInput, ModelUnavailable, Overloaded, RequestTimeout, ShadowDropped,
+)
 
 
 class Model:
@@ -74,16 +76,139 @@ def test_rows_not_requests_count_toward_the_batch():
     run(main())
 
 
-def test_an_error_in_a_batch_reaches_every_request_in_it():
+def test_an_error_of_the_machinery_reaches_every_request_at_once():
     async def main():
-        b = AdaptiveBatcher(Model(delay=0.01, fail=ValueError("kaboom")),
-                            BatchPolicy(max_batch_size=4, max_delay_s=0.02))
+        model = Model(delay=0.01, fail=ModelUnavailable("m:1 is unavailable"))
+        b = AdaptiveBatcher(model, BatchPolicy(max_batch_size=4, max_delay_s=0.02))
         results = await asyncio.gather(*[b.submit(i, 1) for i in range(4)],
                                        return_exceptions=True)
-        assert all(isinstance(r, ValueError) and str(r) == "kaboom" for r in results)
+        assert all(isinstance(r, ModelUnavailable) for r in results)
+        assert len(model.batches) == 1  # not bisected: retrying alone cannot help
         # the batcher keeps working afterwards
         b2 = AdaptiveBatcher(Model(), BatchPolicy(max_batch_size=2, max_delay_s=0.0))
         assert await b2.submit(1, 1) == "out:1"
+    run(main())
+
+
+class Picky(Model):
+    """Fails any batch that holds a payload starting with "bad"."""
+
+    async def __call__(self, payloads):
+        self.batches.append(payloads)
+        await asyncio.sleep(self.delay)
+        bad = [p for p in payloads if str(p).startswith("bad")]
+        if bad:
+            raise InputRejected(f"the model refused {bad[0]}")
+        return [f"out:{p}" for p in payloads]
+
+
+def test_a_bad_request_fails_alone_and_its_batch_mates_get_their_answers():
+    async def main():
+        model = Picky(delay=0.01)
+        b = AdaptiveBatcher(model, BatchPolicy(max_batch_size=8, max_delay_s=0.05))
+        payloads = ["a", "b", "bad-1", "c", "d", "e", "f", "g"]
+        results = await asyncio.gather(*[b.submit(p, 1) for p in payloads],
+                                       return_exceptions=True)
+        for p, r in zip(payloads, results):
+            if p == "bad-1":
+                assert isinstance(r, InputRejected) and "refused bad-1" in str(r)
+            else:
+                assert r == f"out:{p}"
+        assert len(model.batches[0]) == 8  # one batch, then halves down to the culprit
+        assert len(model.batches) <= 1 + 2 * 3
+    run(main())
+
+
+def test_a_model_that_fails_everything_fails_every_request():
+    async def main():
+        model = Model(delay=0.0, fail=ValueError("kaboom"))
+        b = AdaptiveBatcher(model, BatchPolicy(max_batch_size=4, max_delay_s=0.02))
+        results = await asyncio.gather(*[b.submit(i, 1) for i in range(4)],
+                                       return_exceptions=True)
+        assert all(isinstance(r, ValueError) and str(r) == "kaboom" for r in results)
+    run(main())
+
+
+def test_a_request_over_max_batch_size_is_refused_before_it_queues():
+    async def main():
+        model = Model()
+        b = AdaptiveBatcher(model, BatchPolicy(max_batch_size=8, max_queue_rows=100),
+                            label="m:1")
+        with pytest.raises(InvalidInput, match="the request has 9 rows; m:1 accepts at most 8 "
+                                               "rows per request"):
+            await b.submit("big", 9)
+        assert model.batches == [] and b.queued_rows == 0
+        assert await b.submit("ok", 8) == "out:ok"
+    run(main())
+
+
+class Gauge(Observer):
+    def __init__(self):
+        self.rows = []
+
+    def queue_changed(self, rows):
+        self.rows.append(rows)
+
+
+def test_a_cancelled_request_leaves_the_queue_and_is_never_computed():
+    async def main():
+        model, gauge = Model(), Gauge()
+        b = AdaptiveBatcher(model, BatchPolicy(max_batch_size=64, max_delay_s=0.5),
+                            observer=gauge)
+        task = asyncio.create_task(b.submit("gone", 5))
+        await asyncio.sleep(0.05)
+        assert b.queued_rows == 5
+        task.cancel()  # what Serve does when the HTTP client disconnects
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert b.queued_rows == 0 and gauge.rows[-1] == 0  # released at once
+        await asyncio.sleep(0.6)  # past max_delay: nothing is dispatched
+        assert model.batches == []
+        assert await b.submit("next", 1) == "out:next"
+        assert model.batches == [["next"]]
+    run(main())
+
+
+def test_a_timed_out_request_releases_its_rows_at_once():
+    async def main():
+        model = Model(delay=0.3)
+        b = AdaptiveBatcher(model, BatchPolicy(max_batch_size=1, max_delay_s=0.0,
+                                               max_inflight=1, timeout_s=0.1,
+                                               max_queue_rows=3))
+        busy = asyncio.create_task(b.submit("busy", 1))
+        await asyncio.sleep(0.01)
+        waiting = [asyncio.create_task(b.submit(f"w{i}", 1)) for i in range(3)]
+        await asyncio.sleep(0.15)  # they timed out while the model was busy
+        assert b.queued_rows == 0
+        for t in waiting:
+            with pytest.raises(RequestTimeout):
+                await t
+        # their room is free for new requests straight away (no 503)
+        fresh = [asyncio.create_task(b.submit(f"f{i}", 1)) for i in range(3)]
+        await asyncio.sleep(0)
+        assert b.queued_rows == 3
+        for t in [busy, *fresh]:
+            t.cancel()
+    run(main())
+
+
+def test_shadow_copies_have_their_own_share_and_never_push_out_real_requests():
+    async def main():
+        model = Model(delay=0.05)
+        b = AdaptiveBatcher(model, BatchPolicy(max_batch_size=2, max_delay_s=0.0,
+                                               max_inflight=1, max_queue_rows=4,
+                                               max_shadow_rows=2))
+        shadows = [asyncio.create_task(b.submit(f"s{i}", 1, shadow=True)) for i in range(6)]
+        await asyncio.sleep(0)
+        real = [asyncio.create_task(b.submit(f"r{i}", 1)) for i in range(4)]
+        results = await asyncio.gather(*real, *shadows, return_exceptions=True)
+        assert results[:4] == ["out:r0", "out:r1", "out:r2", "out:r3"]  # no 503 for real ones
+        dropped = [r for r in results[4:] if isinstance(r, ShadowDropped)]
+        assert len(dropped) >= 3  # past their share, copies are dropped, not queued
+        # real requests went first: after the first batch, no batch mixed a copy before them
+        order = [p for batch in model.batches for p in batch]
+        assert all(order.index(f"r{i}") < order.index(s) for i in range(4)
+                   for s in order if s.startswith("s") and order.index(s) > 1)
     run(main())
 
 

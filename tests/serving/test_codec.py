@@ -146,3 +146,20 @@ def test_unknown_requested_output():
                                 "outputs": [{"name": "z"}]}), {})
     with pytest.raises(InvalidInput, match="unknown output 'z'; model 'm' has y"):
         validate_inputs(req, TENSOR_SIG, "m")
+
+
+def test_bytes_elements_are_bounded_in_json_and_binary():
+    from serving.protocol import PayloadTooLarge
+    from serving.protocol.codec import Limits
+
+    limits = Limits(max_element_bytes=10)
+    ok = _json({"inputs": [{"name": "t", "datatype": "BYTES", "shape": [2],
+                            "data": ["0123456789", "short"]}]})
+    assert decode_request(ok, {}, limits).inputs["t"].data.tolist() == [b"0123456789", b"short"]
+    big = _json({"inputs": [{"name": "t", "datatype": "BYTES", "shape": [2],
+                             "data": ["short", "01234567890"]}]})
+    with pytest.raises(PayloadTooLarge, match="input 't': element 1 is 11 bytes, the limit is 10"):
+        decode_request(big, {}, limits)
+    body, headers = encode_infer_request({"t": np.array(["short", "01234567890"], dtype=object)})
+    with pytest.raises(PayloadTooLarge, match="BYTES element 1 is 11 bytes, the limit is 10"):
+        decode_request(body, headers, limits)

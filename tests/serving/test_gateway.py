@@ -74,6 +74,9 @@ class RecordingRecorder:
     def set(self, spec, tags, value):
         self.calls.append(("set", spec, dict(tags), value))
 
+    def forget(self, spec, tags):
+        self.calls.append(("forget", spec, dict(tags), None))
+
     def of(self, spec):
         return [c for c in self.calls if c[1] is spec]
 
@@ -152,7 +155,7 @@ def test_shadow_compares_the_other_version_and_records_agreement(gateway):
     assert compared and compared[0][2]["canary"] == str(gateway.v["max"])
 
 
-def test_errors_are_counted_under_the_version_that_failed(gateway):
+def test_errors_are_counted_under_the_version_that_failed(gateway, caplog):
     async def failing(feeds):
         raise RuntimeError("device lost")
 
@@ -162,8 +165,14 @@ def test_errors_are_counted_under_the_version_that_failed(gateway):
     async def main():
         return await asyncio.gather(*[call(gateway, request(x)) for _ in range(3)])
 
-    results = asyncio.run(main())
-    assert all(s == 500 and "device lost" in d["error"] for s, d in results)
+    with caplog.at_level("ERROR", logger="ray.serve.optiserve.gateway"):
+        results = asyncio.run(main())
+    # a 500 says "internal error" and an id; the details are in the log under that id
+    for s, d in results:
+        assert s == 500 and d["error"] == f"internal error (request id {d['request_id']})"
+        assert "device lost" not in orjson.dumps(d).decode()
+        logged = [r for r in caplog.records if d["request_id"] in r.getMessage()]
+        assert logged and "device lost" in str(logged[0].exc_info[1])
     errors = [c for c in gateway.rec.of(M.REQUESTS) if c[2]["outcome"] == "server_error"
               and c[3] > 0]
     assert len(errors) == 3 and all(c[2]["version"] == str(gateway.v["sum"]) for c in errors)

@@ -1,0 +1,353 @@
+"""A hostile client against a live ``optiserve serve`` (real Ray Serve, HAProxy ingress, real
+Prometheus): huge, compressed, malformed and cancelled requests while steady clients measure
+their latency, a fuzzer driven by the server's own OpenAPI document, and a config change that
+cannot be applied."""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import json
+import socket
+import threading
+import time
+
+import numpy as np
+import orjson
+import psutil
+import pytest
+
+from serving.config import build_serve_config, gateway_user_config
+from serving.repository import ModelRepository
+from serving.harness import gateway_replica
+from tests.helpers import PrometheusProcess, ServeProcess, http
+from tests.serving.conftest import version_of
+from tests.serving.test_hostile_gateway import ids_request, publish_lookup
+from tests.serving.test_server import apply_gateway
+
+pytestmark = pytest.mark.slow
+
+SENTENCE = {"name": "text", "datatype": "BYTES", "shape": [1],
+            "data": ["The weather in Lyon is mild today."]}
+
+
+@pytest.fixture(scope="module")
+def server(serving_repo, tmp_path_factory):
+    work = tmp_path_factory.mktemp("hostile")
+    repo_dir = work / "repo"
+    import shutil
+
+    shutil.copytree(serving_repo, repo_dir)
+    repo = ModelRepository(repo_dir)
+    lookup = publish_lookup(repo)
+    int8 = version_of(repo_dir, "minilm", "onnx-int8-dynamic")
+    fp32 = version_of(repo_dir, "minilm", "onnx-fp32")
+    doc = build_serve_config(str(repo_dir), [("minilm", int8), ("minilm", fp32),
+                                             ("lookup", lookup)], version_cpus=0.5)
+    gw = gateway_user_config(doc)
+    gw["models"]["minilm"]["stable"] = int8
+    gw["max_body_bytes"] = 1_000_000
+    proc = ServeProcess(doc, work).start()
+    prom = PrometheusProcess(work, {"optiserve": f"127.0.0.1:{proc.metrics_port}"}).start()
+    proc.doc, proc.prometheus = doc, prom
+    proc.versions = {"int8": int8, "fp32": fp32, "lookup": lookup}
+    yield proc
+    prom.stop()
+    assert proc.stop() == 0
+
+
+def restore(server) -> None:
+    apply_gateway(server, lambda g: None)
+    time.sleep(2)
+
+
+def prom_value(server, expr: str) -> float:
+    result = server.prometheus.query(expr)
+    return float(result[0]["value"][1]) if result else 0.0
+
+
+def infer_url(server, model="minilm") -> str:
+    return f"{server.url}/v2/models/{model}/infer"
+
+
+async def steady_clients(url: str, seconds: float, clients: int = 4):
+    """Closed-loop clients sending one sentence each: (latencies, statuses)."""
+    import aiohttp
+
+    body = orjson.dumps({"inputs": [SENTENCE]})
+    latencies, statuses = [], []
+    deadline = time.monotonic() + seconds
+
+    async def one(session):
+        while time.monotonic() < deadline:
+            t0 = time.perf_counter()
+            async with session.post(url, data=body) as r:
+                await r.read()
+                statuses.append(r.status)
+            latencies.append(time.perf_counter() - t0)
+
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as session:
+        await asyncio.gather(*[one(session) for _ in range(clients)])
+    return latencies, statuses
+
+
+# ---- cancellation first: the lookup model has seen no request yet -------------------------------
+
+def test_a_request_whose_client_hangs_up_leaves_the_queue_and_is_never_computed(server):
+    v = server.versions["lookup"]
+    apply_gateway(server, lambda g: g["models"]["lookup"]["versions"][v].update(
+        max_delay_ms=4000, max_batch_size=64))
+    time.sleep(2)
+    try:
+        sel = f'model="lookup",version="{v}"'
+        body = ids_request(np.array([[1, 2, 3]]))
+        for _ in range(3):  # three clients that send a whole request, then hang up
+            s = socket.create_connection(("127.0.0.1", server.port))
+            s.sendall(b"POST /v2/models/lookup/infer HTTP/1.1\r\nHost: x\r\n"
+                      b"Content-Type: application/json\r\nContent-Length: "
+                      + str(len(body)).encode() + b"\r\n\r\n" + body)
+            time.sleep(0.5)
+            s.close()
+        cancelled = server.prometheus.wait_for(
+            f'sum(ray_optiserve_requests_total{{{sel},outcome="cancelled",code="499"}})',
+            predicate=lambda r: r and float(r[0]["value"][1]) >= 3)
+        assert float(cancelled[0]["value"][1]) == 3
+        time.sleep(5)  # past max_delay: the rows would have been dispatched by now
+        assert prom_value(server, f"sum(ray_optiserve_batch_size_count{{{sel}}})") == 0
+        assert prom_value(server, f"sum(ray_optiserve_compute_seconds_count{{{sel}}})") == 0
+        queued = server.prometheus.query(f"sum(ray_optiserve_queue_rows{{{sel}}})")
+        assert not queued or float(queued[0]["value"][1]) == 0
+        # cancelled requests are timed too, under their outcome
+        assert prom_value(server, f'sum(ray_optiserve_request_duration_seconds_count{{{sel},'
+                                  f'outcome="cancelled"}})') == 3
+        # the same request, waited for, is computed: the counts above could have moved
+        status, _, _ = http("POST", infer_url(server, "lookup"), body)
+        assert status == 200
+        server.prometheus.wait_for(f"sum(ray_optiserve_compute_seconds_count{{{sel}}})",
+                                   predicate=lambda r: r and float(r[0]["value"][1]) == 1)
+    finally:
+        restore(server)
+
+
+def test_a_bad_request_batched_with_good_ones_fails_alone(server):
+    v = server.versions["lookup"]
+    sel = f'model="lookup",version="{v}"'
+    apply_gateway(server, lambda g: g["models"]["lookup"]["versions"][v].update(
+        max_delay_ms=500, max_batch_size=64))
+    time.sleep(3)
+    batches0 = prom_value(server, f"sum(ray_optiserve_batch_size_count{{{sel}}})")
+    try:
+        import tritonclient.http.aio as tha
+
+        async def main():
+            client = tha.InferenceServerClient(f"127.0.0.1:{server.port}")
+            try:
+                async def one(ids):
+                    inp = tha.InferInput("ids", list(ids.shape), "INT64")
+                    inp.set_data_from_numpy(ids)
+                    try:
+                        return (await client.infer("lookup", [inp])).as_numpy("y")
+                    except Exception as e:  # tritonclient raises InferenceServerException
+                        return e
+                reqs = [np.array([[i, (i + 1) % 10]], dtype=np.int64) for i in range(6)]
+                reqs.insert(3, np.array([[1, 12345]], dtype=np.int64))
+                return reqs, await asyncio.gather(*[one(r) for r in reqs])
+            finally:
+                await client.close()
+
+        reqs, results = asyncio.run(main())
+        table = np.arange(40, dtype=np.float32).reshape(10, 4)
+        for i, (ids, res) in enumerate(zip(reqs, results)):
+            if i == 3:
+                assert isinstance(res, Exception) and "idx=12345" in str(res), res
+                assert res.status() == "400"
+            else:
+                np.testing.assert_allclose(res, table[ids].mean(1))
+        server.prometheus.wait_for(
+            f'sum(ray_optiserve_requests_total{{{sel},code="400"}})',
+            predicate=lambda r: r and float(r[0]["value"][1]) >= 1)
+        assert prom_value(server, f'sum(ray_optiserve_requests_total{{{sel},'
+                                  f'outcome="server_error"}})') == 0
+        # the seven reached the model as one dispatched batch (its halves then ran again)
+        server.prometheus.wait_for(
+            f"sum(ray_optiserve_batch_size_count{{{sel}}})",
+            predicate=lambda r: r and float(r[0]["value"][1]) > batches0)
+        time.sleep(3)
+        assert prom_value(server, f"sum(ray_optiserve_batch_size_count{{{sel}}})") - batches0 \
+            == 1
+    finally:
+        restore(server)
+
+
+def test_oversized_requests_are_refused_while_steady_clients_keep_their_p99(server):
+    url = infer_url(server)
+    cfg = json.loads(http("GET", f"{server.url}/v2/models/minilm/config")[2])
+    limit = cfg["max_batch_size"]
+    huge = orjson.dumps({"inputs": [{"name": "text", "datatype": "BYTES", "shape": [50_000],
+                                     "data": ["a"] * 50_000}]})
+    two_thousand = orjson.dumps({"inputs": [{"name": "text", "datatype": "BYTES",
+                                             "shape": [2000], "data": ["a short sentence"]
+                                             * 2000}]})
+    hostile: list[tuple[int, str]] = []
+
+    def attack(stop: threading.Event):
+        for i in range(40):
+            if stop.is_set():
+                break
+            status, _, body = http("POST", url, huge if i % 2 == 0 else two_thousand)
+            hostile.append((status, json.loads(body).get("error", "")))
+            time.sleep(0.1)
+
+    async def main():
+        return await steady_clients(url, 8.0)
+
+    asyncio.run(steady_clients(url, 1.0))  # warm
+    stop = threading.Event()
+    t = threading.Thread(target=attack, args=(stop,))
+    t.start()
+    try:
+        latencies, statuses = asyncio.run(main())
+    finally:
+        stop.set()
+        t.join(60)
+    assert hostile and all(s == 400 for s, _ in hostile), hostile[:3]
+    assert f"has 50000 rows; this model version accepts at most {limit} rows" in hostile[0][1]
+    assert f"has 2000 rows; this model version accepts at most {limit} rows" in hostile[1][1]
+    assert set(statuses) == {200}, {s: statuses.count(s) for s in set(statuses)}
+    p99 = float(np.percentile(latencies, 99))
+    assert len(latencies) > 100 and p99 < 1.0, (len(latencies), p99)
+
+
+def test_a_gzip_bomb_is_refused_with_413_and_replica_memory_stays_flat(server):
+    # 1 MB on the wire (under max_body_bytes), ~1 GiB inflated
+    member = gzip.compress(b"\0" * (64 << 20), 9)
+    bomb = member * max(1, 900_000 // len(member))
+    assert len(bomb) < 1_000_000
+    replica = gateway_replica(server.proc.pid)
+    before = replica.memory_info().rss
+    peak = [before]
+    stop = threading.Event()
+
+    def sample():
+        while not stop.is_set():
+            try:
+                peak[0] = max(peak[0], replica.memory_info().rss)
+            except psutil.Error:
+                return
+            time.sleep(0.01)
+
+    t = threading.Thread(target=sample)
+    t.start()
+    try:
+        t0 = time.perf_counter()
+        status, _, body = http("POST", infer_url(server), bomb,
+                               {"Content-Encoding": "gzip", "Content-Type": "application/json"})
+        elapsed = time.perf_counter() - t0
+    finally:
+        stop.set()
+        t.join()
+    assert status == 413 and "inflates past the limit of 1000000 bytes" in json.loads(body)[
+        "error"]
+    assert elapsed < 2.0
+    assert (peak[0] - before) < 100 * 1024 * 1024, (peak[0] - before) / 2 ** 20
+    for encoding, data in (("gzip", gzip.compress(orjson.dumps({"inputs": [SENTENCE]}))),):
+        status, _, _ = http("POST", infer_url(server), data, {"Content-Encoding": encoding})
+        assert status == 200  # a real compressed request still works
+
+
+def test_a_config_that_cannot_be_applied_leaves_the_running_one_serving(server):
+    int8, fp32 = server.versions["int8"], server.versions["fp32"]
+
+    def bad(g):
+        # a weight change and a version the repository does not have, in one update
+        g["models"]["minilm"].update(canary=fp32, canary_weight=100)
+        g["models"]["lookup"]["versions"][999] = {}
+
+    apply_gateway(server, bad)
+    try:
+        deadline = time.monotonic() + 60
+        meta = {}
+        while time.monotonic() < deadline:
+            meta = json.loads(http("GET", server.url + "/v2")[2])
+            if "config_rejected" in meta:
+                break
+            time.sleep(0.5)
+        assert "models.lookup.versions.999: lookup:999 cannot be loaded" in meta[
+            "config_rejected"]
+        # nothing of it was applied: all traffic still goes to stable, no canary
+        for _ in range(10):
+            status, _, body = http("POST", infer_url(server), orjson.dumps({"inputs": [SENTENCE]}))
+            assert status == 200 and json.loads(body)["model_version"] == str(int8)
+        meta = json.loads(http("GET", server.url + "/v2/models/minilm")[2])
+        assert meta["parameters"]["canary"] is None
+    finally:
+        restore(server)
+    deadline = time.monotonic() + 30
+    while "config_rejected" in json.loads(http("GET", server.url + "/v2")[2]):
+        assert time.monotonic() < deadline, "a good config did not clear the refusal"
+        time.sleep(0.5)
+
+
+def fuzz(base_url: str, doc: dict, budget: dict[bool, int]) -> tuple[list, list]:
+    """Every operation of ``doc``, positive and negative cases generated by schemathesis, sent
+    to ``base_url``: (calls as (operation, status), failures as text)."""
+    import schemathesis
+    from hypothesis import HealthCheck, Phase, given, settings
+    from hypothesis.errors import Unsatisfiable
+    from schemathesis import GenerationMode
+
+    schema = schemathesis.openapi.from_dict(doc)
+    calls: list[tuple[str, int]] = []
+    failures: list[str] = []
+    for result in schema.get_all_operations():
+        op = result.ok()
+        for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
+            @given(case=op.as_strategy(generation_mode=mode))
+            @settings(max_examples=budget[op.path.endswith("/infer")], deadline=None,
+                      database=None, phases=[Phase.explicit, Phase.generate],
+                      suppress_health_check=list(HealthCheck))
+            def run(case):
+                try:
+                    response = case.call(base_url=base_url, timeout=30)
+                except ValueError as e:  # requests refused a generated header value
+                    if "header" in str(e).lower():
+                        return
+                    raise
+                calls.append((op.label, response.status_code))
+                if response.status_code >= 500:
+                    failures.append(f"{op.label}: {response.status_code} {response.text[:300]} "
+                                    f"for {case.body!r:.300} headers={case.headers}")
+
+            try:
+                run()
+            except Unsatisfiable:  # no way to break an operation without inputs: positive only
+                assert mode is GenerationMode.NEGATIVE
+    return calls, failures
+
+
+def test_fuzzing_from_the_servers_own_openapi_document_finds_no_5xx(server):
+    meta = json.loads(http("GET", server.url + "/v2")[2])
+    assert meta["openapi"] == "/v2/openapi.json"
+    status, _, raw = http("GET", server.url + meta["openapi"])
+    assert status == 200
+    doc = json.loads(raw)
+    infer_path = "/v2/models/{model_name}/infer"
+    assert set(doc["paths"][infer_path]["parameters"][0]["schema"]["enum"]) == {"lookup",
+                                                                                "minilm"}
+    # examples per operation and mode: the two infer operations get most
+    calls, failures = fuzz(server.url, doc, {True: 260, False: 30})
+    codes: dict[int, int] = {}
+    for _, c in calls:
+        codes[c] = codes.get(c, 0) + 1
+    assert len(calls) >= 1000, (len(calls), codes)
+    assert not failures, failures[:5]
+    assert sum(1 for label, c in calls if "infer" in label and c == 200) > 0, codes
+    # and the server still answers a real request
+    status, _, body = http("POST", infer_url(server), orjson.dumps({"inputs": [SENTENCE]}))
+    assert status == 200 and len(json.loads(body)["outputs"][0]["data"]) == 384
+    # every outcome was timed under its outcome
+    timed = server.prometheus.wait_for(
+        "sum by (outcome) (ray_optiserve_request_duration_seconds_count)",
+        predicate=lambda r: {"client_error", "success"} <= {x["metric"].get("outcome")
+                                                              for x in r})
+    assert {x["metric"]["outcome"] for x in timed} >= {"client_error", "success"}
