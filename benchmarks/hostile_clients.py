@@ -12,7 +12,7 @@ them once alone (baseline) and once while one attacker sends, in turn:
 It prints, per attack: the steady clients' p50/p99 and errors next to the baseline, the
 attacker's status codes, and the gateway replica's peak RSS growth.
 
-    python benchmarks/hostile_clients.py [--repository DIR] [--rounds 3] [--seconds 8]
+    python benchmarks/hostile_clients.py [--repository DIR] [--version V] [--rounds 3] [--seconds 8]
 """
 
 from __future__ import annotations
@@ -76,13 +76,13 @@ def attacks(port: int) -> dict:
     hangup_body = orjson.dumps({"inputs": [{"name": "text", "datatype": "BYTES", "shape": [32],
                                             "data": ["a sentence to be thrown away"] * 32}]})
 
-    def hangup() -> int:
+    def hangup() -> str:
         s = socket.create_connection(("127.0.0.1", port))
         s.sendall(b"POST /v2/models/minilm/infer HTTP/1.1\r\nHost: x\r\nContent-Length: "
                   + str(len(hangup_body)).encode() + b"\r\n\r\n" + hangup_body)
         time.sleep(0.05)
         s.close()
-        return 499
+        return "hung up"
 
     return {
         "rows": [lambda b=b: post(port, b) for b in rows],
@@ -116,7 +116,7 @@ async def steady(port: int, seconds: float, clients: int = 4) -> tuple[list[floa
 
 def measure(port: int, replica: psutil.Process, seconds: float, attack=None) -> dict:
     stop = threading.Event()
-    codes: dict[int, int] = {}
+    codes: dict = {}
     base = replica.memory_info().rss
     peak = [base]
 
@@ -155,9 +155,10 @@ def main() -> None:
     ap.add_argument("--repository", default="model-repository")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--seconds", type=float, default=8.0)
+    ap.add_argument("--version", type=int, default=None, help="minilm version [newest]")
     args = ap.parse_args()
     repo = ModelRepository(args.repository)
-    v = repo.latest("minilm")
+    v = args.version or repo.latest("minilm")
     work = Path(tempfile.mkdtemp(prefix="osv-hostile-"))
     doc = build_serve_config(str(Path(args.repository).resolve()), [("minilm", v)])
     gateway_user_config(doc)["max_body_bytes"] = 1_000_000
@@ -180,7 +181,7 @@ def main() -> None:
         for name, rows in results.items():
             p50 = statistics.median(x["p50_ms"] for x in rows)
             p99 = statistics.median(x["p99_ms"] for x in rows)
-            codes: dict[int, int] = {}
+            codes: dict = {}
             for x in rows:
                 for c, n in x["attacker"].items():
                     codes[c] = codes.get(c, 0) + n
