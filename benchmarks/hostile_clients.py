@@ -5,7 +5,7 @@ Four steady clients send one sentence each, closed loop, for ``--seconds``. Each
 them once alone (baseline) and once while one attacker sends, in turn:
 
 - ``rows``: requests of 50,000 short strings and of 2,000 sentences (refused: over max_batch_size)
-- ``gzip``: a ~1 MB gzip body that inflates to ~0.9 GiB (refused: 413 past max_body_bytes)
+- ``gzip``: a ~1 MB gzip body that inflates to ~0.8 GiB (refused: 413 past max_body_bytes)
 - ``malformed``: bodies with fields of the wrong JSON type, absurd shapes, bad UTF-8
 - ``hangup``: requests whose client disconnects before the answer (their rows never run)
 

@@ -65,6 +65,7 @@ ROLE_SC = 'role=~"stable|canary"'
 GATEWAY_OR_VERSION = 'deployment=~"gateway|$model-v$version"'
 PHASE_PROGRESSING = 'phase="progressing"'
 PHASE_ROLLED_BACK = 'phase="rolled_back"'
+PHASE_INCONCLUSIVE = 'phase="inconclusive"'
 
 
 def sel(*matchers: str) -> str:
@@ -472,6 +473,14 @@ def alerts() -> list[Alert]:
               "The rollout controller rolled back the canary of {{ $labels.model }} in "
               "{{ $labels.namespace }}; all traffic is on the stable version.",
               "optiserve.rollout"),
+        Alert("OptiserveRolloutInconclusive",
+              f"max by (namespace, model) ({M.ROLLOUT_PHASE.prom}{sel(PHASE_INCONCLUSIVE)}) == 1",
+              "0m", "warning",
+              "{{ $labels.model }}: rollout paused, too little data",
+              "The canary of {{ $labels.model }} in {{ $labels.namespace }} did not get enough "
+              "requests to be judged within its wait budget; the rollout holds its weights "
+              "until someone runs `optiserve rollout resume`, promote or abort.",
+              "optiserve.rollout"),
         Alert("OptiserveGPUSaturated",
               f"max by ({gpu_by}) (avg_over_time({M.GPU_UTILIZATION.prom}[10m])) "
               f"> {GPU_UTILIZATION.token}",
@@ -559,7 +568,8 @@ def _gpu_series(util: float, used: float) -> list[dict]:
 def _rollout_series(phase: str, failures: int) -> list[dict]:
     out = [_s(M.ROLLOUT_PHASE.prom, {"namespace": "prod", "model": "minilm", "phase": p},
               ("1" if p == phase else "0") + "x20")
-           for p in ("pending", "progressing", "promoted", "rolled_back", "aborted")]
+           for p in ("pending", "progressing", "inconclusive", "promoted", "rolled_back",
+                     "aborted")]
     out.append(_s(M.ROLLOUT_FAILURES.prom, {"namespace": "prod", "model": "minilm"},
                   f"{failures}x20"))
     return out
@@ -590,6 +600,9 @@ def rule_tests(rules_file: str) -> dict:
          {"namespace": "prod", "model": "minilm", "severity": "warning"}),
         ("OptiserveCanaryRolledBack", _rollout_series("rolled_back", 2),
          _rollout_series("promoted", 0), "5m",
+         {"namespace": "prod", "model": "minilm", "severity": "warning"}),
+        ("OptiserveRolloutInconclusive", _rollout_series("inconclusive", 0),
+         _rollout_series("progressing", 0), "5m",
          {"namespace": "prod", "model": "minilm", "severity": "warning"}),
         ("OptiserveGPUSaturated", _gpu_series(0.99, 1e10), _gpu_series(0.6, 1e10), "30m",
          {**gpu, "severity": "warning"}),

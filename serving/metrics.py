@@ -97,7 +97,8 @@ GPU_POWER = MetricSpec("optiserve_gpu_power_watts", "gauge", "GPU power draw.", 
 ROLLOUT = ("model",)
 ROLLOUT_PHASE = MetricSpec(
     "optiserve_rollout_phase", "gauge",
-    "1 for the rollout's current phase (pending, progressing, promoted, rolled_back, aborted).",
+    "1 for the rollout's current phase (pending, progressing, inconclusive, promoted, "
+    "rolled_back, aborted).",
     (*ROLLOUT, "phase"), ray=False)
 ROLLOUT_WEIGHT = MetricSpec(
     "optiserve_rollout_canary_weight", "gauge", "Percent of traffic the controller gives the "

@@ -34,10 +34,10 @@ PromOpt = typer.Option("http://127.0.0.1:9090", "--prometheus", envvar="OPTISERV
                        help="Prometheus URL.")
 
 
-def parse_duration(text: str) -> float:
+def parse_duration(text: str, option: str = "--interval") -> float:
     m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*", text)
     if not m:
-        fail(f"--interval {text!r} must look like 30s, 2m or 500ms")
+        fail(f"{option} {text!r} must look like 30s, 2m or 500ms")
     value, unit = float(m.group(1)), m.group(2) or "s"
     return value * {"ms": 0.001, "s": 1, "m": 60, "h": 3600}[unit]
 
@@ -89,6 +89,11 @@ def _run_until_done(ctl, model: str, poll_s: float = 1.0) -> int:
         st = ctl.store.load(model)
         if st is not None and st.done:
             return 0 if st.phase == "promoted" else 3
+        if st is not None and st.phase == "inconclusive":
+            console.print(f"paused at {st.weight:g}% with too little data to judge; the "
+                          f"weights are held. `optiserve rollout resume {model}` waits "
+                          "again; promote or abort decide now")
+            return 4
         stop.wait(poll_s)
     console.print("stopped watching; the rollout is saved and resumes with "
                   "`optiserve rollout controller`")
@@ -110,7 +115,15 @@ def start_command(
     min_requests: int = typer.Option(20, "--min-requests"),
     failure_budget: int = typer.Option(2, "--failure-budget"),
     shadow: float = typer.Option(0.1, "--shadow", help="Share of requests mirrored."),
-    max_wait: int = typer.Option(10, "--max-wait-intervals"),
+    max_wait: int = typer.Option(10, "--max-wait-intervals",
+                                 help="Intervals a step may wait for enough data."),
+    on_inconclusive: str = typer.Option("pause", "--on-inconclusive",
+                                        help="pause (hold the weights) or rollback when a "
+                                             "step never gets enough data."),
+    scrape_interval: str = typer.Option("15s", "--scrape-interval",
+                                        envvar="OPTISERVE_SCRAPE_INTERVAL",
+                                        help="Prometheus' scrape interval of the serving "
+                                             "metrics; windows are at least 4 of them."),
     detach: bool = typer.Option(False, "--detach", help="Only record it; a running "
                                                         "`rollout controller` carries it out."),
     target: str = TargetOpt, serve_api: str = ServeApiOpt,
@@ -132,7 +145,9 @@ def start_command(
                        max_error_rate=max_error_rate, max_p99_ms=max_p99_ms,
                        max_p99_ratio=max_p99_ratio or None, min_agreement=min_agreement or None,
                        min_requests=min_requests, failure_budget=failure_budget,
-                       shadow=shadow, max_wait_intervals=max_wait)
+                       shadow=shadow, max_wait_intervals=max_wait,
+                       on_inconclusive=on_inconclusive,
+                       scrape_interval_s=parse_duration(scrape_interval, "--scrape-interval"))
     except RolloutError as e:
         fail(str(e))
     if detach or target != "local":
@@ -216,6 +231,25 @@ def abort_command(model: str = typer.Argument(...), prometheus: str = PromOpt,
     """Send all traffic back to stable now and end the rollout."""
     _finish_command("abort", model, target, serve_api, namespace, rayservice, state_dir,
                     state_configmap, repository, prometheus)
+
+
+@app.command("resume")
+def resume_command(model: str = typer.Argument(...), prometheus: str = PromOpt,
+                   detach: bool = typer.Option(False, "--detach", help="Only record it; a "
+                                               "running `rollout controller` carries it on."),
+                   target: str = TargetOpt,
+                   serve_api: str = ServeApiOpt, namespace: Optional[str] = NamespaceOpt,
+                   rayservice: Optional[str] = RayServiceOpt,
+                   state_dir: Optional[str] = StateDirOpt, state_configmap: str = ConfigMapOpt,
+                   repository: Optional[str] = RepositoryOption) -> None:
+    """Continue an inconclusive rollout at its step (and, locally, carry it on)."""
+    _finish_command("resume", model, target, serve_api, namespace, rayservice, state_dir,
+                    state_configmap, repository, prometheus)
+    if detach or target != "local":
+        return
+    ctl = build(target, serve_api, namespace, rayservice, state_dir, state_configmap, prometheus,
+                repository, on_event=_print_event)
+    raise typer.Exit(_run_until_done(ctl, model))
 
 
 @app.command("controller")

@@ -15,12 +15,15 @@ from datetime import timedelta
 from .. import metrics as M
 from .analysis import analyze
 from .prometheus import Prometheus
-from .state import RolloutSpec, RolloutState, now
+from .state import MIN_WINDOW_SCRAPES, RolloutSpec, RolloutState, now
 from .store import StaleState, StateStore
 from .targets import Target, TargetError
 
 log = logging.getLogger("optiserve.rollout")
-PHASES = ("pending", "progressing", "promoted", "rolled_back", "aborted")
+PHASES = ("pending", "progressing", "inconclusive", "promoted", "rolled_back", "aborted")
+#: After an unexpected error, a rollout is retried after this many seconds, doubling up to
+#: the last (the controller keeps serving the other rollouts meanwhile).
+BACKOFF_S = (1.0, 60.0)
 
 
 class RolloutError(Exception):
@@ -71,6 +74,8 @@ class Controller:
         self.store, self.target, self.prom = store, target, prometheus
         self.metrics = metrics or ControllerMetrics()
         self.on_event = on_event or (lambda st, msg: None)
+        #: model -> (monotonic time before which it is not retried, current delay)
+        self._backoff: dict[str, tuple[float, float]] = {}
 
     # ---- commands ------------------------------------------------------------------------------
     def start(self, model: str, canary: int, **options) -> RolloutState:
@@ -98,6 +103,18 @@ class Controller:
                            f"steps {spec.steps}")
         return state
 
+    def resume(self, model: str) -> RolloutState:
+        """Continue an inconclusive rollout at its step, with a fresh wait budget (the step's
+        evidence so far still counts: its window keeps growing from the step's start)."""
+        st = self._active(model)
+        if st.phase != "inconclusive":
+            raise RolloutError(f"the rollout of {model} is {st.phase}, not inconclusive: "
+                               "nothing to resume")
+        st.waited_intervals = 0
+        st.judged_at = now()
+        self._transition(st, "progressing", "resumed by hand")
+        return self.store.save(st)
+
     def promote(self, model: str) -> RolloutState:
         st = self._active(model)
         self._finish(st, "promoted", "promoted by hand")
@@ -116,17 +133,40 @@ class Controller:
 
     # ---- the loop -----------------------------------------------------------------------------
     def tick(self) -> None:
-        """Advance every unfinished rollout by at most one decision."""
-        for st in self.store.list():
-            if not st.done:
+        """Advance every unfinished rollout by at most one decision. Nothing one rollout
+        raises ends the loop: an unexpected error is logged, and that rollout alone is retried
+        with a growing delay."""
+        import time
+
+        try:
+            states = self.store.list()
+        except Exception:
+            log.exception("cannot list rollouts; retrying")
+            return
+        for st in states:
+            if not st.done and st.phase != "inconclusive":
+                until, delay = self._backoff.get(st.model, (0.0, 0.0))
+                if time.monotonic() < until:
+                    continue
                 try:
                     self._advance(st)
+                    self._backoff.pop(st.model, None)
                 except StaleState as e:
                     log.info("%s; will read it again", e)
                 except TargetError as e:
                     log.warning("rollout of %s: %s (nothing changed; retrying)", st.model, e)
                     self.on_event(st, f"target unavailable: {e}")
-            self.metrics.observe(self.store.load(st.model) or st)
+                except Exception as e:
+                    delay = min(BACKOFF_S[1], max(BACKOFF_S[0], 2 * delay))
+                    self._backoff[st.model] = (time.monotonic() + delay, delay)
+                    log.exception("rollout of %s: unexpected error; retrying in %.0f s",
+                                  st.model, delay)
+                    self.on_event(st, f"unexpected error ({type(e).__name__}: {e}); retrying "
+                                      f"in {delay:.0f} s")
+            try:
+                self.metrics.observe(self.store.load(st.model) or st)
+            except Exception:
+                log.exception("rollout of %s: cannot export its metrics", st.model)
 
     def run(self, stop: threading.Event, poll_s: float = 1.0) -> None:
         while not stop.is_set():
@@ -145,11 +185,17 @@ class Controller:
         if st.applied_step != st.step:  # killed between recording a step and applying it
             self._apply_step(st)
             return
-        elapsed = now() - st.step_started_at
-        if elapsed < timedelta(seconds=spec.interval_s):
+        t = now()
+        since_judged = t - (st.judged_at or st.step_started_at)
+        if since_judged < timedelta(seconds=spec.interval_s):
             return
-        a = analyze(self.prom, spec, st.step, st.weight, elapsed.total_seconds())
+        # the window starts at the step's start and grows while the step waits for data, so
+        # evidence accumulates at low traffic; it never shrinks below a few scrape intervals
+        window_s = max((t - st.step_started_at).total_seconds(),
+                       MIN_WINDOW_SCRAPES * spec.scrape_interval_s)
+        a = analyze(self.prom, spec, st.step, st.weight, window_s)
         st.record(a)
+        st.judged_at = t
         if a.outcome == "pass":
             st.waited_intervals = 0
             if st.step == len(spec.steps) - 1:
@@ -165,21 +211,27 @@ class Controller:
         if a.outcome == "wait":
             st.waited_intervals += 1
             if st.waited_intervals <= spec.max_wait_intervals:
-                st.step_started_at = now()
-                self._event(st, f"waiting for data ({a.reason}), "
+                self._event(st, f"waiting for data ({a.reason}) over {window_s:.0f} s, "
                                 f"{st.waited_intervals}/{spec.max_wait_intervals}")
                 self.store.save(st)
                 return
-            a = a.model_copy(update={"outcome": "fail", "reason": (
-                f"{a.reason} after {spec.max_wait_intervals} intervals")})
-            st.record(a)
+            reason = (f"inconclusive: {a.reason} after {spec.max_wait_intervals} intervals "
+                      f"({window_s:.0f} s of data)")
+            if spec.on_inconclusive == "rollback":
+                self._finish(st, "rolled_back", reason)
+            else:  # a healthy canary at low traffic is held, not rolled back
+                self._transition(st, "inconclusive", reason + "; weights held: `rollout "
+                                 "resume` waits again, or promote / abort")
+                self.store.save(st)
+            return
         st.failures += 1
         st.waited_intervals = 0
         if st.failures > spec.failure_budget:
             self._finish(st, "rolled_back", f"{a.reason} (failed analyses: {st.failures}, "
                                             f"budget {spec.failure_budget})")
             return
-        st.step_started_at = now()
+        # judge the held step on fresh data only
+        st.step_started_at, st.judged_at = t, None
         self._event(st, f"analysis failed ({a.reason}); {st.failures}/{spec.failure_budget} "
                         "of the failure budget used, holding the step")
         self.store.save(st)
@@ -188,7 +240,7 @@ class Controller:
         spec = st.spec
         self.target.apply(spec.model, spec.stable, spec.canary, st.weight, spec.shadow)
         st.applied_step = st.step
-        st.step_started_at = now()
+        st.step_started_at, st.judged_at, st.waited_intervals = now(), None, 0
         self.store.save(st)
 
     def _finish(self, st: RolloutState, phase: str, reason: str) -> None:

@@ -7,14 +7,20 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, field_validator, model_validator
 
-Phase = Literal["pending", "progressing", "promoted", "rolled_back", "aborted"]
+Phase = Literal["pending", "progressing", "inconclusive", "promoted", "rolled_back", "aborted"]
 TERMINAL: frozenset[str] = frozenset({"promoted", "rolled_back", "aborted"})
-#: Allowed transitions; anything else is a bug and raises.
+#: Allowed transitions; anything else is a bug and raises. ``inconclusive``: paused at its step
+#: because too little data came in to judge it (weights held); resumed, promoted or aborted by
+#: hand.
 TRANSITIONS: dict[str, frozenset[str]] = {
     "pending": frozenset({"progressing", "aborted", "promoted", "rolled_back"}),
-    "progressing": frozenset({"promoted", "rolled_back", "aborted"}),
+    "progressing": frozenset({"promoted", "rolled_back", "aborted", "inconclusive"}),
+    "inconclusive": frozenset({"progressing", "promoted", "rolled_back", "aborted"}),
     "promoted": frozenset(), "rolled_back": frozenset(), "aborted": frozenset(),
 }
+#: Analyses never look at less than this many scrape intervals: a shorter window holds one
+#: sample or none, and increase() over it reads as "no data".
+MIN_WINDOW_SCRAPES = 4
 
 
 def now() -> datetime:
@@ -43,8 +49,14 @@ class RolloutSpec(BaseModel):
     shadow: float = Field(0.1, ge=0, le=1, description="Share of requests mirrored to the other "
                                                       "version to measure agreement.")
     max_wait_intervals: PositiveInt = Field(
-        10, description="Intervals a step may wait for enough data before that counts as a "
-                        "failed analysis.")
+        10, description="Intervals a step may wait for enough data (its window grows from the "
+                        "step's start meanwhile) before the rollout is inconclusive.")
+    on_inconclusive: Literal["pause", "rollback"] = Field(
+        "pause", description="What an inconclusive step does: pause (weights held, "
+                             "`rollout resume` waits again) or roll back.")
+    scrape_interval_s: float = Field(
+        15.0, gt=0, description="Prometheus' scrape interval for the serving metrics; analysis "
+                                f"windows are never shorter than {MIN_WINDOW_SCRAPES} of them.")
 
     @field_validator("steps")
     @classmethod
@@ -107,6 +119,9 @@ class RolloutState(BaseModel):
     #: step whose weights are known applied (-1: none); a step is never applied twice
     applied_step: int = -1
     step_started_at: datetime | None = None
+    #: when the current step was last judged (None: not yet); the next analysis is due one
+    #: interval later, over a window that starts at step_started_at
+    judged_at: datetime | None = None
     failures: int = 0
     waited_intervals: int = 0
     last_analysis: Analysis | None = None

@@ -19,7 +19,7 @@ pytestmark = pytest.mark.slow
 
 FAST = ["--steps", "50,100", "--interval", "4s", "--min-requests", "10",
         "--failure-budget", "1", "--shadow", "0.5", "--max-p99-ratio", "3",
-        "--max-wait-intervals", "6"]
+        "--max-wait-intervals", "6", "--scrape-interval", "1s"]
 
 
 @pytest.fixture(scope="module")
@@ -96,6 +96,32 @@ def test_faithful_canary_is_promoted_with_no_failed_request(env):
     t = traffic(env)
     assert t["stable"] == v["int8"] and t.get("canary") is None
     assert bench["ok"] > 500 and bench["errors"] == {}, bench  # (d) no request failed
+    reset(env)
+
+
+def test_faithful_canary_is_promoted_at_low_traffic(env):
+    """~1.5 requests/s: each step needs several intervals to gather min_requests; the window
+    grows while it waits (it used to restart each interval, and the canary was rolled back)."""
+    v = env.versions
+    load = start_load(env, 110, rate=1.5)
+    try:
+        result = run_cli("rollout", "start", "minilm", "--canary", str(v["int8"]),
+                         "--steps", "50,100", "--interval", "10s", "--min-requests", "20",
+                         "--max-wait-intervals", "6", "--shadow", "0.5", "--min-agreement",
+                         "0.98", "--max-p99-ratio", "3", "--failure-budget", "0",
+                         "--scrape-interval", "1s", *common(env), timeout=300)
+    finally:
+        bench = finish_load(load)
+    assert result.returncode == 0, result.stdout + result.stderr
+    st = status(env)
+    assert st["phase"] == "promoted", st["reason"]
+    outcomes = [(a["weight"], a["outcome"]) for a in st["analyses"]]
+    assert [o for o in outcomes if o[1] == "wait"], outcomes  # it had to wait for data
+    assert [w for w, o in outcomes if o == "pass"] == [50, 100]
+    assert not [o for o in outcomes if o[1] == "fail"]
+    grown = [a["window_s"] for a in st["analyses"] if a["weight"] == 50]
+    assert grown == sorted(grown) and grown[-1] >= 2 * grown[0]  # evidence accumulated
+    assert bench["errors"] == {}
     reset(env)
 
 
