@@ -120,6 +120,9 @@ def start_command(
     on_inconclusive: str = typer.Option("pause", "--on-inconclusive",
                                         help="pause (hold the weights) or rollback when a "
                                              "step never gets enough data."),
+    prometheus_selector: str = typer.Option(
+        "", "--prometheus-selector", envvar="OPTISERVE_PROMETHEUS_SELECTOR",
+        help='Label matchers every analysis query carries, e.g. namespace="ml",release="x".'),
     scrape_interval: str = typer.Option("15s", "--scrape-interval",
                                         envvar="OPTISERVE_SCRAPE_INTERVAL",
                                         help="Prometheus' scrape interval of the serving "
@@ -147,6 +150,7 @@ def start_command(
                        min_requests=min_requests, failure_budget=failure_budget,
                        shadow=shadow, max_wait_intervals=max_wait,
                        on_inconclusive=on_inconclusive,
+                       prometheus_selector=prometheus_selector,
                        scrape_interval_s=parse_duration(scrape_interval, "--scrape-interval"))
     except RolloutError as e:
         fail(str(e))

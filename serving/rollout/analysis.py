@@ -19,8 +19,12 @@ class Queries:
         self.spec = spec
         self.w = f"{max(1, math.ceil(window_s))}s"
 
+    def _scope(self) -> str:
+        return f",{self.spec.prometheus_selector}" if self.spec.prometheus_selector else ""
+
     def _sel(self, version: int, extra: str = "") -> str:
-        return f'model="{self.spec.model}",version="{version}"' + (f",{extra}" if extra else "")
+        return (f'model="{self.spec.model}",version="{version}"' + (f",{extra}" if extra else "")
+                + self._scope())
 
     def requests(self, version: int) -> str:
         return f"sum(increase({M.REQUESTS.prom}{{{self._sel(version)}}}[{self.w}]))"
@@ -39,7 +43,7 @@ class Queries:
 
     def _pair(self) -> str:
         s = self.spec
-        return f'model="{s.model}",stable="{s.stable}",canary="{s.canary}"'
+        return f'model="{s.model}",stable="{s.stable}",canary="{s.canary}"' + self._scope()
 
     def comparisons(self) -> str:
         return f"sum(increase({M.SHADOW_AGREEMENT.prom}_count{{{self._pair()}}}[{self.w}]))"

@@ -54,6 +54,10 @@ class RolloutSpec(BaseModel):
     on_inconclusive: Literal["pause", "rollback"] = Field(
         "pause", description="What an inconclusive step does: pause (weights held, "
                              "`rollout resume` waits again) or roll back.")
+    prometheus_selector: str = Field(
+        "", description="Extra PromQL label matchers every analysis query carries, e.g. "
+                        "'namespace=\"ml\",release=\"optiserve\"', so that releases sharing "
+                        "one Prometheus never mix their data.")
     scrape_interval_s: float = Field(
         15.0, gt=0, description="Prometheus' scrape interval for the serving metrics; analysis "
                                 f"windows are never shorter than {MIN_WINDOW_SCRAPES} of them.")
@@ -69,6 +73,18 @@ class RolloutSpec(BaseModel):
             raise ValueError(f"steps must increase, got {v}")
         if v[-1] != 100:
             raise ValueError(f"the last step must be 100 (full traffic), got {v[-1]:g}")
+        return v
+
+    @field_validator("prometheus_selector")
+    @classmethod
+    def _selector(cls, v: str) -> str:
+        import re
+
+        v = v.strip().strip("{}").strip()
+        matcher = r'\s*[a-zA-Z_][a-zA-Z0-9_]*\s*(=|!=|=~|!~)\s*"(?:[^"\\]|\\.)*"\s*'
+        if v and not re.fullmatch(f"{matcher}(,{matcher})*", v):
+            raise ValueError(f"prometheus_selector {v!r} must be label matchers such as "
+                             'namespace="ml",release="optiserve"')
         return v
 
     @model_validator(mode="after")

@@ -356,6 +356,17 @@ def test_rollout_controller_least_privilege(rendered):
     assert env["OPTISERVE_RAYSERVICE"] == rs_name
     assert env["OPTISERVE_ROLLOUT_CONFIGMAP"] == named["configmaps"][0]
     assert env["OPTISERVE_NAMESPACE"] == {"fieldRef": {"fieldPath": "metadata.namespace"}}
+    # the analysis reads this release's series only, and the PodMonitor provides the label
+    assert env["OPTISERVE_PROMETHEUS_SELECTOR"] == 'namespace="serving",release="osv"'
+    assert env["OPTISERVE_SCRAPE_INTERVAL"] == "15s"
+    (pm,) = only(objs, "PodMonitor")
+    relabels = pm["spec"]["podMetricsEndpoints"][0]["relabelings"]
+    assert {"sourceLabels": ["__meta_kubernetes_pod_label_app_kubernetes_io_instance"],
+            "targetLabel": "release"} in relabels
+    from serving.rollout import RolloutSpec
+
+    RolloutSpec(model="m", stable=1, canary=2,
+                prometheus_selector=env["OPTISERVE_PROMETHEUS_SELECTOR"])  # it parses
     (rb,) = only(objs, "RoleBinding")
     assert rb["roleRef"]["name"] == role["metadata"]["name"]
     assert rb["subjects"][0]["name"] == dep["spec"]["template"]["spec"]["serviceAccountName"]

@@ -159,3 +159,15 @@ def test_an_unexpected_error_is_retried_with_backoff_and_does_not_end_the_loop(
     mono[0] += 1.0
     ctl.tick()  # retried, and it goes on
     assert ctl.store.load("m").step == 1
+
+
+def test_every_analysis_query_carries_the_release_selector(tmp_path, clock):
+    ctl, prom, _ = make(tmp_path, rate=5, prometheus_selector='namespace="ml",release="a"')
+    seen = []
+    answer = prom.query
+    prom.query = lambda expr: (seen.append(expr), answer(expr))[1]
+    run_for(ctl, clock, 11)
+    assert seen and all('namespace="ml",release="a"' in q for q in seen), seen
+    for bad in ('namespace=ml', 'namespace="ml";drop', '"x"="y"'):
+        with pytest.raises(RolloutError, match="must be label matchers"):
+            make(tmp_path / "bad", rate=1, prometheus_selector=bad)

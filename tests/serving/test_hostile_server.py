@@ -18,8 +18,8 @@ import psutil
 import pytest
 
 from serving.config import build_serve_config, gateway_user_config
-from serving.repository import ModelRepository
 from serving.harness import gateway_replica
+from serving.repository import ModelRepository
 from tests.helpers import PrometheusProcess, ServeProcess, http
 from tests.serving.conftest import version_of
 from tests.serving.test_hostile_gateway import ids_request, publish_lookup
@@ -33,10 +33,10 @@ SENTENCE = {"name": "text", "datatype": "BYTES", "shape": [1],
 
 @pytest.fixture(scope="module")
 def server(serving_repo, tmp_path_factory):
-    work = tmp_path_factory.mktemp("hostile")
-    repo_dir = work / "repo"
     import shutil
 
+    work = tmp_path_factory.mktemp("hostile")
+    repo_dir = work / "repo"
     shutil.copytree(serving_repo, repo_dir)
     repo = ModelRepository(repo_dir)
     lookup = publish_lookup(repo)
