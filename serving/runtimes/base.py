@@ -8,11 +8,7 @@ from typing import Protocol
 
 import numpy as np
 
-from ..protocol.errors import InputRejected
 from ..repository import DATATYPES, Manifest
-
-__all__ = ["InputRejected"]  # raised by every runtime for inputs the model refuses
-
 
 
 def short_message(e: BaseException, limit: int = 300) -> str:

@@ -8,10 +8,9 @@ from pathlib import Path
 
 import numpy as np
 
+from ..protocol.errors import InputRejected
 from ..repository import Manifest
-from .base import (
-    InputRejected, RuntimeLoadError, RuntimeOptions, cast_inputs, short_message,
-)
+from .base import RuntimeLoadError, RuntimeOptions, cast_inputs, short_message
 
 
 def _provider_options(name: str, manifest: Manifest, options: RuntimeOptions) -> dict:
