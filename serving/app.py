@@ -54,12 +54,11 @@ class GatewayDeployment:
         that cannot be applied is refused without raising: Ray Serve stops a replica whose
         reconfigure raises, which would turn a bad config into an outage. The running config
         stays; the refusal is logged and shown in the server metadata (``GET /v2``)."""
-        if self.gateway.config is None:
-            self.gateway.reconfigure(user_config)
-            return
         try:
             self.gateway.reconfigure(user_config)
         except Exception as e:
+            if self.gateway.config is None:
+                raise
             self.gateway.rejected_config = str(e)
             log.error("gateway config refused, the running config stays: %s", e)
 

@@ -49,7 +49,7 @@ class BatchPolicy:
     max_shadow_rows: int | None = None
 
     @property
-    def shadow_rows(self) -> int:
+    def shadow_limit(self) -> int:
         if self.max_shadow_rows is not None:
             return self.max_shadow_rows
         return max(self.max_batch_size, self.max_queue_rows // 4)
@@ -118,8 +118,12 @@ class AdaptiveBatcher:
         if self._wakeup is not None:
             self._wakeup.set()
 
+    @property
+    def _waiting_rows(self) -> int:
+        return self._queued_rows + self._shadow_rows
+
     def _queue_changed(self) -> None:
-        self._observer.queue_changed(self._queued_rows + self._shadow_rows)
+        self._observer.queue_changed(self._waiting_rows)
 
     def _admit(self, rows: int, shadow: bool) -> None:
         p = self.policy
@@ -129,7 +133,7 @@ class AdaptiveBatcher:
             raise InvalidInput(f"the request has {rows} rows; {self.label} accepts at most "
                                f"{p.max_batch_size} rows per request (max_batch_size): split it")
         if shadow:
-            if self._shadow_rows + rows > p.shadow_rows:
+            if self._shadow_rows + rows > p.shadow_limit:
                 raise ShadowDropped(f"{self.label}: the mirrored share of the queue is full")
             return
         if self._queued_rows and self._queued_rows + rows > p.max_queue_rows:
@@ -147,8 +151,6 @@ class AdaptiveBatcher:
             self._wakeup = asyncio.Event()
             self._loop_task = loop.create_task(self._loop())
         item = _Item(payload, rows, loop.create_future(), time.perf_counter(), shadow)
-        # a result nobody waits for any more (timed out, client gone) is still retrieved
-        item.future.add_done_callback(_retrieve)
         if shadow:
             self._shadow.append(item)
             self._shadow_rows += rows
@@ -175,6 +177,8 @@ class AdaptiveBatcher:
             raise
 
     def _abandon(self, item: _Item) -> None:
+        # a result nobody waits for any more (timed out, client gone) is still retrieved
+        item.future.add_done_callback(_retrieve)
         if item.dispatched or item.abandoned:
             return
         item.abandoned = True
@@ -214,7 +218,7 @@ class AdaptiveBatcher:
                 await wakeup.wait()
                 continue
             p = self.policy
-            if self._queued_rows + self._shadow_rows < p.max_batch_size:
+            if self._waiting_rows < p.max_batch_size:
                 remaining = oldest + p.max_delay_s - time.perf_counter()
                 if remaining > 0:
                     wakeup.clear()
@@ -224,7 +228,7 @@ class AdaptiveBatcher:
                         pass
                     oldest = self._oldest()
                     if (oldest is not None
-                            and self._queued_rows + self._shadow_rows < p.max_batch_size
+                            and self._waiting_rows < p.max_batch_size
                             and oldest + p.max_delay_s > time.perf_counter()):
                         continue
             batch, rows = self._take(p.max_batch_size)

@@ -231,11 +231,7 @@ class Gateway:
                         raise ConfigRejected(f"models.{name}.versions.{v}: {name}:{v} cannot "
                                              f"be loaded: {e}") from e
                     loaded.append(vs)
-                try:
-                    policy = batching.resolve(vs.manifest.batching)
-                except ValueError as e:
-                    raise ConfigRejected(f"models.{name}.versions.{v}: {e}") from e
-                updates.append((vs, policy))
+                updates.append((vs, batching.resolve(vs.manifest.batching)))
                 versions[v] = vs
             new[name] = ModelState(route, route.policy(), versions)
         for vs, policy in updates:

@@ -222,7 +222,7 @@ def _field(doc: dict, key: str, kind, where: str, what: str):
     v = doc.get(key)
     if v is None:
         return None
-    if not isinstance(v, kind) or (kind is int and isinstance(v, bool)):
+    if not (_is_int(v) if kind is int else isinstance(v, kind)):
         raise InvalidInput(f"{where}{key} must be {what}, got {_preview(v)}")
     return v
 

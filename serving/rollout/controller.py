@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 from datetime import timedelta
 
@@ -136,8 +137,6 @@ class Controller:
         """Advance every unfinished rollout by at most one decision. Nothing one rollout
         raises ends the loop: an unexpected error is logged, and that rollout alone is retried
         with a growing delay."""
-        import time
-
         try:
             states = self.store.list()
         except Exception:
