@@ -85,6 +85,11 @@ SHADOW_AGREEMENT = MetricSpec(
     "optiserve_shadow_agreement", "histogram",
     "Per-row agreement of canary with stable on mirrored requests (cosine for embeddings, "
     "1/0 top-1 match for classifiers).", ("model", "stable", "canary"), tuple(AGREEMENT_BUCKETS))
+PREDICTED_COMPUTE = MetricSpec(
+    "optiserve_predicted_compute_seconds", "gauge",
+    "Compute time per batch the optimizer measured for a version (its manifest), by batch size "
+    "and quantile (0.5, 0.99): what a canary's observed compute is compared with.",
+    (*MV, "batch_size", "quantile"))
 GPU_UTILIZATION = MetricSpec(
     "optiserve_gpu_utilization_ratio", "gauge", "GPU utilization (0-1).", ("gpu", "gpu_name"))
 GPU_MEMORY_USED = MetricSpec(
@@ -114,15 +119,21 @@ ROLLOUT_CHECK_PASSED = MetricSpec(
 ROLLOUT_FAILURES = MetricSpec(
     "optiserve_rollout_failed_checks", "gauge", "Failed analyses counted against the failure "
     "budget in the current rollout.", ROLLOUT, ray=False)
+ROLLOUT_ERRORS = MetricSpec(
+    "optiserve_rollout_errors", "counter", "Errors the controller retried, by kind (target: "
+    "the serving target could not be read or changed; unexpected: anything else, retried with "
+    "backoff; store: the state could not be read).", (*ROLLOUT, "kind"), ray=False)
 ROLLOUT_TRANSITIONS = MetricSpec(
     "optiserve_rollout_transitions", "counter", "Phase transitions.",
     (*ROLLOUT, "from_phase", "to_phase"), ray=False)
 
 ALL: tuple[MetricSpec, ...] = (
     REQUESTS, ROWS, REQUEST_DURATION, QUEUE_WAIT, COMPUTE, BATCH_SIZE, INFLIGHT, QUEUE_ROWS,
-    LOAD_TIME, TRAFFIC_WEIGHT, SHADOW_REQUESTS, SHADOW_AGREEMENT, GPU_UTILIZATION,
+    LOAD_TIME, TRAFFIC_WEIGHT, SHADOW_REQUESTS, SHADOW_AGREEMENT, PREDICTED_COMPUTE,
+    GPU_UTILIZATION,
     GPU_MEMORY_USED, GPU_MEMORY_TOTAL, GPU_POWER, ROLLOUT_PHASE, ROLLOUT_WEIGHT, ROLLOUT_STEP,
-    ROLLOUT_CHECK_VALUE, ROLLOUT_CHECK_PASSED, ROLLOUT_FAILURES, ROLLOUT_TRANSITIONS,
+    ROLLOUT_CHECK_VALUE, ROLLOUT_CHECK_PASSED, ROLLOUT_FAILURES, ROLLOUT_ERRORS,
+    ROLLOUT_TRANSITIONS,
 )
 
 

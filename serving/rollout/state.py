@@ -125,6 +125,20 @@ class Transition(BaseModel):
     reason: str
 
 
+class OwnedSplit(BaseModel):
+    """The part of a model's serve config the rollout controller owns while (and after) it rolls
+    the model out; whoever renders the serve config (the Helm chart through ``lookup``, the
+    controller's own reconciliation) keeps it instead of resetting it.
+
+    ``route`` is the gateway's route for the model exactly as in the gateway user_config
+    (``models.<model>``: versions with their batching, stable, canary, canary_weight, shadow);
+    ``applications`` are the serve applications of the versions the controller deployed itself
+    (the ``<model>-v<N>`` applications not declared by whoever rendered the config)."""
+
+    route: dict
+    applications: list[dict] = Field(default_factory=list)
+
+
 class RolloutState(BaseModel):
     """Where a rollout is; saved after every change so a restarted controller resumes."""
 
@@ -144,6 +158,8 @@ class RolloutState(BaseModel):
     history: list[Transition] = Field(default_factory=list)
     analyses: list[Analysis] = Field(default_factory=list)
     reason: str = ""
+    #: the split the controller last decided for the model (recorded before it is applied)
+    owned_split: OwnedSplit | None = None
     created_at: datetime = Field(default_factory=now)
     updated_at: datetime = Field(default_factory=now)
     revision: int = 0

@@ -7,12 +7,27 @@ controllers can't both apply a step.
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import os
+import re
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Protocol
 
 from .state import RolloutState
+
+
+_DNS_NAME = re.compile(r"[a-z0-9]([-a-z0-9.]*[a-z0-9])?")
+
+
+def configmap_name(prefix: str, model: str) -> str:
+    """The ConfigMap holding ``model``'s rollout state: ``<prefix>-<model>`` when the model name
+    is a valid Kubernetes name as it is, else a sanitized name plus 8 hex digits of the name's
+    sha256 (so ``My_Model`` and ``my-model`` never share one). The chart computes the same."""
+    if _DNS_NAME.fullmatch(model):
+        return f"{prefix}-{model}"
+    clean = re.sub(r"[^a-z0-9.-]", "-", model.lower()).strip("-.") or "model"
+    return f"{prefix}-{clean}-{hashlib.sha256(model.encode()).hexdigest()[:8]}"
 
 
 class StaleState(Exception):
