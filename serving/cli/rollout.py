@@ -55,55 +55,71 @@ def _kube():
 def build(target: str, serve_api: str, namespace: Optional[str], rayservice: Optional[str],
           state_dir: Optional[str], configmap: str, prometheus: str, repository: Optional[str],
           on_event=None):
-    from ..repository import resolve_root
+    from ..config import gateway_user_config
+    from ..repository import ModelRepository, resolve_root
     from ..rollout import (
         ConfigMapStateStore, Controller, FileStateStore, LocalServeTarget, Prometheus,
         RayServiceTarget,
     )
     from ..serve_api import ServeAPI
 
+    root = resolve_root(repository)
     if target == "local":
         tgt = LocalServeTarget(ServeAPI(serve_api))
-        store = FileStateStore(state_dir or resolve_root(repository) / ".rollouts")
+        store = FileStateStore(state_dir or root / ".rollouts")
     elif target == "rayservice":
         if not namespace or not rayservice:
             fail("--target rayservice needs --namespace and --rayservice")
         client = _kube()
         tgt = RayServiceTarget(client.CustomObjectsApi(), namespace, rayservice)
-        store = ConfigMapStateStore(client.CoreV1Api(), namespace, configmap)
+        store = ConfigMapStateStore(
+            client.CoreV1Api(), namespace, configmap,
+            models=lambda: list(gateway_user_config(tgt.config()).get("models") or {}))
     else:
         fail(f"--target must be local or rayservice (got {target!r})")
-    return Controller(store, tgt, Prometheus(prometheus), on_event=on_event)
+    # where this process can read the repository, a canary is checked before it is deployed
+    repo = ModelRepository(root) if root.is_dir() else None
+    return Controller(store, tgt, Prometheus(prometheus), on_event=on_event, repository=repo)
 
 
 def _print_event(st, message: str) -> None:
     console.print(f"[dim]{st.updated_at:%H:%M:%S}[/] {st.model}: {message}", highlight=False)
 
 
+def _exit_code(st) -> int:
+    return 0 if st.phase == "promoted" else 3
+
+
 def _run_until_done(ctl, model: str, poll_s: float = 1.0) -> int:
+    """Be the runner of ``model``'s rollout until it is settled (ended, and what it retires
+    removed) or held (inconclusive, paused)."""
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     while not stop.is_set():
-        ctl.tick()
+        ctl.tick(only=model)
         st = ctl.store.load(model)
-        if st is not None and st.done:
-            return 0 if st.phase == "promoted" else 3
-        if st is not None and st.phase == "inconclusive":
-            console.print(f"paused at {st.weight:g}% with too little data to judge; the "
-                          f"weights are held. `optiserve rollout resume {model}` waits "
-                          "again; promote or abort decide now")
+        if st is not None and st.settled:
+            return _exit_code(st)
+        if st is not None and st.phase in ("inconclusive", "paused") and st.request is None:
+            why = ("with too little data to judge" if st.phase == "inconclusive"
+                   else "by hand")
+            console.print(f"paused at {st.weight:g}% {why}; the weights are held. "
+                          f"`optiserve rollout resume {model}` goes on; promote or abort "
+                          "decide now")
             return 4
         stop.wait(poll_s)
-    console.print("stopped watching; the rollout is saved and resumes with "
-                  "`optiserve rollout controller`")
+    console.print("stopped; the rollout is saved and goes on with `optiserve rollout "
+                  "controller` (or `rollout resume`)")
     return 130
 
 
 @app.command("start")
 def start_command(
     model: str = typer.Argument(..., help="Model name."),
-    canary: int = typer.Option(..., "--canary", help="Version to roll out."),
+    canary: str = typer.Option(..., "--canary", help="Version to roll out, or 'latest' (the "
+                                                      "newest in the repository); deployed "
+                                                      "first when it is not served."),
     steps: str = typer.Option("10,25,50,100", "--steps", help="Canary weights in percent."),
     interval: str = typer.Option("30s", "--interval", help="How long each step is held."),
     prometheus: str = PromOpt,
@@ -127,6 +143,19 @@ def start_command(
                                         envvar="OPTISERVE_SCRAPE_INTERVAL",
                                         help="Prometheus' scrape interval of the serving "
                                              "metrics; windows are at least 4 of them."),
+    retire_after: Optional[str] = typer.Option(
+        None, "--retire-after", help="After promotion, how long the old stable stays served "
+                                     "at 0 % before it is removed [default: one interval]."),
+    keep: bool = typer.Option(False, "--keep", help="Remove nothing at the end (the old "
+                                                    "stable, or a rolled-back canary, stays "
+                                                    "served at 0 %)."),
+    deploy_timeout: str = typer.Option("15m", "--deploy-timeout",
+                                       help="Longest a canary deployed by the rollout may "
+                                            "take to become ready."),
+    max_prediction_ratio: float = typer.Option(
+        2.0, "--max-prediction-ratio", help="Warn when the canary's observed compute per row "
+                                            "is this factor off the optimizer's measurement "
+                                            "(0 = off)."),
     detach: bool = typer.Option(False, "--detach", help="Only record it; a running "
                                                         "`rollout controller` carries it out."),
     target: str = TargetOpt, serve_api: str = ServeApiOpt,
@@ -134,7 +163,8 @@ def start_command(
     state_dir: Optional[str] = StateDirOpt, state_configmap: str = ConfigMapOpt,
     repository: Optional[str] = RepositoryOption,
 ) -> None:
-    """Start a canary rollout (and, locally, carry it out until it ends)."""
+    """Roll out a version: deploy it if it is not served, walk the steps judged on
+    Prometheus, then retire the loser (locally it runs here until it ends)."""
     from ..rollout import RolloutError
 
     try:
@@ -143,19 +173,36 @@ def start_command(
         fail(f"--steps must be comma-separated percentages, e.g. 10,25,50,100 (got {steps!r})")
     ctl = build(target, serve_api, namespace, rayservice, state_dir, state_configmap, prometheus,
                 repository, on_event=_print_event)
+    if canary.strip().lower() == "latest":
+        if ctl.repository is None:
+            fail("--canary latest needs the model repository (--repository)")
+        try:
+            version = ctl.repository.latest(model)
+        except Exception as e:
+            fail(f"--canary latest: {e}")
+    else:
+        try:
+            version = int(canary)
+        except ValueError:
+            fail(f"--canary must be a version number or 'latest' (got {canary!r})")
     try:
-        st = ctl.start(model, canary, steps=weights, interval_s=parse_duration(interval),
+        st = ctl.start(model, version, steps=weights, interval_s=parse_duration(interval),
                        max_error_rate=max_error_rate, max_p99_ms=max_p99_ms,
                        max_p99_ratio=max_p99_ratio or None, min_agreement=min_agreement or None,
                        min_requests=min_requests, failure_budget=failure_budget,
                        shadow=shadow, max_wait_intervals=max_wait,
                        on_inconclusive=on_inconclusive,
                        prometheus_selector=prometheus_selector,
-                       scrape_interval_s=parse_duration(scrape_interval, "--scrape-interval"))
+                       scrape_interval_s=parse_duration(scrape_interval, "--scrape-interval"),
+                       retire_after_s=(parse_duration(retire_after, "--retire-after")
+                                       if retire_after else None),
+                       keep=keep,
+                       deploy_timeout_s=parse_duration(deploy_timeout, "--deploy-timeout"),
+                       max_prediction_ratio=max_prediction_ratio or None)
     except RolloutError as e:
         fail(str(e))
     if detach or target != "local":
-        console.print(f"rollout of {model}:{canary} recorded (stable {st.spec.stable}); "
+        console.print(f"rollout of {model}:{version} recorded (stable {st.spec.stable}); "
                       "the controller carries it out")
         return
     raise typer.Exit(_run_until_done(ctl, model))
@@ -186,6 +233,15 @@ def status_command(
                   f"failed analyses {st.failures}/{s.failure_budget}")
     if st.reason:
         console.print(f"reason: {st.reason}", highlight=False)
+    if st.desired is not None and not st.confirmed:
+        console.print("the latest split is " + ("applied; waiting for the gateway to report it"
+                                                if st.applied else "recorded, not applied yet"))
+    if st.request is not None:
+        console.print(f"requested: {st.request.action} by {st.request.by} at "
+                      f"{st.request.at:%H:%M:%S} (the runner carries it out)", highlight=False)
+    if st.retire:
+        console.print(f"to remove at {st.retire_at:%H:%M:%S}: "
+                      + ", ".join(f"{model}:{v}" for v in st.retire), highlight=False)
     if st.last_analysis:
         a = st.last_analysis
         table = Table(title=f"last analysis ({a.at:%H:%M:%S}, {a.outcome}: {a.reason})")
@@ -200,20 +256,51 @@ def status_command(
                       f"{t.reason}", highlight=False)
 
 
-def _finish_command(action: str, model, target, serve_api, namespace, rayservice, state_dir,
-                    state_configmap, repository, prometheus) -> None:
-    from ..rollout import RolloutError, TargetError
+def _request_command(action: str, model, target, serve_api, namespace, rayservice, state_dir,
+                     state_configmap, repository, prometheus, wait_s: float = 60.0,
+                     detach: bool = False) -> None:
+    """Record ``action`` for the runner. A live runner (the controller, a foreground
+    ``rollout start``) carries it out and this waits to see it; with none, this process
+    becomes the runner until the rollout is settled or held."""
+    import time
+
+    from ..rollout import RolloutError
 
     ctl = build(target, serve_api, namespace, rayservice, state_dir, state_configmap,
                 prometheus, repository, on_event=_print_event)
     try:
-        getattr(ctl, action)(model)
-    except (RolloutError, TargetError) as e:
+        st = ctl.request(model, action)
+    except RolloutError as e:
         fail(str(e))
+    if ctl.runner_alive(st) or detach:
+        console.print(f"{action} of {model} recorded; the running controller carries it out")
+        if detach:
+            return
+        deadline = time.monotonic() + wait_s
+        while time.monotonic() < deadline:
+            st = ctl.store.load(model)
+            if st.request is None:
+                console.print(f"{model}: {st.phase} ({st.reason})", highlight=False)
+                return
+            time.sleep(0.5)
+        fail(f"the {action} is recorded but no runner carried it out within {wait_s:.0f} s; "
+             "it will be when the controller runs")
+    code = _run_until_done(ctl, model)
+    st = ctl.store.load(model)
+    console.print(f"{model}: {st.phase} ({st.reason})", highlight=False)
+    if code not in (0, 3, 4):
+        raise typer.Exit(code)
+
+
+_WAIT = typer.Option(60.0, "--wait", help="Seconds to wait for a running controller to carry "
+                                          "it out.")
+_DETACH = typer.Option(False, "--detach", help="Only record it; a running `rollout "
+                                               "controller` carries it out.")
 
 
 @app.command("promote")
 def promote_command(model: str = typer.Argument(...), prometheus: str = PromOpt,
+                    wait: float = _WAIT, detach: bool = _DETACH,
                     target: str = TargetOpt,
                     serve_api: str = ServeApiOpt, namespace: Optional[str] = NamespaceOpt,
                     rayservice: Optional[str] = RayServiceOpt,
@@ -221,39 +308,48 @@ def promote_command(model: str = typer.Argument(...), prometheus: str = PromOpt,
                     state_configmap: str = ConfigMapOpt,
                     repository: Optional[str] = RepositoryOption) -> None:
     """Send all traffic to the canary now and end the rollout."""
-    _finish_command("promote", model, target, serve_api, namespace, rayservice, state_dir,
-                    state_configmap, repository, prometheus)
+    _request_command("promote", model, target, serve_api, namespace, rayservice, state_dir,
+                     state_configmap, repository, prometheus, wait, detach)
 
 
 @app.command("abort")
 def abort_command(model: str = typer.Argument(...), prometheus: str = PromOpt,
+                  wait: float = _WAIT, detach: bool = _DETACH,
                   target: str = TargetOpt,
                   serve_api: str = ServeApiOpt, namespace: Optional[str] = NamespaceOpt,
                   rayservice: Optional[str] = RayServiceOpt,
                   state_dir: Optional[str] = StateDirOpt, state_configmap: str = ConfigMapOpt,
                   repository: Optional[str] = RepositoryOption) -> None:
     """Send all traffic back to stable now and end the rollout."""
-    _finish_command("abort", model, target, serve_api, namespace, rayservice, state_dir,
-                    state_configmap, repository, prometheus)
+    _request_command("abort", model, target, serve_api, namespace, rayservice, state_dir,
+                     state_configmap, repository, prometheus, wait, detach)
+
+
+@app.command("pause")
+def pause_command(model: str = typer.Argument(...), prometheus: str = PromOpt,
+                  wait: float = _WAIT, detach: bool = _DETACH,
+                  target: str = TargetOpt,
+                  serve_api: str = ServeApiOpt, namespace: Optional[str] = NamespaceOpt,
+                  rayservice: Optional[str] = RayServiceOpt,
+                  state_dir: Optional[str] = StateDirOpt, state_configmap: str = ConfigMapOpt,
+                  repository: Optional[str] = RepositoryOption) -> None:
+    """Hold the rollout at its step (weights kept) until resumed, promoted or aborted."""
+    _request_command("pause", model, target, serve_api, namespace, rayservice, state_dir,
+                     state_configmap, repository, prometheus, wait, detach)
 
 
 @app.command("resume")
 def resume_command(model: str = typer.Argument(...), prometheus: str = PromOpt,
-                   detach: bool = typer.Option(False, "--detach", help="Only record it; a "
-                                               "running `rollout controller` carries it on."),
+                   wait: float = _WAIT, detach: bool = _DETACH,
                    target: str = TargetOpt,
                    serve_api: str = ServeApiOpt, namespace: Optional[str] = NamespaceOpt,
                    rayservice: Optional[str] = RayServiceOpt,
                    state_dir: Optional[str] = StateDirOpt, state_configmap: str = ConfigMapOpt,
                    repository: Optional[str] = RepositoryOption) -> None:
-    """Continue an inconclusive rollout at its step (and, locally, carry it on)."""
-    _finish_command("resume", model, target, serve_api, namespace, rayservice, state_dir,
-                    state_configmap, repository, prometheus)
-    if detach or target != "local":
-        return
-    ctl = build(target, serve_api, namespace, rayservice, state_dir, state_configmap, prometheus,
-                repository, on_event=_print_event)
-    raise typer.Exit(_run_until_done(ctl, model))
+    """Continue a paused or inconclusive rollout at its step (with no controller running,
+    this process carries it on)."""
+    _request_command("resume", model, target, serve_api, namespace, rayservice, state_dir,
+                     state_configmap, repository, prometheus, wait, detach)
 
 
 @app.command("controller")

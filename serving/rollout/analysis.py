@@ -48,9 +48,88 @@ class Queries:
     def comparisons(self) -> str:
         return f"sum(increase({M.SHADOW_AGREEMENT.prom}_count{{{self._pair()}}}[{self.w}]))"
 
+    def per_row_compute_s(self, version: int) -> str:
+        """Mean model compute time per row: compute seconds over the rows those batches held."""
+        sel = self._sel(version)
+        return (f"sum(increase({M.COMPUTE.prom}_sum{{{sel}}}[{self.w}])) / "
+                f"sum(increase({M.BATCH_SIZE.prom}_sum{{{sel}}}[{self.w}]))")
+
+    def mean_batch(self, version: int) -> str:
+        sel = self._sel(version)
+        return (f"sum(increase({M.BATCH_SIZE.prom}_sum{{{sel}}}[{self.w}])) / "
+                f"sum(increase({M.BATCH_SIZE.prom}_count{{{sel}}}[{self.w}]))")
+
+    def compute_p99_s(self, version: int) -> str:
+        return (f"histogram_quantile(0.99, sum by (le) (increase("
+                f"{M.COMPUTE.prom}_bucket{{{self._sel(version)}}}[{self.w}])))")
+
+    def predicted(self, version: int, quantile: str) -> str:
+        """The optimizer's measured compute per batch size (one series per batch size)."""
+        sel = self._sel(version, 'quantile="' + quantile + '"')
+        return f"max by (batch_size) ({M.PREDICTED_COMPUTE.prom}{{{sel}}})"
+
     def agreement(self) -> str:
         return (f"sum(increase({M.SHADOW_AGREEMENT.prom}_sum{{{self._pair()}}}[{self.w}])) / "
                 f"sum(increase({M.SHADOW_AGREEMENT.prom}_count{{{self._pair()}}}[{self.w}]))")
+
+
+def confirmation_queries(spec: RolloutSpec, expected: dict[int, float]) -> list[tuple[str, str]]:
+    """Per routed version, two queries on the gateway's traffic-weight gauge: series reporting
+    another weight (must return nothing) and series reporting the expected one (at least one).
+    Every gateway replica reports its own series, so all of them must have the new split."""
+    scope = f",{spec.prometheus_selector}" if spec.prometheus_selector else ""
+    out = []
+    for v, w in sorted(expected.items()):
+        series = f'{M.TRAFFIC_WEIGHT.prom}{{model="{spec.model}",version="{v}"{scope}}}'
+        out.append((f"count(abs({series} - {w:g}) > 0.01)",
+                    f"count(abs({series} - {w:g}) <= 0.01)"))
+    return out
+
+
+def interpolate(points: list[tuple[float, float]], x: float) -> float:
+    """Piecewise-linear through (batch size, seconds) points, flat past either end."""
+    points = sorted(points)
+    if x <= points[0][0]:
+        return points[0][1]
+    for (x0, y0), (x1, y1) in zip(points, points[1:]):
+        if x <= x1:
+            return y0 + (y1 - y0) * (x - x0) / (x1 - x0)
+    return points[-1][1]
+
+
+def prediction_check(prom: Prometheus, q: Queries, spec: RolloutSpec) -> CheckResult:
+    """The canary's observed compute per row against what the optimizer measured for it at the
+    same mean batch size (its manifest, exported by the gateway). Advisory: far off (by more
+    than ``max_prediction_ratio`` either way) is a warning, e.g. a node slower than the one it
+    was optimized on, or a replica with fewer threads."""
+    name, bound = "compute_vs_predicted", spec.max_prediction_ratio
+    p50 = [(float(labels["batch_size"]), value)
+           for labels, value in prom.query_vector(q.predicted(spec.canary, "0.5"))
+           if value > 0 and "batch_size" in labels]
+    if not p50:
+        return CheckResult(name=name, value=None, threshold=bound, verdict="skipped",
+                           detail="the canary's manifest holds no latency measurements")
+    observed = prom.query(q.per_row_compute_s(spec.canary))
+    batch = prom.query(q.mean_batch(spec.canary))
+    if observed is None or not batch:
+        return CheckResult(name=name, value=None, threshold=bound, verdict="skipped",
+                           detail="no canary batches in the window")
+    predicted = interpolate(p50, batch) / batch
+    ratio = observed / predicted
+    p99 = prom.query(q.compute_p99_s(spec.canary))
+    p99_pred = {b: v for b, v in ((float(lb["batch_size"]), v) for lb, v in
+                                  prom.query_vector(q.predicted(spec.canary, "0.99"))
+                                  if "batch_size" in lb)}
+    near = min(p99_pred, key=lambda b: abs(b - batch)) if p99_pred else None
+    detail = (f"observed {observed * 1000:.3g} ms/row ({1 / observed:.0f} rows/s per busy "
+              f"replica) vs predicted {predicted * 1000:.3g} ms/row ({1 / predicted:.0f} rows/s) "
+              f"at mean batch {batch:.1f}")
+    if p99 is not None and near is not None:
+        detail += (f"; compute p99 {p99 * 1000:.3g} ms vs predicted {p99_pred[near] * 1000:.3g}"
+                   f" ms at batch {near:g}")
+    off = ratio > bound or ratio < 1 / bound
+    return CheckResult(name=name, value=ratio, threshold=bound,
+                       verdict="warn" if off else "pass", detail=detail)
 
 
 def analyze(prom: Prometheus, spec: RolloutSpec, step: int, weight: float, window_s: float
@@ -90,6 +169,8 @@ def analyze(prom: Prometheus, spec: RolloutSpec, step: int, weight: float, windo
             value = prom.query(q.agreement()) if n_cmp >= spec.min_requests else None
             checks.append(_at_least("agreement", value, spec.min_agreement,
                                     f"mean agreement with stable over {n_cmp:.0f} mirrored rows"))
+        if spec.max_prediction_ratio is not None and n_canary >= spec.min_requests:
+            checks.append(prediction_check(prom, q, spec))
     except PrometheusUnavailable as e:
         return Analysis(step=step, weight=weight, window_s=window_s, checks=checks,
                         outcome="fail", reason=f"no analysis: {e}")

@@ -20,6 +20,24 @@ class Prometheus:
 
     def query(self, expr: str) -> float | None:
         """The scalar value of an instant query; None when it returns no series or NaN."""
+        result = self._result(expr)
+        if not result:
+            return None
+        if len(result) > 1:
+            raise PrometheusUnavailable(f"{expr!r} returned {len(result)} series, expected one")
+        value = float(result[0]["value"][1])
+        return None if math.isnan(value) else value
+
+    def query_vector(self, expr: str) -> list[tuple[dict[str, str], float]]:
+        """Every series of an instant query with its labels (NaN values left out)."""
+        out = []
+        for r in self._result(expr):
+            value = float(r["value"][1])
+            if not math.isnan(value):
+                out.append((r.get("metric") or {}, value))
+        return out
+
+    def _result(self, expr: str) -> list[dict]:
         url = f"{self.url}/api/v1/query?" + urllib.parse.urlencode({"query": expr})
         try:
             with urllib.request.urlopen(url, timeout=self.timeout_s) as r:
@@ -33,10 +51,4 @@ class Prometheus:
                 f"Prometheus at {self.url} is unreachable ({getattr(e, 'reason', e)})") from None
         if doc.get("status") != "success":
             raise PrometheusUnavailable(f"Prometheus query failed: {doc.get('error')}")
-        result = doc["data"]["result"]
-        if not result:
-            return None
-        if len(result) > 1:
-            raise PrometheusUnavailable(f"{expr!r} returned {len(result)} series, expected one")
-        value = float(result[0]["value"][1])
-        return None if math.isnan(value) else value
+        return doc["data"]["result"]

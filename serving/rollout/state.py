@@ -7,15 +7,18 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, field_validator, model_validator
 
-Phase = Literal["pending", "progressing", "inconclusive", "promoted", "rolled_back", "aborted"]
+Phase = Literal["pending", "progressing", "inconclusive", "paused", "promoted", "rolled_back",
+                "aborted"]
 TERMINAL: frozenset[str] = frozenset({"promoted", "rolled_back", "aborted"})
-#: Allowed transitions; anything else is a bug and raises. ``inconclusive``: paused at its step
-#: because too little data came in to judge it (weights held); resumed, promoted or aborted by
-#: hand.
+#: Allowed transitions; anything else is a bug and raises. ``pending``: recorded, the canary
+#: being deployed (when it was not served) until it is ready. ``inconclusive``: held at its step
+#: because too little data came in to judge it; ``paused``: held by hand. Both keep their
+#: weights and are resumed, promoted or aborted by hand.
 TRANSITIONS: dict[str, frozenset[str]] = {
-    "pending": frozenset({"progressing", "aborted", "promoted", "rolled_back"}),
-    "progressing": frozenset({"promoted", "rolled_back", "aborted", "inconclusive"}),
-    "inconclusive": frozenset({"progressing", "promoted", "rolled_back", "aborted"}),
+    "pending": frozenset({"progressing", "aborted", "rolled_back"}),
+    "progressing": frozenset({"promoted", "rolled_back", "aborted", "inconclusive", "paused"}),
+    "inconclusive": frozenset({"progressing", "promoted", "rolled_back", "aborted", "paused"}),
+    "paused": frozenset({"progressing", "promoted", "rolled_back", "aborted"}),
     "promoted": frozenset(), "rolled_back": frozenset(), "aborted": frozenset(),
 }
 #: Analyses never look at less than this many scrape intervals: a shorter window holds one
@@ -61,6 +64,19 @@ class RolloutSpec(BaseModel):
     scrape_interval_s: float = Field(
         15.0, gt=0, description="Prometheus' scrape interval for the serving metrics; analysis "
                                 f"windows are never shorter than {MIN_WINDOW_SCRAPES} of them.")
+    retire_after_s: float | None = Field(
+        None, ge=0, description="After promotion, how long the old stable stays served at 0 % "
+                                "before it is removed [default: one interval].")
+    keep: bool = Field(False, description="Remove nothing at the end: the old stable (after "
+                                          "promotion) or the canary (after a rollback) stays "
+                                          "served at 0 %.")
+    deploy_timeout_s: float = Field(
+        900.0, gt=0, description="Longest a canary the controller deploys may take to become "
+                                 "ready; past it the rollout is rolled back.")
+    max_prediction_ratio: float | None = Field(
+        2.0, gt=1, description="Flag a canary whose observed compute per row is more than this "
+                               "factor off what the optimizer measured for it (a hardware or "
+                               "thread mismatch); advisory, it does not fail the step.")
 
     @field_validator("steps")
     @classmethod
@@ -102,7 +118,8 @@ class CheckResult(BaseModel):
     name: str
     value: float | None
     threshold: float | None
-    verdict: Literal["pass", "fail", "no_data", "skipped"]
+    #: "warn": an advisory check that is off; it is reported and alerted on, never fails a step
+    verdict: Literal["pass", "fail", "no_data", "skipped", "warn"]
     detail: str = ""
 
 
@@ -139,8 +156,40 @@ class OwnedSplit(BaseModel):
     applications: list[dict] = Field(default_factory=list)
 
 
+class Split(BaseModel):
+    """How a model is served: the versions the gateway routes to with their weights, and the
+    versions that have an application (a superset: a canary is deployed before it is routed,
+    and stays deployed for a while after it is no longer routed)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    stable: PositiveInt
+    canary: PositiveInt | None = None
+    weight: float = 0.0
+    shadow: float = 0.0
+    routed: tuple[int, ...]
+    deployed: tuple[int, ...]
+
+
+Action = Literal["promote", "abort", "pause", "resume"]
+
+
+class Request(BaseModel):
+    """A decision asked for by hand (``rollout promote`` ...): recorded in the state, carried
+    out by the runner (the foreground ``rollout start`` or the controller), never by the CLI
+    process that asked, so two processes can't apply different splits."""
+
+    action: Action
+    at: datetime = Field(default_factory=now)
+    by: str = ""
+
+
 class RolloutState(BaseModel):
-    """Where a rollout is; saved after every change so a restarted controller resumes."""
+    """Where a rollout is; saved after every change so a restarted controller resumes.
+
+    Changes to the target are write-ahead: the split is recorded (``desired``, saved with
+    compare-and-swap) before it is applied, and ``applied`` is set once the target took it; the
+    step's clock starts when the gateway reports the new weights (``confirmed``)."""
 
     spec: RolloutSpec
     phase: Phase = "pending"
@@ -148,6 +197,23 @@ class RolloutState(BaseModel):
     weight: float = 0.0
     #: step whose weights are known applied (-1: none); a step is never applied twice
     applied_step: int = -1
+    #: the split the runner decided last, recorded before it is applied
+    desired: Split | None = None
+    #: the target took ``desired``
+    applied: bool = False
+    #: the gateway reported ``desired``'s weights (only then does a step's clock start)
+    confirmed: bool = False
+    #: when ``desired`` was applied, for the confirmation timeout
+    applied_at: datetime | None = None
+    #: the canary was not served when the rollout started: the runner deployed it
+    deployed_canary: bool = False
+    #: versions to remove once ``retire_at`` has passed (after promotion or rollback)
+    retire: list[int] = Field(default_factory=list)
+    retire_at: datetime | None = None
+    #: a decision asked for by hand, not carried out yet
+    request: Request | None = None
+    #: when a runner last looked at this rollout (the CLI waits for a live runner)
+    heartbeat_at: datetime | None = None
     step_started_at: datetime | None = None
     #: when the current step was last judged (None: not yet); the next analysis is due one
     #: interval later, over a window that starts at step_started_at
@@ -171,6 +237,11 @@ class RolloutState(BaseModel):
     @property
     def done(self) -> bool:
         return self.phase in TERMINAL
+
+    @property
+    def settled(self) -> bool:
+        """Finished, with nothing left to remove or confirm: the runner has no more to do."""
+        return self.done and not self.retire and (self.desired is None or self.applied)
 
     def transition(self, to: Phase, reason: str) -> Transition:
         if to not in TRANSITIONS[self.phase]:

@@ -17,6 +17,7 @@ from typing import Protocol
 from .state import RolloutState
 
 
+_LABEL_VALUE = re.compile(r"([A-Za-z0-9][-A-Za-z0-9_.]{0,61})?[A-Za-z0-9]")
 _DNS_NAME = re.compile(r"[a-z0-9]([-a-z0-9.]*[a-z0-9])?")
 
 
@@ -90,31 +91,39 @@ class FileStateStore:
 
 
 class ConfigMapStateStore:
-    """One ConfigMap owned by the controller, a key per model; saves use resourceVersion."""
+    """One ConfigMap per model (``configmap_name(prefix, model)``, key ``state.json``), owned by
+    the controller; saves carry resourceVersion, so a concurrent save answers 409 and is refused.
 
-    def __init__(self, core_api, namespace: str, name: str):
-        self.api, self.namespace, self.name = core_api, namespace, name
+    Per model, so saves of different models never conflict and no model's history counts
+    against another's 1 MiB. The models are those the target serves (``models``): the
+    controller needs get/update on those ConfigMaps and create, never list."""
 
-    def _read(self):
+    KEY = "state.json"
+
+    def __init__(self, core_api, namespace: str, prefix: str, models=None):
+        self.api, self.namespace, self.prefix = core_api, namespace, prefix
+        self._models = models or (lambda: [])
+
+    def name(self, model: str) -> str:
+        return configmap_name(self.prefix, model)
+
+    def _read(self, model: str):
         from kubernetes.client.rest import ApiException
 
         try:
-            return self.api.read_namespaced_config_map(self.name, self.namespace)
+            return self.api.read_namespaced_config_map(self.name(model), self.namespace)
         except ApiException as e:
             if e.status == 404:
                 return None
             raise
 
     def load(self, model: str) -> RolloutState | None:
-        cm = self._read()
-        raw = (cm.data or {}).get(f"{model}.json") if cm is not None else None
+        cm = self._read(model)
+        raw = (cm.data or {}).get(self.KEY) if cm is not None else None
         return RolloutState.model_validate_json(raw) if raw else None
 
     def list(self) -> list[RolloutState]:
-        cm = self._read()
-        data = (cm.data or {}) if cm is not None else {}
-        return [RolloutState.model_validate_json(v) for k, v in sorted(data.items())
-                if k.endswith(".json")]
+        return [st for st in (self.load(m) for m in sorted(self._models())) if st is not None]
 
     def save(self, state: RolloutState) -> RolloutState:
         from kubernetes import client
@@ -122,28 +131,32 @@ class ConfigMapStateStore:
 
         from .state import now
 
-        cm = self._read()
-        key = f"{state.model}.json"
+        cm = self._read(state.model)
         if cm is not None:
-            current = (cm.data or {}).get(key)
+            current = (cm.data or {}).get(self.KEY)
             if current and RolloutState.model_validate_json(current).revision != state.revision:
                 raise StaleState(f"rollout of {state.model} changed since it was read")
+        elif state.revision != 0:
+            raise StaleState(f"rollout state of {state.model} was deleted since it was read")
         new = state.model_copy(update={"revision": state.revision + 1, "updated_at": now()})
         payload = new.model_dump_json()
         try:
             if cm is None:
+                labels = {"app.kubernetes.io/managed-by": "optiserve-rollout-controller"}
+                if _LABEL_VALUE.fullmatch(state.model):
+                    labels["optiserve.io/model"] = state.model
                 body = client.V1ConfigMap(
-                    metadata=client.V1ObjectMeta(name=self.name, labels={
-                        "app.kubernetes.io/managed-by": "optiserve-rollout-controller"}),
-                    data={key: payload})
+                    metadata=client.V1ObjectMeta(name=self.name(state.model), labels=labels),
+                    data={self.KEY: payload})
                 self.api.create_namespaced_config_map(self.namespace, body)
             else:
-                cm.data = {**(cm.data or {}), key: payload}
+                cm.data = {**(cm.data or {}), self.KEY: payload}
                 # replace carries metadata.resourceVersion: a concurrent write answers 409
-                self.api.replace_namespaced_config_map(self.name, self.namespace, cm)
+                self.api.replace_namespaced_config_map(self.name(state.model), self.namespace,
+                                                       cm)
         except ApiException as e:
-            if e.status == 409:
-                raise StaleState(f"ConfigMap {self.name} changed concurrently") from None
+            if e.status == 409:  # replaced concurrently, or created by someone else first
+                raise StaleState(f"ConfigMap {self.name(state.model)} changed concurrently"
+                                 ) from None
             raise
         return new
-

@@ -1,7 +1,11 @@
-"""Where traffic weights are applied: a local Ray Serve (REST API) or a KubeRay RayService.
+"""Where a rollout's splits are applied: a local Ray Serve (REST API) or a KubeRay RayService.
 
-Both edit only the gateway deployment's ``user_config`` inside the declarative serve config, the
-change Serve applies in place (``reconfigure``), so no replica restarts.
+A split (:class:`~serving.rollout.state.Split`) says which versions of a model have an
+application and which the gateway routes to, with what weights. Both targets edit the same
+declarative serve config: weights are the gateway deployment's ``user_config`` (applied in place,
+``reconfigure``, no replica restarts); adding or removing a version adds or removes its
+``<model>-v<N>`` application, a copy of the stable version's (same resources, replicas and
+threads), and leaves every other application untouched.
 """
 
 from __future__ import annotations
@@ -13,8 +17,16 @@ from typing import Protocol
 
 import yaml
 
-from ..config import GatewayConfig, gateway_user_config
+from ..config import (
+    VERSION_IMPORT, ConfigError, GatewayConfig, gateway_user_config, validate_serve_config,
+    version_app_name,
+)
 from ..serve_api import ServeAPI, ServeAPIError
+from .state import OwnedSplit, Split
+
+#: Batching settings a new version does not copy from stable: the optimizer recommends them
+#: per version (its manifest), so an unset value takes the new version's own recommendation.
+PER_VERSION_BATCHING = ("max_batch_size", "max_delay_ms")
 
 
 class TargetError(RuntimeError):
@@ -27,13 +39,33 @@ class Traffic:
     canary: int | None
     canary_weight: float
     shadow: float
+    #: versions the gateway routes to
     versions: tuple[int, ...]
+    #: versions with an application (a superset of ``versions`` while one is being deployed
+    #: or retired)
+    deployed: tuple[int, ...] = ()
+
+    def split(self) -> Split:
+        return Split(stable=self.stable, canary=self.canary,
+                     weight=self.canary_weight if self.canary else 0.0,
+                     shadow=self.shadow if self.canary else 0.0,
+                     routed=self.versions, deployed=self.deployed or self.versions)
 
 
 class Target(Protocol):
     def read(self, model: str) -> Traffic: ...
-    def apply(self, model: str, stable: int, canary: int | None, weight: float,
-              shadow: float) -> None: ...
+    def config(self) -> dict: ...
+    def apply(self, model: str, split: Split) -> None: ...
+    def app_status(self, model: str, version: int) -> tuple[str, str]: ...
+
+
+def _version_apps(doc: dict, model: str) -> dict[int, dict]:
+    out = {}
+    for app in doc.get("applications", []):
+        args = app.get("args") or {}
+        if app.get("import_path") == VERSION_IMPORT and args.get("model") == model:
+            out[int(args["version"])] = app
+    return out
 
 
 def traffic_of(doc: dict, model: str) -> Traffic:
@@ -42,27 +74,69 @@ def traffic_of(doc: dict, model: str) -> Traffic:
         raise TargetError(f"model {model!r} is not served (served: "
                           f"{', '.join(sorted(models)) or 'none'})")
     r = models[model]
-    return Traffic(stable=int(r["stable"]), canary=r.get("canary"),
+    canary = r.get("canary")
+    return Traffic(stable=int(r["stable"]), canary=int(canary) if canary else None,
                    canary_weight=float(r.get("canary_weight", 0.0)),
                    shadow=float(r.get("shadow", 0.0)),
-                   versions=tuple(sorted(int(v) for v in r["versions"])))
+                   versions=tuple(sorted(int(v) for v in r["versions"])),
+                   deployed=tuple(sorted(_version_apps(doc, model))))
 
 
-def with_traffic(doc: dict, model: str, stable: int, canary: int | None, weight: float,
-                 shadow: float) -> dict:
-    """A copy of the serve config with new weights for ``model``, validated before use."""
+def _clone_app(template: dict, model: str, version: int) -> dict:
+    app = copy.deepcopy(template)
+    old = app["name"]
+    app["name"] = version_app_name(model, version)
+    app["args"] = {**app.get("args", {}), "version": version}
+    for dep in app.get("deployments") or []:
+        if dep.get("name") == old:
+            dep["name"] = app["name"]
+    return app
+
+
+def with_split(doc: dict, model: str, split: Split) -> dict:
+    """A copy of the serve config serving ``model`` as ``split`` says, validated before use."""
+    if not set(split.routed) <= set(split.deployed):
+        raise TargetError(f"versions {sorted(set(split.routed) - set(split.deployed))} of "
+                          f"{model} would be routed with no application")
+    if split.stable not in split.routed or (split.canary and split.canary not in split.routed):
+        raise TargetError(f"stable and canary of {model} must be routed versions")
     new = copy.deepcopy(doc)
     uc = gateway_user_config(new)
-    route = uc.get("models", {}).get(model)
+    route = (uc.get("models") or {}).get(model)
     if route is None:
         raise TargetError(f"model {model!r} is not served")
-    route.update(stable=stable, canary=canary, canary_weight=weight if canary else 0.0,
-                 shadow=shadow if canary else 0.0)
+    apps = _version_apps(new, model)
+    if not apps:
+        raise TargetError(f"model {model!r} has no version application to copy")
+    template = apps.get(split.stable) or apps[min(apps)]
+    kept = [a for a in new["applications"]
+            if not (a.get("import_path") == VERSION_IMPORT
+                    and (a.get("args") or {}).get("model") == model
+                    and int(a["args"]["version"]) not in split.deployed)]
+    kept += [_clone_app(template, model, v) for v in split.deployed if v not in apps]
+    new["applications"] = kept
+    versions = {int(k): v for k, v in (route.get("versions") or {}).items()}
+    base = versions.get(split.stable) or next(iter(versions.values()), {}) or {}
+    batching = {k: v for k, v in base.items() if k not in PER_VERSION_BATCHING}
+    route["versions"] = {v: versions.get(v, dict(batching)) for v in sorted(split.routed)}
+    route.update(stable=split.stable, canary=split.canary,
+                 canary_weight=split.weight if split.canary else 0.0,
+                 shadow=split.shadow if split.canary else 0.0)
     try:
         GatewayConfig.model_validate(uc)
-    except ValueError as e:
-        raise TargetError(f"refusing to apply an invalid traffic split for {model}: {e}") from None
+        validate_serve_config(new, repository_check=False)
+    except (ValueError, ConfigError) as e:
+        raise TargetError(f"refusing to apply an invalid split for {model}: {e}") from None
     return new
+
+
+def owned_split(doc: dict, model: str) -> OwnedSplit:
+    """The model's route and version applications in a serve config, as the state records them
+    (what the chart keeps on ``helm upgrade``)."""
+    route = copy.deepcopy((gateway_user_config(doc).get("models") or {})[model])
+    route["versions"] = {str(k): v for k, v in (route.get("versions") or {}).items()}
+    return OwnedSplit(route=route, applications=[
+        copy.deepcopy(a) for _, a in sorted(_version_apps(doc, model).items())])
 
 
 class LocalServeTarget:
@@ -72,48 +146,54 @@ class LocalServeTarget:
         self.api = api
         self.confirm_timeout_s = confirm_timeout_s
 
-    def _config(self) -> dict:
+    def config(self) -> dict:
         try:
             return self.api.deployed_config()
         except ServeAPIError as e:
             raise TargetError(str(e)) from None
 
     def read(self, model: str) -> Traffic:
-        return traffic_of(self._config(), model)
+        return traffic_of(self.config(), model)
 
-    def apply(self, model, stable, canary, weight, shadow) -> None:
-        new = with_traffic(self._config(), model, stable, canary, weight, shadow)
+    def apply(self, model: str, split: Split) -> None:
+        new = with_split(self.config(), model, split)
         try:
             self.api.apply(new)
         except ServeAPIError as e:
-            raise TargetError(f"Serve API refused the new weights: {e}") from None
+            raise TargetError(f"Serve API refused the new split: {e}") from None
         want = traffic_of(new, model)
         deadline = time.monotonic() + self.confirm_timeout_s
-        while time.monotonic() < deadline:  # Serve applies it asynchronously; wait to see it
+        while time.monotonic() < deadline:  # Serve takes it asynchronously; wait to see it
             try:
-                if traffic_of(self._config(), model) == want:
+                if traffic_of(self.config(), model) == want:
                     return
             except TargetError:
                 pass
             time.sleep(0.2)
-        raise TargetError(f"Serve did not report the new weights for {model} within "
+        raise TargetError(f"Serve did not report the new split for {model} within "
                           f"{self.confirm_timeout_s:.0f} s")
+
+    def app_status(self, model: str, version: int) -> tuple[str, str]:
+        try:
+            apps = self.api.details().get("applications") or {}
+        except ServeAPIError as e:
+            raise TargetError(str(e)) from None
+        app = apps.get(version_app_name(model, version)) or {}
+        return app.get("status", "NOT_STARTED"), (app.get("message") or "").strip()
 
 
 RAYSERVICE = {"group": "ray.io", "version": "v1", "plural": "rayservices"}
 
 
-def rayservice_patch(obj: dict, model: str, stable: int, canary: int | None, weight: float,
-                     shadow: float) -> dict:
-    """The merge patch that sets new weights in a RayService's ``spec.serveConfigV2``.
+def rayservice_patch(obj: dict, model: str, split: Split) -> dict:
+    """The merge patch that sets a split in a RayService's ``spec.serveConfigV2``.
 
     It carries the object's ``resourceVersion``, so the API server refuses it (409) if the
     RayService changed since it was read."""
     raw = (obj.get("spec") or {}).get("serveConfigV2")
     if not raw:
         raise TargetError("the RayService has no spec.serveConfigV2")
-    doc = yaml.safe_load(raw)
-    new = with_traffic(doc, model, stable, canary, weight, shadow)
+    new = with_split(yaml.safe_load(raw), model, split)
     return {"metadata": {"resourceVersion": obj["metadata"]["resourceVersion"]},
             "spec": {"serveConfigV2": yaml.safe_dump(new, sort_keys=False)}}
 
@@ -133,13 +213,15 @@ class RayServiceTarget:
             raise TargetError(f"cannot read RayService {self.namespace}/{self.name}: "
                               f"{getattr(e, 'reason', e)}") from None
 
-    def read(self, model: str) -> Traffic:
-        raw = (self._get().get("spec") or {}).get("serveConfigV2") or ""
-        return traffic_of(yaml.safe_load(raw) or {}, model)
+    def config(self) -> dict:
+        return yaml.safe_load((self._get().get("spec") or {}).get("serveConfigV2") or "") or {}
 
-    def apply(self, model, stable, canary, weight, shadow) -> None:
+    def read(self, model: str) -> Traffic:
+        return traffic_of(self.config(), model)
+
+    def apply(self, model: str, split: Split) -> None:
         for _ in range(self.retries):
-            patch = rayservice_patch(self._get(), model, stable, canary, weight, shadow)
+            patch = rayservice_patch(self._get(), model, split)
             try:
                 self.api.patch_namespaced_custom_object(
                     RAYSERVICE["group"], RAYSERVICE["version"], self.namespace,
@@ -152,3 +234,12 @@ class RayServiceTarget:
                                   f"{getattr(e, 'reason', e)}") from None
         raise TargetError(f"RayService {self.namespace}/{self.name} kept changing; gave up "
                           f"after {self.retries} conflicts")
+
+    def app_status(self, model: str, version: int) -> tuple[str, str]:
+        """The application's status as KubeRay reports it from the serving cluster
+        (``status.activeServiceStatus.applicationStatuses``)."""
+        status = (self._get().get("status") or {}).get("activeServiceStatus") or {}
+        app = (status.get("applicationStatuses") or {}).get(version_app_name(model, version))
+        if not app:
+            return "NOT_STARTED", ""
+        return app.get("status", "NOT_STARTED"), (app.get("message") or "").strip()

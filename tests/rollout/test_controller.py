@@ -1,10 +1,13 @@
 """The rollout controller's decisions on a clock it does not own: waits that accumulate
-evidence, the window floor, inconclusive pauses, resume, and errors that do not end the loop.
+evidence, the window floor, inconclusive pauses, resume, errors that do not end the loop,
+deploy and retire, confirmed steps, one writer, reconciliation.
 
 Stand-ins, named as such: ``StandInPrometheus`` answers the analysis queries from a traffic
-model (requests per second for the canary and the comparisons), ``RecordingTarget`` records
-the weights it is told to apply. The state store is the real file store. The same decisions are
-exercised end to end against real Serve and Prometheus in test_rollout_e2e."""
+model (requests per second for the canary and the comparisons) and the confirmation queries
+from what the stand-in gateway reports; ``RecordingTarget`` holds a real serve config, applies
+splits to it with the real ``with_split`` and records them. The state store is the real file
+store. The same decisions are exercised end to end against real Serve and Prometheus in
+test_rollout_e2e."""
 
 from __future__ import annotations
 
@@ -13,10 +16,11 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
+from serving.config import build_serve_config
 from serving.rollout import FileStateStore
 from serving.rollout import controller as controller_module
 from serving.rollout.controller import Controller, RolloutError
-from serving.rollout.targets import Traffic
+from serving.rollout.targets import traffic_of, with_split
 
 
 class Clock:
@@ -38,10 +42,26 @@ class StandInPrometheus:
         self.rate = rate
         self.windows: list[float] = []
         self.fail_with: Exception | None = None
+        #: what the gateway reports: version -> weight (None: it reports nothing yet)
+        self.reported: dict[int, float] | None = None
+        #: observed compute per row / predicted (the canary's prediction check)
+        self.compute_ratio = 1.0
+
+    def query_vector(self, expr: str) -> list[tuple[dict, float]]:
+        assert "optiserve_predicted_compute_seconds" in expr, expr
+        return [({"batch_size": "1"}, 0.002), ({"batch_size": "8"}, 0.008)]
 
     def query(self, expr: str) -> float | None:
         if self.fail_with is not None:
             raise self.fail_with
+        m = re.fullmatch(r'count\(abs\(ray_optiserve_traffic_weight\{model="m",version="(\d+)"'
+                         r'[^}]*\} - ([\d.]+)\) (>|<=) 0.01\)', expr)
+        if m:
+            if self.reported is None:
+                return None
+            v, w, op = int(m.group(1)), float(m.group(2)), m.group(3)
+            same = abs(self.reported.get(v, -1) - w) <= 0.01
+            return (1.0 if same else None) if op == "<=" else (None if same else 1.0)
         window = float(re.search(r"\[(\d+)s\]", expr).group(1))
         if "optiserve_requests_total" in expr and "outcome" not in expr:
             self.windows.append(window)
@@ -52,22 +72,53 @@ class StandInPrometheus:
             return self.rate * window
         if "shadow_agreement_sum" in expr:
             return 0.995
+        if "optiserve_compute_seconds_sum" in expr:  # per-row compute, batches of 4
+            return self.compute_ratio * (0.002 + (0.008 - 0.002) * 3 / 7) / 4
+        if "optiserve_batch_size_sum" in expr:
+            return 4.0
         if "histogram_quantile" in expr:
             return 20.0
         raise AssertionError(f"unexpected query {expr}")
 
 
 class RecordingTarget:
-    """Stand-in for the Serve / RayService target: records the weights it is given."""
+    """Stand-in for the Serve / RayService target: a real serve config that splits are
+    applied to with the real ``with_split``; records each split's weights; the stand-in
+    gateway reports them to the stand-in Prometheus unless ``report`` is off. Versions in
+    ``deploying`` are not ready yet."""
 
-    def __init__(self):
+    def __init__(self, prom: StandInPrometheus, versions=(1, 2)):
+        self.doc = build_serve_config("/models", [("m", v) for v in versions])
+        self.doc["applications"][0]["deployments"][0]["user_config"]["models"]["m"]["stable"] = 1
+        self.prom, self.report = prom, True
         self.applied: list[tuple] = []
+        self.deploying: set[int] = set()
+        self.status = "RUNNING"
+        self._report()
 
-    def read(self, model: str) -> Traffic:
-        return Traffic(stable=1, canary=None, canary_weight=0.0, shadow=0.0, versions=(1, 2))
+    def _report(self) -> None:
+        t = traffic_of(self.doc, "m")
+        if self.report:
+            self.prom.reported = {v: (t.canary_weight if v == t.canary else 100 - t.canary_weight
+                                      if v == t.stable else 0.0) for v in t.versions}
 
-    def apply(self, model, stable, canary, weight, shadow) -> None:
-        self.applied.append((stable, canary, weight))
+    def config(self) -> dict:
+        return self.doc
+
+    def read(self, model: str):
+        return traffic_of(self.doc, model)
+
+    def apply(self, model, split) -> None:
+        self.doc = with_split(self.doc, model, split)
+        self.applied.append((split.stable, split.canary, split.weight))
+        self._report()
+
+    def app_status(self, model, version):
+        return ("DEPLOYING", "") if version in self.deploying else (self.status, "boom")
+
+    def served(self) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        t = traffic_of(self.doc, "m")
+        return t.versions, t.deployed
 
 
 @pytest.fixture
@@ -77,12 +128,14 @@ def clock(monkeypatch):
     return c
 
 
-def make(tmp_path, rate: float, **options):
-    prom, target = StandInPrometheus(rate), RecordingTarget()
+def make(tmp_path, rate: float, canary: int = 2, versions=(1, 2), **options):
+    prom = StandInPrometheus(rate)
+    target = RecordingTarget(prom, versions)
     ctl = Controller(FileStateStore(tmp_path / "state"), target, prom)
     spec = {"steps": [50, 100], "interval_s": 10, "min_requests": 20, "max_wait_intervals": 6,
-            "scrape_interval_s": 1, "shadow": 0.5, "max_p99_ratio": None, **options}
-    ctl.start("m", 2, **spec)
+            "scrape_interval_s": 1, "shadow": 0.5, "max_p99_ratio": None, "keep": True,
+            **options}
+    ctl.start("m", canary, **spec)
     return ctl, prom, target
 
 
@@ -108,7 +161,7 @@ def test_a_waiting_step_accumulates_evidence_until_it_can_be_judged(tmp_path, cl
 
 def test_the_window_is_never_shorter_than_four_scrape_intervals(tmp_path, clock):
     ctl, prom, _ = make(tmp_path, rate=10, interval_s=2, scrape_interval_s=15)
-    run_for(ctl, clock, 3)
+    run_for(ctl, clock, 5)
     assert prom.windows and prom.windows[0] == 60
 
 
@@ -121,7 +174,7 @@ def test_too_little_data_pauses_as_inconclusive_and_resume_waits_again(tmp_path,
     judged = len(st.analyses)
     run_for(ctl, clock, 60)  # paused: no more analyses, no changes
     assert len(ctl.store.load("m").analyses) == judged and target.applied == [(1, 2, 50.0)]
-    with pytest.raises(RolloutError, match="not inconclusive"):
+    with pytest.raises(RolloutError, match="cannot resume"):
         make(tmp_path / "other", rate=1)[0].resume("m")
     prom.rate = 1.0  # traffic came back
     ctl.resume("m")
@@ -145,7 +198,9 @@ def test_an_unexpected_error_is_retried_with_backoff_and_does_not_end_the_loop(
     mono = [0.0]
     monkeypatch.setattr("time.monotonic", lambda: mono[0])
     ctl, prom, _ = make(tmp_path, rate=5)
-    ctl.tick()  # the first step starts
+    ctl.tick()  # the first step is applied
+    ctl.tick()  # and confirmed: its clock starts
+    assert ctl.store.load("m").confirmed
     prom.fail_with = ValueError("odd Prometheus output")
     clock.advance(11)
     with caplog.at_level("ERROR", logger="optiserve.rollout"):
@@ -171,3 +226,154 @@ def test_every_analysis_query_carries_the_release_selector(tmp_path, clock):
     for bad in ('namespace=ml', 'namespace="ml";drop', '"x"="y"'):
         with pytest.raises(RolloutError, match="must be label matchers"):
             make(tmp_path / "bad", rate=1, prometheus_selector=bad)
+
+
+def run_until(ctl, clock, done, seconds: float = 300, step: float = 1.0) -> None:
+    for _ in range(int(seconds / step)):
+        if done(ctl.store.load("m")):
+            return
+        clock.advance(step)
+        ctl.tick()
+    raise AssertionError(f"not reached in {seconds} s: {ctl.store.load('m')}")
+
+
+def test_a_canary_that_is_not_served_is_deployed_then_rolled_out_and_the_old_stable_retired(
+        tmp_path, clock):
+    ctl, prom, target = make(tmp_path, rate=5, versions=(1,), keep=False, retire_after_s=20)
+    target.deploying.add(2)
+    seen = []
+    ctl.on_event = lambda st, msg: seen.append((target.served(), msg))
+    run_for(ctl, clock, 5)
+    st = ctl.store.load("m")
+    assert st.phase == "pending" and st.deployed_canary
+    assert target.served() == ((1,), (1, 2))  # deployed, not routed while it loads
+    target.deploying.clear()
+    run_until(ctl, clock, lambda st: st.phase == "promoted")
+    assert target.served() == ((1, 2), (1, 2))  # the old stable stays, at 0 %, a while
+    assert traffic_of(target.doc, "m").stable == 2
+    run_until(ctl, clock, lambda st: st.settled, seconds=30)
+    assert target.served() == ((2,), (2,))
+    assert [a[:2] for a in target.applied] == [(1, None), (1, 2), (1, 2), (2, None), (2, None)]
+    # the application of the canary is a copy of stable's, version changed
+    app = next(a for a in target.doc["applications"] if a["name"] == "m-v2")
+    assert app["args"]["version"] == 2 and app["deployments"][0]["name"] == "m-v2"
+
+
+@pytest.mark.parametrize("keep", [False, True])
+def test_a_canary_that_fails_to_deploy_is_rolled_back_and_removed_unless_kept(
+        tmp_path, clock, keep):
+    ctl, _, target = make(tmp_path, rate=5, versions=(1,), keep=keep)
+    target.status = "DEPLOY_FAILED"
+    run_until(ctl, clock, lambda st: st.settled, seconds=60)
+    st = ctl.store.load("m")
+    assert st.phase == "rolled_back" and "failed to deploy: boom" in st.reason
+    assert target.served() == ((1,), (1, 2) if keep else (1,))
+
+
+def test_a_step_is_judged_only_once_the_gateway_reports_its_weights(tmp_path, clock):
+    ctl, prom, target = make(tmp_path, rate=5, failure_budget=3)
+    target.report = False  # the gateway keeps reporting the old split
+    run_for(ctl, clock, 25)
+    st = ctl.store.load("m")
+    assert st.applied and not st.confirmed and st.step_started_at is None
+    assert prom.windows == [] and not st.analyses  # nothing judged on the old split
+    assert target.applied == [(1, 2, 50.0)]
+    run_for(ctl, clock, 30)  # past the confirmation timeout: a failed analysis, applied again
+    assert target.applied == [(1, 2, 50.0), (1, 2, 50.0)]
+    st = ctl.store.load("m")
+    assert st.failures == 1 and "not confirmed within 30 s" in st.analyses[-1].reason
+    target.report = True
+    target._report()
+    clock.advance(1)
+    ctl.tick()
+    st = ctl.store.load("m")
+    assert st.confirmed and st.step_started_at == clock()
+    run_for(ctl, clock, 11)
+    assert prom.windows[0] == 10  # the window starts when the weights were confirmed
+
+
+def test_a_request_racing_a_running_step_never_applies_two_splits(tmp_path, clock):
+    ctl, prom, target = make(tmp_path, rate=5)
+    run_for(ctl, clock, 3)
+    assert ctl.store.load("m").confirmed
+    clock.advance(11)
+    stale = ctl.store.load("m")  # the runner read the state; the step is due
+    other = Controller(ctl.store, target, prom)  # `rollout abort` in another process
+    other.request("m", "abort", by="ops")
+    assert target.applied == [(1, 2, 50.0)]  # the CLI recorded, it applied nothing
+    from serving.rollout import StaleState
+
+    with pytest.raises(StaleState):
+        ctl._advance(stale)  # the runner's write-ahead save is refused before it applies
+    assert target.applied == [(1, 2, 50.0)]
+    ctl.tick()  # reading again, the runner carries out the request
+    st = ctl.store.load("m")
+    assert st.phase == "aborted" and "asked by ops" in st.reason and st.request is None
+    assert target.applied == [(1, 2, 50.0), (1, None, 0.0)]
+    with pytest.raises(RolloutError, match="no rollout"):
+        other.request("m", "promote")
+
+
+def test_requests_are_refused_when_the_phase_does_not_allow_them_and_pause_holds(
+        tmp_path, clock):
+    ctl, prom, target = make(tmp_path, rate=5)
+    with pytest.raises(RolloutError, match="pending: cannot promote"):
+        ctl.request("m", "promote")
+    run_for(ctl, clock, 3)
+    ctl.request("m", "pause", by="ops")
+    with pytest.raises(RolloutError, match="pause of m is already requested"):
+        ctl.request("m", "promote")
+    ctl.tick()
+    assert ctl.store.load("m").phase == "paused"
+    run_for(ctl, clock, 60)
+    assert target.applied == [(1, 2, 50.0)] and not ctl.store.load("m").analyses
+    ctl.resume("m")
+    run_until(ctl, clock, lambda st: st.phase == "promoted")
+
+
+def test_a_split_reset_behind_the_controllers_back_is_reconciled(tmp_path, clock):
+    ctl, prom, target = make(tmp_path, rate=5, versions=(1,))
+    run_until(ctl, clock, lambda st: st.phase == "progressing" and st.confirmed)
+    # a helm upgrade renders the chart's values: v1 only, no canary
+    from serving.rollout.state import Split
+
+    target.doc = with_split(target.doc, "m", Split(stable=1, routed=(1,), deployed=(1,)))
+    target._report()
+    events = []
+    ctl.on_event = lambda st, msg: events.append(msg)
+    ctl.tick()
+    assert any("is not the recorded one" in e for e in events)
+    ctl.tick()
+    assert target.served() == ((1, 2), (1, 2))
+    assert traffic_of(target.doc, "m").canary_weight == 50
+    st = ctl.store.load("m")
+    assert st.applied and not st.confirmed  # the step's clock waits for the gateway again
+
+
+def test_a_canary_far_off_its_prediction_is_flagged_but_not_failed(tmp_path, clock):
+    ctl, prom, _ = make(tmp_path, rate=5)
+    prom.compute_ratio = 3.0
+    run_until(ctl, clock, lambda st: st.analyses)
+    a = ctl.store.load("m").analyses[0]
+    check = next(c for c in a.checks if c.name == "compute_vs_predicted")
+    assert check.verdict == "warn" and check.value == pytest.approx(3.0)
+    assert "vs predicted" in check.detail and a.outcome == "pass"
+    prom.compute_ratio = 1.1
+    run_until(ctl, clock, lambda st: len(st.analyses) > 1)
+    check = next(c for c in ctl.store.load("m").analyses[1].checks
+                 if c.name == "compute_vs_predicted")
+    assert check.verdict == "pass"
+
+
+def test_controller_metrics_drop_series_of_past_rollouts(tmp_path, clock):
+    from prometheus_client import generate_latest
+
+    ctl, _, target = make(tmp_path, rate=5, versions=(1,), keep=False, retire_after_s=0)
+    run_until(ctl, clock, lambda st: st.settled)
+    ctl.start("m", 3, steps=[100], interval_s=10, min_requests=20, scrape_interval_s=1,
+              shadow=0.5, max_p99_ratio=None)
+    ctl.tick()
+    text = generate_latest(ctl.metrics.registry).decode()
+    weights = [line for line in text.splitlines()
+               if line.startswith("optiserve_rollout_canary_weight{")]
+    assert len(weights) == 1 and 'canary="3",model="m",stable="2"' in weights[0], weights
