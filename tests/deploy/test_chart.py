@@ -354,7 +354,14 @@ def test_rollout_controller_least_privilege(rendered):
     env = {e["name"]: e.get("value", e.get("valueFrom")) for e in container["env"]}
     assert env["OPTISERVE_ROLLOUT_TARGET"] == "rayservice"
     assert env["OPTISERVE_RAYSERVICE"] == rs_name
-    assert env["OPTISERVE_ROLLOUT_CONFIGMAP"] == named["configmaps"][0]
+    # one state ConfigMap per model, named by the prefix the controller gets
+    from serving.rollout.store import configmap_name
+
+    assert env["OPTISERVE_ROLLOUT_CONFIGMAP"] == "osv-optiserve-rollout-state"
+    assert named["configmaps"] == [configmap_name(env["OPTISERVE_ROLLOUT_CONFIGMAP"], "minilm")]
+    (cm_rule,) = [r for r in role["rules"] if "resourceNames" in r and r["resources"] == [
+        "configmaps"]]
+    assert cm_rule["verbs"] == ["get", "update", "patch"]
     assert env["OPTISERVE_NAMESPACE"] == {"fieldRef": {"fieldPath": "metadata.namespace"}}
     # the analysis reads this release's series only, and the PodMonitor provides the label
     assert env["OPTISERVE_PROMETHEUS_SELECTOR"] == 'namespace="serving",release="osv"'
@@ -370,6 +377,27 @@ def test_rollout_controller_least_privilege(rendered):
     (rb,) = only(objs, "RoleBinding")
     assert rb["roleRef"]["name"] == role["metadata"]["name"]
     assert rb["subjects"][0]["name"] == dep["spec"]["template"]["spec"]["serviceAccountName"]
+
+
+@pytest.mark.parametrize("models", [
+    ["minilm", "bert-base.en", "0x"],
+    ["my_model", "bert.", "a-", "x_y_z", "0---", "a..b-"],
+])
+def test_state_configmap_names_are_the_controllers(helm, tmp_path, models):
+    """The Role names exactly the ConfigMaps serving.rollout.store.configmap_name gives, for
+    names that are Kubernetes names as they are and names that are hashed."""
+    from serving.rollout.store import configmap_name
+
+    values = tmp_path / "values.yaml"
+    values.write_text(yaml.safe_dump({"serve": {"models": {
+        "minilm": None, **{m: {"versions": {"1": {}}} for m in models}}},
+        "rolloutController": {"stateConfigMap": "state"}}))
+    objs = helm_template(helm, "-f", str(values))
+    (role,) = only(objs, "Role")
+    (names,) = [r["resourceNames"] for r in role["rules"]
+                if r["resources"] == ["configmaps"] and "resourceNames" in r]
+    assert names == [configmap_name("state", m) for m in sorted(models)]
+    assert len(set(names)) == len(names)
 
 
 def test_dashboards_configmaps_carry_the_sidecar_label(rendered):

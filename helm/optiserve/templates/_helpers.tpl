@@ -43,6 +43,41 @@ app.kubernetes.io/part-of: optiserve
 {{- default (printf "%s-rollout-state" (include "optiserve.fullname" .)) .Values.rolloutController.stateConfigMap -}}
 {{- end -}}
 
+{{/* The ConfigMap holding one model's rollout state; argument: (list $ model). Exactly
+     serving.rollout.store.configmap_name: "<prefix>-<model>" when the model name is a valid
+     Kubernetes name as it is, else "<prefix>-<sanitized>-<first 8 hex of sha256(model)>". */}}
+{{- define "optiserve.modelStateConfigMap" -}}
+{{- $prefix := include "optiserve.stateConfigMap" (index . 0) -}}
+{{- $model := index . 1 | toString -}}
+{{- if regexMatch "^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$" $model -}}
+{{- printf "%s-%s" $prefix $model -}}
+{{- else -}}
+{{- $clean := regexReplaceAll "[^a-z0-9.-]" (lower $model) "-" | trimAll "-." | default "model" -}}
+{{- printf "%s-%s-%s" $prefix $clean (sha256sum $model | trunc 8) -}}
+{{- end -}}
+{{- end -}}
+
+{{/* The split the rollout controller owns for a model (owned_split of the RolloutState in the
+     model's state ConfigMap, key state.json), or an empty dict: always empty under
+     `helm template` and on a first install, where lookup finds nothing. Argument: (list $ model). */}}
+{{- define "optiserve.ownedSplit" -}}
+{{- $root := index . 0 -}}
+{{- $model := index . 1 -}}
+{{- $name := include "optiserve.modelStateConfigMap" (list $root $model) -}}
+{{- $cm := lookup "v1" "ConfigMap" $root.Release.Namespace $name -}}
+{{- $owned := dict -}}
+{{- $raw := "" -}}
+{{- if $cm -}}{{- $raw = (($cm.data | default dict) | dig "state.json" "") -}}{{- end -}}
+{{- if $raw -}}
+{{- $state := fromJson $raw -}}
+{{- if hasKey $state "Error" -}}
+{{- fail (printf "ConfigMap %s/%s: state.json is not JSON (%s); fix it or delete it to hand model %s's traffic split back to values" $root.Release.Namespace $name $state.Error $model) -}}
+{{- end -}}
+{{- if $state.owned_split -}}{{- $owned = $state.owned_split -}}{{- end -}}
+{{- end -}}
+{{- toJson $owned -}}
+{{- end -}}
+
 {{/* The rollout commands' target flags (controller, start, status). */}}
 {{/* KubeRay's serving Service for a RayService. */}}
 {{- define "optiserve.serveService" -}}
@@ -73,7 +108,11 @@ app.kubernetes.io/part-of: optiserve
      agree and that serving.config.validate_serve_config accepts it):
      - application "optiserve" (route /, serving.app:gateway_app) with deployment "gateway" whose
        user_config lists the models, their versions' batching and the traffic split;
-     - one application "<model>-v<version>" (no route, serving.app:version_app) per version. */}}
+     - one application "<model>-v<version>" (no route, serving.app:version_app) per version.
+     Once the rollout controller owns a model's split (its state ConfigMap has an owned_split,
+     found by lookup on install/upgrade), the render keeps it: stable/canary/canary_weight/shadow
+     come from the owned route, the versions are values' plus the owned route's (values' batching
+     wins), and the controller's own version applications are kept for versions values lack. */}}
 {{- define "optiserve.serveConfig" -}}
 {{- $root := . -}}
 {{- $repo := .Values.modelRepository.path -}}
@@ -106,6 +145,24 @@ app.kubernetes.io/part-of: optiserve
 {{- $_ := set $route "canary" $m.canary -}}
 {{- $_ := set $route "canary_weight" ($m.canaryWeight | default 0) -}}
 {{- $_ := set $route "shadow" ($m.shadow | default 0) -}}
+{{- end -}}
+{{- $owned := include "optiserve.ownedSplit" (list $root $model) | fromJson -}}
+{{- if $owned -}}
+{{- /* the controller's split replaces values' one; its versions join values' (values' batching
+       wins) and its applications come back for the versions values do not declare */ -}}
+{{- $ownedRoute := $owned.route | default dict -}}
+{{- range $key, $batching := ($ownedRoute.versions | default dict) -}}
+{{- if not (hasKey $versions $key) -}}{{- $_ := set $versions $key $batching -}}{{- end -}}
+{{- end -}}
+{{- $declared := list -}}
+{{- range $key, $v := $m.versions -}}{{- $declared = append $declared (printf "%s-v%d" $model (atoi $key)) -}}{{- end -}}
+{{- range ($owned.applications | default list) -}}
+{{- if not (has .name $declared) -}}{{- $versionApps = append $versionApps . -}}{{- end -}}
+{{- end -}}
+{{- $route = dict "versions" $versions -}}
+{{- range list "stable" "canary" "canary_weight" "shadow" -}}
+{{- if hasKey $ownedRoute . -}}{{- $_ := set $route . (index $ownedRoute .) -}}{{- end -}}
+{{- end -}}
 {{- end -}}
 {{- if $m.stickyHeader -}}
 {{- $_ := set $route "sticky_header" $m.stickyHeader -}}
