@@ -62,8 +62,9 @@ class ServeAPI:
     def deployed_config(self) -> dict:
         """The declarative config currently deployed (what a PUT would re-apply)."""
         d = self.details()
+        # an application being deleted is no longer part of the config (a PUT dropped it)
         apps = [a["deployed_app_config"] for a in (d.get("applications") or {}).values()
-                if a.get("deployed_app_config")]
+                if a.get("deployed_app_config") and a.get("status") != "DELETING"]
         if not apps:
             raise ServeAPIError("no application was deployed through the declarative API")
         doc = {"applications": apps}

@@ -1,4 +1,7 @@
-"""Canary rollouts end to end: real Ray Serve, a real Prometheus, the real CLI."""
+"""Canary rollouts end to end: real Ray Serve, a real Prometheus, the real CLI.
+
+The server starts with fp32 (stable) and two bad canaries served; the INT8 version is not
+served: each rollout of it deploys it first (a new Serve application through the REST API)."""
 
 from __future__ import annotations
 
@@ -11,12 +14,13 @@ import time
 
 import pytest
 
-from serving.config import build_serve_config, gateway_user_config
+from serving.config import build_serve_config, gateway_user_config, version_app_name
 from serving.serve_api import ServeAPI
 from tests.helpers import ROOT, PrometheusProcess, ServeProcess, free_port, run_cli
 
 pytestmark = pytest.mark.slow
 
+INITIAL = ("fp32", "broken", "degraded")
 FAST = ["--steps", "50,100", "--interval", "4s", "--min-requests", "10",
         "--failure-budget", "1", "--shadow", "0.5", "--max-p99-ratio", "3",
         "--max-wait-intervals", "6", "--scrape-interval", "1s"]
@@ -25,7 +29,7 @@ FAST = ["--steps", "50,100", "--interval", "4s", "--min-requests", "10",
 @pytest.fixture(scope="module")
 def env(rollout_repo, tmp_path_factory):
     repo_dir, v = rollout_repo
-    refs = [("minilm", v[k]) for k in ("fp32", "int8", "broken", "degraded")]
+    refs = [("minilm", v[k]) for k in INITIAL]
     doc = build_serve_config(str(repo_dir), refs, version_cpus=0.5)
     gateway_user_config(doc)["models"]["minilm"]["stable"] = v["fp32"]
     work = tmp_path_factory.mktemp("rollout-e2e")
@@ -63,11 +67,22 @@ def finish_load(proc: subprocess.Popen) -> dict:
     return json.loads(out)
 
 
+def served_apps(env) -> set[str]:
+    return set(ServeAPI(env.serve_api).details().get("applications") or {})
+
+
 def reset(env) -> None:
-    """Back to fp32 stable with no canary, for the next test."""
+    """Back to the initial versions with fp32 stable and no canary, for the next test."""
+    from serving.rollout.state import Split
     from serving.rollout.targets import LocalServeTarget
 
-    LocalServeTarget(ServeAPI(env.serve_api)).apply("minilm", env.versions["fp32"], None, 0, 0)
+    api = ServeAPI(env.serve_api)
+    initial = tuple(sorted(env.versions[k] for k in INITIAL))
+    LocalServeTarget(api, confirm_timeout_s=60).apply(
+        "minilm", Split(stable=env.versions["fp32"], routed=initial, deployed=initial))
+    api.wait_running(["optiserve", *(version_app_name("minilm", x) for x in initial)],
+                     timeout_s=180)
+    (env.repo / ".rollouts" / "minilm.json").unlink(missing_ok=True)
 
 
 def status(env) -> dict:
@@ -76,15 +91,23 @@ def status(env) -> dict:
     return json.loads(result.stdout)
 
 
-def test_faithful_canary_is_promoted_with_no_failed_request(env):
+def test_a_new_version_is_deployed_rolled_out_and_the_old_one_retired_with_no_failed_request(
+        env):
     v = env.versions
-    load = start_load(env, 60)
+    assert version_app_name("minilm", v["int8"]) not in served_apps(env)
+    load = start_load(env, 100)
     try:
         result = run_cli("rollout", "start", "minilm", "--canary", str(v["int8"]),
-                         "--min-agreement", "0.98", *FAST, *common(env), timeout=300)
+                         "--min-agreement", "0.98", "--retire-after", "3s", *FAST, *common(env),
+                         timeout=300)
     finally:
         bench = finish_load(load)
     assert result.returncode == 0, result.stdout + result.stderr
+    out = result.stdout
+    assert f"deploying minilm:{v['int8']}" in out
+    # each step's clock started only once the gateway reported its weights (Prometheus)
+    assert f"the gateway reports 50% to v{v['int8']}" in out, out
+    assert f"removed minilm:{v['fp32']}" in out
     st = status(env)
     assert st["phase"] == "promoted", st["reason"]
     assert [t["to_phase"] for t in st["history"]] == ["progressing", "promoted"]
@@ -93,19 +116,30 @@ def test_faithful_canary_is_promoted_with_no_failed_request(env):
     checks = {c["name"]: c for c in st["last_analysis"]["checks"]}
     assert checks["agreement"]["verdict"] == "pass" and checks["agreement"]["value"] > 0.98
     assert checks["error_rate"]["value"] == 0
+    assert checks["compute_vs_predicted"]["value"] > 0  # observed next to the manifest's
     t = traffic(env)
     assert t["stable"] == v["int8"] and t.get("canary") is None
-    assert bench["ok"] > 500 and bench["errors"] == {}, bench  # (d) no request failed
+    assert str(v["fp32"]) not in {str(k) for k in t["versions"]}
+    apps = served_apps(env)
+    assert version_app_name("minilm", v["fp32"]) not in apps  # retired
+    assert version_app_name("minilm", v["int8"]) in apps
+    assert bench["ok"] > 500 and bench["errors"] == {}, bench  # no request failed
+    # the retired version's series and the old roles are gone from Prometheus
+    tw = 'ray_optiserve_traffic_weight{model="minilm"'
+    env.prometheus.wait_for(f'{tw},version="{v["fp32"]}"}}', timeout=30,
+                            predicate=lambda r: not r)
+    assert env.prometheus.query(f"count by (version) ({tw}}}) > 1") == []
     reset(env)
+    assert version_app_name("minilm", v["int8"]) not in served_apps(env)
 
 
 def test_faithful_canary_is_promoted_at_low_traffic(env):
     """~1.5 requests/s: each step needs several intervals to gather min_requests; the window
     grows while it waits (it used to restart each interval, and the canary was rolled back)."""
     v = env.versions
-    load = start_load(env, 110, rate=1.5)
+    load = start_load(env, 140, rate=1.5)
     try:
-        result = run_cli("rollout", "start", "minilm", "--canary", str(v["int8"]),
+        result = run_cli("rollout", "start", "minilm", "--canary", str(v["int8"]), "--keep",
                          "--steps", "50,100", "--interval", "10s", "--min-requests", "20",
                          "--max-wait-intervals", "6", "--shadow", "0.5", "--min-agreement",
                          "0.98", "--max-p99-ratio", "3", "--failure-budget", "0",
@@ -140,13 +174,14 @@ def test_failing_canary_is_rolled_back(env):
     assert {c["name"]: c["verdict"] for c in failed[-1]["checks"]}["error_rate"] == "fail"
     t = traffic(env)
     assert t["stable"] == v["fp32"] and t.get("canary") is None
+    assert version_app_name("minilm", v["broken"]) not in served_apps(env)  # removed
     reset(env)
 
 
 def test_disagreeing_canary_is_rolled_back_on_agreement(env):
     v = env.versions
     load = start_load(env, 45)
-    result = run_cli("rollout", "start", "minilm", "--canary", str(v["degraded"]),
+    result = run_cli("rollout", "start", "minilm", "--canary", str(v["degraded"]), "--keep",
                      "--min-agreement", "0.98", *FAST, *common(env), timeout=300)
     bench = finish_load(load)
     assert result.returncode == 3, result.stdout + result.stderr
@@ -157,6 +192,7 @@ def test_disagreeing_canary_is_rolled_back_on_agreement(env):
     assert last["error_rate"]["verdict"] == "pass"  # it raised no errors at all
     assert bench["errors"] == {}
     assert traffic(env)["stable"] == v["fp32"]
+    assert version_app_name("minilm", v["degraded"]) in served_apps(env)  # --keep
     reset(env)
 
 
@@ -165,7 +201,8 @@ def test_rollout_errors_are_clear_and_apply_nothing(env):
     before = traffic(env)
     cases = [
         (["--canary", str(v["fp32"])], "canary"),
-        (["--canary", "999"], "minilm:999 is not served"),
+        (["--canary", "999"], "minilm:999 cannot be deployed"),
+        (["--canary", "soon"], "--canary must be a version number or 'latest'"),
     ]
     for args, message in cases:
         result = run_cli("rollout", "start", "minilm", *args, *FAST, *common(env))
@@ -183,11 +220,11 @@ def test_rollout_errors_are_clear_and_apply_nothing(env):
 def test_unreachable_prometheus_never_promotes(env):
     v = env.versions
     load = start_load(env, 40)
-    result = run_cli("rollout", "start", "minilm", "--canary", str(v["int8"]), *FAST,
+    result = run_cli("rollout", "start", "minilm", "--canary", str(v["int8"]), *FAST, "--keep",
                      "--serve-api", env.serve_api, "--repository", str(env.repo),
                      "--prometheus", f"http://127.0.0.1:{free_port()}", timeout=300)
     finish_load(load)
-    assert result.returncode == 3
+    assert result.returncode == 3, result.stdout + result.stderr
     st = status(env)
     assert st["phase"] == "rolled_back" and "Prometheus" in st["reason"]
     assert all(a["outcome"] == "fail" for a in st["analyses"])
@@ -211,7 +248,7 @@ def test_killed_controller_resumes_where_it_was(env):
     assert result.returncode == 0, result.stderr
     ctl = _controller(env)
     try:
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + 150
         while time.monotonic() < deadline and status(env)["step"] < 1:
             time.sleep(0.5)
         before = status(env)
@@ -233,5 +270,33 @@ def test_killed_controller_resumes_where_it_was(env):
     assert st["phase"] == "promoted", st["reason"]
     passed = [a["weight"] for a in st["analyses"] if a["outcome"] == "pass"]
     assert passed == [25, 50, 100]  # resumed at its step: none skipped, none repeated
+    assert bench["errors"] == {}
+    reset(env)
+
+
+def test_promote_from_another_process_is_carried_out_by_the_running_controller(env):
+    """One writer: `rollout promote` records a request; the controller applies it."""
+    v = env.versions
+    load = start_load(env, 90)
+    result = run_cli("rollout", "start", "minilm", "--canary", str(v["int8"]), "--detach",
+                     *FAST, "--steps", "25,50,100", "--interval", "60s", *common(env))
+    assert result.returncode == 0, result.stderr
+    ctl = _controller(env)
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not (
+                status(env)["phase"] == "progressing" and status(env)["confirmed"]):
+            time.sleep(0.5)
+        assert status(env)["confirmed"], status(env)
+        promoted = run_cli("rollout", "promote", "minilm", *common(env), timeout=120)
+    finally:
+        ctl.send_signal(signal.SIGTERM)
+        ctl.wait(timeout=20)
+        bench = finish_load(load)
+    assert promoted.returncode == 0, promoted.stdout + promoted.stderr
+    assert "the running controller carries it out" in promoted.stdout
+    st = status(env)
+    assert st["phase"] == "promoted" and "promoted by hand (asked by" in st["reason"]
+    assert st["request"] is None and traffic(env)["stable"] == v["int8"]
     assert bench["errors"] == {}
     reset(env)
