@@ -54,7 +54,7 @@ class StandInPrometheus:
     def query(self, expr: str) -> float | None:
         if self.fail_with is not None:
             raise self.fail_with
-        m = re.fullmatch(r'count\(abs\(ray_optiserve_traffic_weight\{model="m",version="(\d+)"'
+        m = re.fullmatch(r'count\(abs\(ray_optiserve_traffic_weight\{model="[^"]+",version="(\d+)"'
                          r'[^}]*\} - ([\d.]+)\) (>|<=) 0.01\)', expr)
         if m:
             if self.reported is None:
