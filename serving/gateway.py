@@ -174,6 +174,14 @@ def _roles(st: ModelState) -> dict[int, str]:
         "canary" if v == st.policy.canary else "idle") for v in st.versions}
 
 
+def _predicted_compute(vs: VersionState):
+    """(tags, seconds) of each PREDICTED_COMPUTE series of a version: the compute per batch its
+    manifest measured, p50 and p99 at each benchmarked batch size."""
+    for p in vs.manifest.measurements.latency:
+        for quantile, ms in (("0.5", p.p50_ms), ("0.99", p.p99_ms)):
+            yield {**vs.tags, "batch_size": str(p.batch_size), "quantile": quantile}, ms / 1000.0
+
+
 def agreement(task: str, stable: np.ndarray, canary: np.ndarray) -> np.ndarray:
     """Per-row agreement: cosine for embeddings (and generic outputs), top-1 match otherwise."""
     if task == "classification":
@@ -245,6 +253,8 @@ class Gateway:
         for vs in loaded:
             for outcome, code in OUTCOMES:  # rate()/increase() see a version's first requests
                 self.recorder.inc(M.REQUESTS, {**vs.tags, "outcome": outcome, "code": code}, 0.0)
+            for tags, seconds in _predicted_compute(vs):
+                self.recorder.set(M.PREDICTED_COMPUTE, tags, seconds)
         current = set()
         for name, st in new.items():
             weights = st.policy.weights()
@@ -260,6 +270,8 @@ class Gateway:
         for vs in removed:
             for spec in (M.INFLIGHT, M.QUEUE_ROWS):
                 self.recorder.forget(spec, vs.tags)
+            for tags, _ in _predicted_compute(vs):
+                self.recorder.forget(M.PREDICTED_COMPUTE, tags)
             self._spawn(vs.batcher.close())
 
     def _load_version(self, model: str, version: int) -> VersionState:

@@ -18,6 +18,7 @@ from serving.repository import (
     Artifact,
     BatchingPolicy,
     Fidelity,
+    LatencyPoint,
     Manifest,
     Measurements,
     ModelRepository,
@@ -40,7 +41,7 @@ def reducer_model(path: Path, op: str) -> None:
     path.write_bytes(model.SerializeToString())
 
 
-def publish(repo: ModelRepository, op: str) -> int:
+def publish(repo: ModelRepository, op: str, latency: list[LatencyPoint] | None = None) -> int:
     sig = Signature(inputs=[TensorSpec(name="x", datatype="FP32", shape=[-1, -1])],
                     outputs=[TensorSpec(name="y", datatype="FP32", shape=[-1, 1])])
 
@@ -51,7 +52,7 @@ def publish(repo: ModelRepository, op: str) -> int:
             runtime="onnxruntime", model_file="model.onnx", model_signature=sig, signature=sig,
             artifacts=[Artifact(path="model.onnx", sha256="0" * 64, size_bytes=0)],
             measurements=Measurements(fidelity=Fidelity(samples=0, passed=True, budget="-"),
-                                      size_bytes=0),
+                                      latency=latency or [], size_bytes=0),
             batching=BatchingPolicy(max_batch_size=64, max_delay_ms=20.0),
             source=Source(kind="onnx", ref="test"), optiserve_version="test")
 
@@ -202,3 +203,36 @@ def test_removed_versions_are_closed(gateway):
     assert status == 404 and "served versions: " + str(gateway.v["max"]) in doc["error"]
 
 
+
+
+def test_predicted_compute_is_exported_per_batch_size_and_forgotten_with_its_version(gateway):
+    """The manifest's measured compute per batch (p50, p99 in seconds) is exported when a version
+    is loaded, and stops being reported when the version is removed."""
+    points = [LatencyPoint(batch_size=1, p50_ms=2.0, p95_ms=2.5, p99_ms=3.0, throughput=500.0,
+                           iterations=10),
+              LatencyPoint(batch_size=8, p50_ms=10.0, p95_ms=12.0, p99_ms=16.0, throughput=800.0,
+                           iterations=10)]
+    measured = publish(ModelRepository(gateway.repo.root), "ReduceMax", points)
+    # the fixture's versions have no latency measurements: nothing to predict for them
+    assert gateway.rec.of(M.PREDICTED_COMPUTE) == []
+    keep = gateway.v["sum"]
+    gateway.reconfigure({"models": {"reducer": {"versions": {keep: {}, measured: {}},
+                                                "stable": keep}}})
+    mv = {"model": "reducer", "version": str(measured)}
+    got = {(c[2]["batch_size"], c[2]["quantile"]): c[3]
+           for c in gateway.rec.of(M.PREDICTED_COMPUTE) if c[0] == "set"}
+    assert got == pytest.approx({("1", "0.5"): 0.002, ("1", "0.99"): 0.003,
+                                 ("8", "0.5"): 0.010, ("8", "0.99"): 0.016})
+    assert all(c[2].keys() == {*mv, "batch_size", "quantile"} and c[2].items() >= mv.items()
+               for c in gateway.rec.of(M.PREDICTED_COMPUTE))
+    # reconfiguring without a change sets nothing again (gauges are re-sent by the recorder)
+    gateway.rec.calls.clear()
+    gateway.reconfigure({"models": {"reducer": {"versions": {keep: {}, measured: {}},
+                                                "stable": keep}}})
+    assert gateway.rec.of(M.PREDICTED_COMPUTE) == []
+    # removing the version forgets every one of its series, and only those
+    gateway.reconfigure({"models": {"reducer": {"versions": {keep: {}}, "stable": keep}}})
+    forgotten = [c for c in gateway.rec.of(M.PREDICTED_COMPUTE) if c[0] == "forget"]
+    assert sorted((c[2]["batch_size"], c[2]["quantile"]) for c in forgotten) == sorted(got)
+    assert all(c[2]["version"] == str(measured) for c in forgotten)
+    assert [c for c in gateway.rec.of(M.PREDICTED_COMPUTE) if c[0] == "set"] == []
