@@ -23,6 +23,18 @@ RAY_REPLICA_HEALTHY = "ray_serve_deployment_replica_healthy"
 RAY_DEPLOYMENT_STATUS = "ray_serve_deployment_status"
 #: Replicas Serve is trying to run per deployment.
 RAY_TARGET_REPLICAS = "ray_serve_autoscaling_target_replicas"
+#: CPU and resident memory of Ray's processes, from the dashboard agent on every node
+#: (``dashboard/modules/reporter/reporter_agent.py``), labels ip, Component, SessionName, Version.
+#: These are Ray's only per-process resource metrics: Serve's own replica metrics
+#: (``ray_serve_replica_processing_queries``, ``ray_serve_deployment_replica_healthy`` ...) carry
+#: the deployment and replica but no CPU or memory. ``Component`` is the worker's process title,
+#: ``ray::<actor class>`` (``ray::<class>.<method>`` while a call runs), and Serve names a replica's
+#: actor class ``ServeReplica:<application>:<deployment>``, so a version's replicas are the
+#: components ``ray::ServeReplica:<model>-v<version>:<model>-v<version>[.<method>]`` (summed per
+#: node over the replicas there). CPU is in percent of one core (over 100 with several threads),
+#: memory in MB (10^6 bytes).
+RAY_COMPONENT_CPU = "ray_component_cpu_percentage"
+RAY_COMPONENT_RSS = "ray_component_rss_mb"
 
 # ---- dashboard variables ----------------------------------------------------------------------
 #: Value Grafana substitutes for "All" (a regex: matches every value, and a missing label).
@@ -32,7 +44,13 @@ MODEL = 'model=~"$model"'
 VERSION = 'version=~"$version"'
 #: A version's deployment is named <model>-v<version> (serving.config.version_app_name).
 VERSION_DEPLOYMENT = 'deployment=~"$model-v$version"'
+#: The Ray components (processes) of a version's replicas, and model/version taken from them.
+VERSION_COMPONENT = 'Component=~"ray::ServeReplica:$model-v$version:.*"'
+COMPONENT_MODEL_VERSION = "ray::ServeReplica:(.+)-v([0-9]+):.*"
 RATE = "$__rate_interval"
+#: Resolution of the annotation queries: the chart's scrape interval (a change is marked where a
+#: value differs from the one this long before, so each change is marked once).
+ANNOTATION_STEP = "15s"
 
 # ---- alert thresholds: the chart's .Values.alerts defaults ------------------------------------
 
@@ -66,6 +84,8 @@ GATEWAY_OR_VERSION = 'deployment=~"gateway|$model-v$version"'
 PHASE_PROGRESSING = 'phase="progressing"'
 PHASE_ROLLED_BACK = 'phase="rolled_back"'
 PHASE_INCONCLUSIVE = 'phase="inconclusive"'
+#: the controller's advisory check of the canary's observed compute against its prediction
+CHECK_COMPUTE_VS_PREDICTED = 'check="compute_vs_predicted"'
 
 
 def sel(*matchers: str) -> str:
@@ -95,12 +115,33 @@ def mean(spec: M.MetricSpec, by: str, *matchers: str, window: str = RATE) -> str
             f"sum by ({by}) ({rate(spec, *matchers, suffix='_count', window=window)})")
 
 
-def with_role(expr: str) -> str:
-    """Adds the ``role`` (stable/canary) of each version from the gateway's traffic weights."""
+def with_role(expr: str, role: str = ROLE_SC) -> str:
+    """Adds the ``role`` (stable/canary) of each version from the gateway's traffic weights,
+    keeping only the versions whose role matches ``role`` (a matcher)."""
     tw = M.TRAFFIC_WEIGHT.prom
     return (f"({expr}) * on (namespace, model, version) group_left (role) "
             f"(0 * max by (namespace, model, version, role) "
-            f"({tw}{sel(NS, MODEL, ROLE_SC)}) + 1)")
+            f"({tw}{sel(NS, MODEL, role)}) + 1)")
+
+
+def role_is(role: str) -> str:
+    return f'role="{role}"'
+
+
+def replica_resource(metric: str, scale: str = "1") -> str:
+    """A Ray component metric summed over the replicas of each version, with ``model`` and
+    ``version`` labels taken from the component (see RAY_COMPONENT_CPU)."""
+    inner = f"{metric}{sel(NS, VERSION_COMPONENT)}"
+    for i, label in ((1, "model"), (2, "version")):
+        inner = (f'label_replace({inner}, "{label}", "${i}", "Component", '
+                 f'"{COMPONENT_MODEL_VERSION}")')
+    return f"sum by (namespace, model, version) ({inner})" + (f" * {scale}" if scale != "1" else "")
+
+
+def predicted(q: str, by: str, *matchers: str) -> str:
+    """The optimizer's measured compute per batch (quantile ``q``) of each version."""
+    quantile_m = f'quantile="{q}"'
+    return f"max by ({by}) ({M.PREDICTED_COMPUTE.prom}{sel(*matchers, quantile_m)})"
 
 
 def error_ratio(by: str, *matchers: str, window: str = RATE) -> str:
@@ -130,6 +171,22 @@ class PanelSpec:
     height: int = 8
     min: float | None = None
     max: float | None = None
+    #: only has data while a canary is served (empty after promotion or rollback)
+    needs_canary: bool = False
+
+
+@dataclass
+class AnnotationSpec:
+    """A Prometheus annotation query: every time ``expr`` has a value > 0 is marked (points
+    less than ``step`` apart make one region); titles and texts use the series' labels."""
+
+    name: str
+    expr: str
+    title: str
+    text: str
+    color: str
+    tag_keys: str = ""
+    step: str = ANNOTATION_STEP
 
 
 @dataclass
@@ -147,6 +204,7 @@ class DashboardSpec:
     #: the metric the namespace/model/version variables take their values from (for the GPU
     #: dashboard too: GPU gauges carry model and version only in the deployment name)
     variable_metric: str = M.REQUESTS.prom
+    annotations: list[AnnotationSpec] = field(default_factory=list)
 
     def panels(self) -> list[PanelSpec]:
         return [p for r in self.rows for p in r.panels]
@@ -236,18 +294,68 @@ def overview() -> DashboardSpec:
         ])
 
 
+def _side_by_side(title: str, description: str, queries, **kw) -> list[PanelSpec]:
+    """The same panel for the stable version (left) and the canary (right), as Flagger's
+    primary/canary dashboard shows them. ``queries(role)`` gives the panel's queries for a role
+    matcher (each expression already joined with ``with_role``)."""
+    return [PanelSpec(f"{title} · {role}", description, queries(role_is(role)),
+                      needs_canary=role == "canary", **kw) for role in ("stable", "canary")]
+
+
 def canary() -> DashboardSpec:
     RM = (NS, MODEL)
+    RV = (*RM, VERSION)
+    legend = "{{model}} v{{version}}"
+
+    def by_role(*pairs: tuple[str, str]):
+        """queries(role) for (expression, legend suffix) pairs."""
+        return lambda role: [Query(with_role(expr, role), f"{legend} {suffix}".rstrip())
+                             for expr, suffix in pairs]
+
+    def quantiles(spec: M.MetricSpec, qs: tuple[float, ...]):
+        return by_role(*((quantile(q, spec, MV, *RV), f"p{int(q * 100)}") for q in qs))
+
+    predicted_p99 = predicted("0.99", f"{MV}, batch_size", *RV)
+    # rows per second of compute at each measured batch size: batch_size / predicted p50. PromQL
+    # cannot turn a label into a number, so the batch sizes are spelled out: those the
+    # batch-size histogram has buckets for (the optimizer's default sizes are among them)
+    predicted_rows = " or ".join(
+        f"{b} / " + predicted("0.5", f"{MV}, batch_size", *RV, f'batch_size="{b}"')
+        for b in M.BATCH_BUCKETS)
+    observed_rows = (f"sum by ({MV}) ({rate(M.BATCH_SIZE, *RV, suffix='_sum')}) / "
+                     f"sum by ({MV}) ({rate(M.COMPUTE, *RV, suffix='_sum')})")
+    step = f"max by (namespace, model) ({M.ROLLOUT_STEP.prom}{sel(*RM)})"
+    step_before = (f"max by (namespace, model) "
+                   f"({M.ROLLOUT_STEP.prom}{sel(*RM)} offset {ANNOTATION_STEP})")
+    transitions = f"{M.ROLLOUT_TRANSITIONS.prom}{sel(*RM)}"
+    transitions_before = f"{transitions} offset {ANNOTATION_STEP}"
     return DashboardSpec(
         uid="optiserve-canary", title="optiserve / Canary rollouts",
-        description="Traffic split, rollout controller state, and stable vs canary latency, "
-                    "errors and agreement.",
+        description="Traffic split and rollout controller state; stable and canary side by "
+                    "side (requests, success, latency, batching, compute, CPU, memory); the "
+                    "canary's compute against the optimizer's prediction; shadow agreement. "
+                    "Rollout steps and phase changes are marked as annotations.",
+        annotations=[
+            AnnotationSpec(
+                "Rollout steps",
+                f'count_values by (namespace, model) ("step", {step} + 1) '
+                f"and on (namespace, model) ({step} != {step_before})",
+                "{{model}}: step {{step}}", "The rollout controller moved to step {{step}} "
+                "(1-based) and set its weights.", "blue", tag_keys="model"),
+            AnnotationSpec(
+                "Rollout phase changes",
+                f"sum by (namespace, model, from_phase, to_phase) "
+                f"(({transitions} unless {transitions_before}) "
+                f"or ({transitions} - {transitions_before} > 0))",
+                "{{model}}: {{from_phase}} -> {{to_phase}}", "Rollout phase transition.",
+                "orange", tag_keys="model,to_phase"),
+        ],
         rows=[
             RowSpec("Traffic split", [
                 PanelSpec("Traffic weight by version", "Percent of a model's traffic the gateway "
                           "routes to each version.", [
                               Query(f"max by ({MV}, role) ({M.TRAFFIC_WEIGHT.prom}"
-                                    f"{sel(*RM, VERSION, ROLE_SC)})",
+                                    f"{sel(*RV, ROLE_SC)})",
                                     "{{model}} v{{version}} ({{role}})")],
                           unit="percent", min=0, max=100),
                 PanelSpec("Canary weight set by the rollout controller", "", [
@@ -259,18 +367,30 @@ def canary() -> DashboardSpec:
             RowSpec("Rollout controller", [
                 PanelSpec("Phase", "The rollout's current phase.", [
                     Query(f"max by (namespace, model, phase) ({M.ROLLOUT_PHASE.prom}{sel(*RM)}) "
-                          "== 1", "{{model}}: {{phase}}")], kind="stat", width=8, height=5),
+                          "== 1", "{{model}}: {{phase}}")], kind="stat", width=6, height=5),
                 PanelSpec("Step", "Index of the current step (0-based).", [
                     Query(f"max by (namespace, model) ({M.ROLLOUT_STEP.prom}{sel(*RM)})",
-                          "{{model}}")], kind="stat", width=8, height=5),
+                          "{{model}}")], kind="stat", width=6, height=5),
                 PanelSpec("Failed analyses", "Failed analyses counted against the failure "
                           "budget.", [
                               Query(f"max by (namespace, model) "
                                     f"({M.ROLLOUT_FAILURES.prom}{sel(*RM)})", "{{model}}")],
-                          kind="stat", width=8, height=5),
-                PanelSpec("Analysis check values", "Last measured value of each check.", [
-                    Query(f"max by (namespace, model, check) "
-                          f"({M.ROLLOUT_CHECK_VALUE.prom}{sel(*RM)})", "{{model}} {{check}}")]),
+                          kind="stat", width=6, height=5),
+                PanelSpec("Controller errors", "Errors the controller retried in the "
+                          "dashboard's time range, by kind (target: the serving target could "
+                          "not be read or changed; store: the state could not be read; "
+                          "unexpected: anything else). 0 (kind none) for a model without any.", [
+                              Query(f"sum by (namespace, model, kind) (increase("
+                                    f"{M.ROLLOUT_ERRORS.prom}{sel(*RM)}[$__range])) "
+                                    f"or on (namespace, model) label_replace(0 * {step}, "
+                                    f'"kind", "none", "", "")', "{{model}} {{kind}}")],
+                          kind="stat", width=6, height=5),
+                PanelSpec("Analysis check values", "Last measured value of each check "
+                          "(compute_vs_predicted: the canary's observed compute / the "
+                          "optimizer's prediction).", [
+                              Query(f"max by (namespace, model, check) "
+                                    f"({M.ROLLOUT_CHECK_VALUE.prom}{sel(*RM)})",
+                                    "{{model}} {{check}}")]),
                 PanelSpec("Analysis check results", "1 passed, 0 failed, -1 not enough data.", [
                     Query(f"max by (namespace, model, check) "
                           f"({M.ROLLOUT_CHECK_PASSED.prom}{sel(*RM)})", "{{model}} {{check}}")],
@@ -281,16 +401,55 @@ def canary() -> DashboardSpec:
                           "{{model}} {{from_phase}} -> {{to_phase}}")],
                     kind="stat", width=24, height=5),
             ]),
-            RowSpec("Stable vs canary", [
-                PanelSpec("p99 latency by role", "", [
-                    Query(with_role(quantile(0.99, M.REQUEST_DURATION, MV, *RM, VERSION)),
-                          "{{model}} v{{version}} ({{role}})")], unit="s"),
-                PanelSpec("Server error ratio by role", "", [
-                    Query(with_role(error_ratio(MV, *RM, VERSION)),
-                          "{{model}} v{{version}} ({{role}})")], unit="percentunit", min=0),
-                PanelSpec("Requests/s by role", "", [
-                    Query(with_role(f"sum by ({MV}) ({rate(M.REQUESTS, *RM, VERSION)})"),
-                          "{{model}} v{{version}} ({{role}})")], unit="reqps"),
+            RowSpec("Stable | canary: traffic and latency", [
+                *_side_by_side("Requests/s", "All inference requests to the version.", by_role(
+                    (f"sum by ({MV}) ({rate(M.REQUESTS, *RV)})", "")), unit="reqps", min=0),
+                *_side_by_side("Success rate", "Requests not answered with a server-side error "
+                               "(server_error, overloaded, timeout) / all requests.", by_role(
+                                   (f"1 - ({error_ratio(MV, *RV)})", "")),
+                               unit="percentunit", max=1),
+                *_side_by_side("Request latency p50 / p95 / p99", "End-to-end in the gateway, "
+                               "over the outcomes the server is timed for (success, "
+                               "server_error, timeout).",
+                               quantiles(M.REQUEST_DURATION, (0.5, 0.95, 0.99)), unit="s", min=0),
+            ]),
+            RowSpec("Stable | canary: batching and compute", [
+                *_side_by_side("Batch size", "Rows per dispatched batch.", by_role(
+                    (mean(M.BATCH_SIZE, MV, *RV), "mean"),
+                    (quantile(0.95, M.BATCH_SIZE, MV, *RV), "p95")), min=0),
+                *_side_by_side("Queue wait p50 / p95", "Time requests waited in the batcher.",
+                               quantiles(M.QUEUE_WAIT, (0.5, 0.95)), unit="s", min=0),
+                *_side_by_side("Compute time per batch p50 / p99", "Model time per batch in "
+                               "the version's replicas.", quantiles(M.COMPUTE, (0.5, 0.99)),
+                               unit="s", min=0),
+            ]),
+            RowSpec("Stable | canary: replica resources", [
+                *_side_by_side("Replica CPU (cores)", "CPU of the version's Ray Serve replicas "
+                               "(Ray's per-process ray_component_cpu_percentage / 100).", by_role(
+                                   (replica_resource(RAY_COMPONENT_CPU) + " / 100", "")), min=0),
+                *_side_by_side("Replica memory (RSS)", "Resident memory of the version's Ray "
+                               "Serve replicas (Ray's ray_component_rss_mb).", by_role(
+                                   (replica_resource(RAY_COMPONENT_RSS, "1000000"), "")),
+                               unit="decbytes", min=0),
+            ]),
+            RowSpec("Stable | canary: observed vs predicted", [
+                *_side_by_side("Compute p99: observed vs predicted", "Observed p99 compute per "
+                               "batch (all batch sizes) next to the p99 the optimizer measured "
+                               "for this version at each batch size it benchmarked (its "
+                               "manifest); a canary far off its prediction runs on other "
+                               "hardware or threads than it was optimized for.", by_role(
+                                   (quantile(0.99, M.COMPUTE, MV, *RV), "observed p99"),
+                                   (predicted_p99, "predicted p99 at batch {{batch_size}}")),
+                               unit="s", min=0),
+                *_side_by_side("Capacity: rows per compute-second", "Observed rows per second "
+                               "of model compute (rows / compute time) next to the optimizer's "
+                               "prediction at each batch size it benchmarked (batch size / "
+                               "its p50; shown for batch sizes 1, 2, 4 ... 256).", by_role(
+                                   (observed_rows, "observed"),
+                                   (predicted_rows, "predicted at batch {{batch_size}}")),
+                               min=0),
+            ]),
+            RowSpec("Shadow: canary vs stable on mirrored requests", [
                 PanelSpec("Shadow agreement", "Per-row agreement of canary with stable on "
                           "mirrored requests (cosine for embeddings, top-1 match for "
                           "classifiers).", [
@@ -298,13 +457,14 @@ def canary() -> DashboardSpec:
                                              "canary", *RM),
                                     f"{{{{model}}}} v{{{{canary}}}} vs v{{{{stable}}}} "
                                     f"p{int(q * 100):02d}")
-                              for q in (0.5, 0.05)], unit="percentunit", max=1),
+                              for q in (0.5, 0.05)], unit="percentunit", max=1,
+                          needs_canary=True),
                 PanelSpec("Shadow requests/s by outcome", "Mirrored requests: compared, dropped "
                           "(queue full), failed.", [
                               Query(f"sum by (namespace, model, stable, canary, outcome) "
                                     f"({rate(M.SHADOW_REQUESTS, *RM)})",
                                     "{{model}} v{{canary}} {{outcome}}")],
-                          unit="reqps", width=24),
+                          unit="reqps", needs_canary=True),
             ]),
         ])
 
@@ -365,6 +525,9 @@ def build_dashboard(d: DashboardSpec) -> dict:
     b = (db.Dashboard(d.title).uid(d.uid).description(d.description)
          .tags(["optiserve"]).refresh("30s").time("now-1h", "now")
          .tooltip(DashboardCursorSync.CROSSHAIR).timezone("browser"))
+    for a in d.annotations:
+        b.annotation(db.AnnotationQuery().name(a.name).datasource(ds).enable(True)
+                     .icon_color(a.color).expr(a.expr))
     b.with_variable(db.DatasourceVariable("datasource").label("Data source").type("prometheus"))
     all_option = VariableOption(selected=True, text="All", value="$__all")
     for name, query in variable_queries(d).items():
@@ -395,7 +558,13 @@ def build_dashboard(d: DashboardSpec) -> dict:
                                           .legend_format(q.legend).ref_id(chr(ord("A") + i))
                                           .datasource(ds))
             b.with_panel(panel)
-    return json.loads(json.dumps(b.build(), cls=JSONEncoder))
+    doc = json.loads(json.dumps(b.build(), cls=JSONEncoder))
+    # what the SDK's AnnotationQuery has no setters for: the Prometheus annotation options
+    # (Grafana's PrometheusAnnotationSupport reads these; it moves expr and step into a target)
+    for entry, a in zip(doc.get("annotations", {}).get("list", []), d.annotations, strict=True):
+        entry.update({"step": a.step, "titleFormat": a.title, "textFormat": a.text,
+                      "tagKeys": a.tag_keys, "useValueForTime": False})
+    return doc
 
 
 def dashboard_queries(doc: dict) -> list[tuple[str, str]]:
@@ -405,6 +574,17 @@ def dashboard_queries(doc: dict) -> list[tuple[str, str]]:
         for target in panel.get("targets", []):
             out.append((panel["title"], target["expr"]))
     return out
+
+
+def annotation_queries(doc: dict) -> list[tuple[str, str, str]]:
+    """(name, expr, step) of every Prometheus annotation query in a dashboard JSON model."""
+    return [(a["name"], a["expr"], a["step"])
+            for a in doc.get("annotations", {}).get("list", []) if "expr" in a]
+
+
+def canary_only_panels(d: DashboardSpec) -> set[str]:
+    """Titles of the panels that only have data while a canary is served."""
+    return {p.title for p in d.panels() if p.needs_canary}
 
 
 # ---- alert rules ------------------------------------------------------------------------------
@@ -481,6 +661,28 @@ def alerts() -> list[Alert]:
               "requests to be judged within its wait budget; the rollout holds its weights "
               "until someone runs `optiserve rollout resume`, promote or abort.",
               "optiserve.rollout"),
+        Alert("OptiserveRolloutControllerErrors",
+              f"sum by (namespace, model, kind) (increase({M.ROLLOUT_ERRORS.prom}[10m])) > 0",
+              "5m", "warning",
+              "{{ $labels.model }}: rollout controller keeps retrying {{ $labels.kind }} errors",
+              "The rollout controller in {{ $labels.namespace }} has hit {{ $labels.kind }} "
+              "errors on the rollout of {{ $labels.model }} within the last 10 minutes, for 5 "
+              "minutes (target: the serving target could not be read or changed; store: the "
+              "rollout state could not be read; unexpected: anything else). It retries, but the "
+              "rollout does not advance while they last: see the controller's log.",
+              "optiserve.rollout"),
+        Alert("OptiserveCanaryOffPrediction",
+              f"max by (namespace, model) ({M.ROLLOUT_CHECK_PASSED.prom}"
+              f"{sel(CHECK_COMPUTE_VS_PREDICTED)}) == 0 "
+              f"and on (namespace, model) "
+              f"max by (namespace, model) ({M.ROLLOUT_PHASE.prom}{sel(PHASE_PROGRESSING)}) == 1",
+              "2m", "warning",
+              "{{ $labels.model }}: canary's compute is off the optimizer's prediction",
+              "The canary of {{ $labels.model }} in {{ $labels.namespace }} computes more than "
+              "the configured factor away from what the optimizer measured for it (check "
+              "compute_vs_predicted; its value is observed / predicted): it likely runs on other "
+              "hardware, threads or execution providers than it was optimized for. Advisory: "
+              "the rollout goes on.", "optiserve.rollout"),
         Alert("OptiserveGPUSaturated",
               f"max by ({gpu_by}) (avg_over_time({M.GPU_UTILIZATION.prom}[10m])) "
               f"> {GPU_UTILIZATION.token}",
@@ -575,6 +777,18 @@ def _rollout_series(phase: str, failures: int) -> list[dict]:
     return out
 
 
+def _controller_error_series(values: str) -> list[dict]:
+    lb = {"namespace": "prod", "model": "minilm", "kind": "target"}
+    return [_s(M.ROLLOUT_ERRORS.prom, lb, values)]
+
+
+def _prediction_series(passed: int, phase: str = "progressing") -> list[dict]:
+    checks = {"compute_vs_predicted": passed, "error_rate": 1}
+    return [*_rollout_series(phase, 0), *(
+        _s(M.ROLLOUT_CHECK_PASSED.prom, {"namespace": "prod", "model": "minilm", "check": c},
+           f"{v}x20") for c, v in checks.items())]
+
+
 def _replica_series(healthy: int, status: int = 6) -> list[dict]:
     dep = {"namespace": "prod", "application": "minilm-v2", "deployment": "minilm-v2"}
     return [_s(RAY_REPLICA_HEALTHY, {**dep, "replica": r}, f"{h}x20")
@@ -604,10 +818,24 @@ def rule_tests(rules_file: str) -> dict:
         ("OptiserveRolloutInconclusive", _rollout_series("inconclusive", 0),
          _rollout_series("progressing", 0), "5m",
          {"namespace": "prod", "model": "minilm", "severity": "warning"}),
+        ("OptiserveRolloutControllerErrors", _controller_error_series("0+1x30"),
+         _controller_error_series("0x30"), "15m",
+         {"namespace": "prod", "model": "minilm", "kind": "target", "severity": "warning"}),
+        ("OptiserveCanaryOffPrediction", _prediction_series(0), _prediction_series(1), "10m",
+         {"namespace": "prod", "model": "minilm", "severity": "warning"}),
         ("OptiserveGPUSaturated", _gpu_series(0.99, 1e10), _gpu_series(0.6, 1e10), "30m",
          {**gpu, "severity": "warning"}),
         ("OptiserveGPUMemoryHigh", _gpu_series(0.5, 2.35e10), _gpu_series(0.5, 1.2e10), "30m",
          {**gpu, "severity": "warning"}),
+    ]
+    # more cases where an alert must stay quiet: (alert, what, input series, eval time)
+    more_quiet = [
+        ("OptiserveRolloutControllerErrors", "errors stopped over 10 minutes ago",
+         _controller_error_series("0+1x5 5x30"), "25m"),
+        ("OptiserveCanaryOffPrediction", "rollout no longer progressing",
+         _prediction_series(0, "promoted"), "10m"),
+        ("OptiserveCanaryOffPrediction", "not enough data to judge (-1)",
+         _prediction_series(-1), "10m"),
     ]
     by_name = {a.name: a for a in alerts()}
     tests = []
@@ -621,6 +849,11 @@ def rule_tests(rules_file: str) -> dict:
                               "description": _render(with_defaults(a.description), labels)},
                       }]}]})
         tests.append({"name": f"{name} stays quiet", "interval": "1m", "input_series": quiet,
+                      "alert_rule_test": [{"eval_time": at, "alertname": name,
+                                           "exp_alerts": []}]})
+    for name, what, series_, at in more_quiet:
+        tests.append({"name": f"{name} stays quiet: {what}", "interval": "1m",
+                      "input_series": series_,
                       "alert_rule_test": [{"eval_time": at, "alertname": name,
                                            "exp_alerts": []}]})
     missing = set(by_name) - {c[0] for c in cases}

@@ -18,9 +18,11 @@ import optiserve_monitoring as mon
 ALERTS_DIR = ROOT / "grafana/alerts"
 DASHBOARDS = {name: json.loads((ROOT / "grafana/dashboards" / f"{name}.json").read_text())
               for name in mon.DASHBOARDS}
-RAY_SERVE_METRICS = {mon.RAY_REPLICA_HEALTHY, mon.RAY_DEPLOYMENT_STATUS, mon.RAY_TARGET_REPLICAS}
+RAY_SERVE_METRICS = {mon.RAY_REPLICA_HEALTHY, mon.RAY_DEPLOYMENT_STATUS, mon.RAY_TARGET_REPLICAS,
+                     mon.RAY_COMPONENT_CPU, mon.RAY_COMPONENT_RSS}
 PROMQL_FUNCS = {"sum", "rate", "histogram_quantile", "max", "min", "count", "avg_over_time",
-                "increase", "by", "on", "group_left", "and", "or", "le", "vector"}
+                "increase", "by", "on", "group_left", "and", "or", "le", "vector",
+                "label_replace", "count_values", "unless", "offset"}
 
 
 def test_generated_files_are_up_to_date():
@@ -49,10 +51,16 @@ def _known(name: str) -> bool:
     return name in RAY_SERVE_METRICS
 
 
+def _all_queries(doc: dict) -> list[tuple[str, str]]:
+    """(title, expr) of the panels' queries and the annotation queries."""
+    return mon.dashboard_queries(doc) + [(f"annotation {n}", e)
+                                         for n, e, _ in mon.annotation_queries(doc)]
+
+
 def test_dashboards_use_only_metrics_defined_in_serving_metrics():
     used = set()
     for name, doc in DASHBOARDS.items():
-        for title, expr in mon.dashboard_queries(doc):
+        for title, expr in _all_queries(doc):
             names = _metric_names(expr)
             assert names, (name, title, expr)
             unknown = {n for n in names if not _known(n)}
@@ -61,6 +69,29 @@ def test_dashboards_use_only_metrics_defined_in_serving_metrics():
     # every metric optiserve exports shows up on some dashboard
     for spec in M.ALL:
         assert any(u.startswith(spec.prom) for u in used), spec.prom
+
+
+def _grafana_substituted(expr: str) -> str:
+    """What Grafana sends with every variable on "All"."""
+    for var in ("namespace", "model", "version"):
+        expr = expr.replace(f"${var}", mon.ALL)
+    return expr.replace("$__rate_interval", "1m").replace("$__range", "1h")
+
+
+def test_every_dashboard_query_is_valid_promql(promtool, tmp_path):
+    """promtool parses each query (panels and annotations) as a recording rule's expression."""
+    rules = [{"record": f"q{i}", "expr": _grafana_substituted(expr)}
+             for i, (_, expr) in enumerate(q for doc in DASHBOARDS.values()
+                                           for q in _all_queries(doc))]
+    (tmp_path / "queries.yaml").write_text(yaml.safe_dump({"groups": [
+        {"name": "dashboards", "rules": rules}]}))
+    r = run([promtool, "check", "rules", str(tmp_path / "queries.yaml")])
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert f"SUCCESS: {len(rules)} rules found" in r.stdout
+    # and the check can fail
+    (tmp_path / "broken.yaml").write_text(yaml.safe_dump({"groups": [{"name": "x", "rules": [
+        {"record": "q", "expr": "max by (model (x)"}]}]}))
+    assert run([promtool, "check", "rules", str(tmp_path / "broken.yaml")]).returncode != 0
 
 
 def test_metric_name_check_can_fail():
@@ -95,6 +126,73 @@ def test_dashboards_have_the_required_panels_and_variables():
     assert any("Errors" in t for t in titles["overview"])
 
 
+CANARY_COLUMNS = {  # side-by-side panel -> what its queries must read
+    "Requests/s": [M.REQUESTS.prom],
+    "Success rate": [M.REQUESTS.prom, mon.SERVER_ERROR_M],
+    "Request latency p50 / p95 / p99": [
+        f"histogram_quantile({q}, sum by (namespace, model, version, le) "
+        f"(rate({M.REQUEST_DURATION.prom}_bucket" for q in (0.5, 0.95, 0.99)] + [
+        M.LATENCY_MATCHER],
+    "Batch size": [M.BATCH_SIZE.prom + "_bucket", M.BATCH_SIZE.prom + "_sum"],
+    "Queue wait p50 / p95": [M.QUEUE_WAIT.prom + "_bucket"],
+    "Compute time per batch p50 / p99": [M.COMPUTE.prom + "_bucket"],
+    "Replica CPU (cores)": [mon.RAY_COMPONENT_CPU, "ray::ServeReplica:"],
+    "Replica memory (RSS)": [mon.RAY_COMPONENT_RSS, "ray::ServeReplica:"],
+    "Compute p99: observed vs predicted": [
+        (f"histogram_quantile(0.99, sum by (namespace, model, version, le) "
+         f"(rate({M.COMPUTE.prom}_bucket"), M.PREDICTED_COMPUTE.prom, 'quantile="0.99"'],
+    "Capacity: rows per compute-second": [
+        M.BATCH_SIZE.prom + "_sum", M.COMPUTE.prom + "_sum", M.PREDICTED_COMPUTE.prom,
+        'quantile="0.5"', '8 / max by (namespace, model, version, batch_size)'],
+}
+
+
+def test_canary_dashboard_shows_stable_and_canary_side_by_side():
+    doc = DASHBOARDS["canary"]
+    panels = {p["title"]: p for p in doc["panels"] if p["type"] != "row"}
+    for metric, needles in CANARY_COLUMNS.items():
+        stable, canary = panels[f"{metric} · stable"], panels[f"{metric} · canary"]
+        # two columns: same row, stable on the left, canary on the right, same size
+        assert stable["gridPos"]["y"] == canary["gridPos"]["y"], metric
+        assert stable["gridPos"]["x"] == 0 and canary["gridPos"]["x"] == 12, metric
+        assert stable["gridPos"]["w"] == canary["gridPos"]["w"] == 12, metric
+        assert stable["fieldConfig"]["defaults"].get("unit") == \
+            canary["fieldConfig"]["defaults"].get("unit"), metric
+        for panel, role in ((stable, "stable"), (canary, "canary")):
+            assert panel["targets"], metric
+            for t in panel["targets"]:
+                # each series carries its role, from the gateway's traffic weights, and only
+                # that role's versions are shown in the column
+                assert "group_left (role)" in t["expr"], (metric, t["expr"])
+                assert f'{M.TRAFFIC_WEIGHT.prom}{{namespace=~"$namespace", model=~"$model", ' \
+                       f'role="{role}"}}' in t["expr"], (metric, t["expr"])
+            text = " ".join(t["expr"] for t in panel["targets"])
+            for needle in needles:
+                assert needle in text, (metric, role, needle)
+    # the canary-only panels are the canary column and the shadow comparison
+    spec = mon.canary()
+    only = mon.canary_only_panels(spec)
+    assert {f"{m} · canary" for m in CANARY_COLUMNS} <= only
+    assert not {f"{m} · stable" for m in CANARY_COLUMNS} & only
+    assert {"Shadow agreement", "Traffic weight by version", "Controller errors"} & only == {
+        "Shadow agreement"}
+
+
+def test_canary_dashboard_has_controller_errors_and_rollout_annotations():
+    doc = DASHBOARDS["canary"]
+    errors = [e for t, e in mon.dashboard_queries(doc) if t == "Controller errors"]
+    assert errors and M.ROLLOUT_ERRORS.prom in errors[0]
+    annotations = {n: (e, step) for n, e, step in mon.annotation_queries(doc)}
+    assert M.ROLLOUT_STEP.prom in annotations["Rollout steps"][0]
+    assert M.ROLLOUT_TRANSITIONS.prom in annotations["Rollout phase changes"][0]
+    for entry in doc["annotations"]["list"]:
+        # what Grafana's Prometheus annotation support reads
+        assert entry["datasource"]["uid"] == "${datasource}" and entry["enable"]
+        assert entry["titleFormat"] and entry["step"] == mon.ANNOTATION_STEP
+        # a change is found by comparing with the value one step before: each marked once
+        assert f"offset {entry['step']}" in entry["expr"]
+
+
 # ---- alert rules ------------------------------------------------------------------------------
 
 
@@ -111,8 +209,9 @@ def test_promtool_test_rules(promtool):
     tests = yaml.safe_load((ALERTS_DIR / "optiserve.rules.test.yaml").read_text())["tests"]
     for a in mon.alerts():
         cases = [t for t in tests if t["alert_rule_test"][0]["alertname"] == a.name]
-        assert sorted(bool(t["alert_rule_test"][0]["exp_alerts"]) for t in cases) == \
+        assert sorted({bool(t["alert_rule_test"][0]["exp_alerts"]) for t in cases}) == \
             [False, True], a.name
+        assert sum(bool(t["alert_rule_test"][0]["exp_alerts"]) for t in cases) == 1, a.name
 
 
 def test_promtool_tests_can_fail(promtool, tmp_path):
@@ -135,7 +234,18 @@ def test_alert_rules_cover_the_issue():
     names = {a.name for a in mon.alerts()}
     assert {"OptiserveP99LatencyHigh", "OptiserveErrorRateHigh", "OptiserveCanaryFailing",
             "OptiserveCanaryRolledBack", "OptiserveGPUSaturated",
-            "OptiserveReplicasUnhealthy"} <= names
+            "OptiserveReplicasUnhealthy", "OptiserveRolloutControllerErrors",
+            "OptiserveCanaryOffPrediction"} <= names
+
+
+def test_rollout_alerts_read_the_controller_metrics():
+    by_name = {a.name: a for a in mon.alerts()}
+    errors = by_name["OptiserveRolloutControllerErrors"]
+    assert f"increase({M.ROLLOUT_ERRORS.prom}[10m])" in errors.expr
+    assert "by (namespace, model, kind)" in errors.expr and errors.for_ != "0m"
+    off = by_name["OptiserveCanaryOffPrediction"]
+    assert f'{M.ROLLOUT_CHECK_PASSED.prom}{{check="compute_vs_predicted"}}) == 0' in off.expr
+    assert f'{M.ROLLOUT_PHASE.prom}{{phase="progressing"}}) == 1' in off.expr
 
 
 def test_chart_prometheus_rule_equals_the_plain_rules_file(rendered, promtool, tmp_path):
