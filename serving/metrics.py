@@ -122,7 +122,9 @@ ROLLOUT_FAILURES = MetricSpec(
 ROLLOUT_ERRORS = MetricSpec(
     "optiserve_rollout_errors", "counter", "Errors the controller retried, by kind (target: "
     "the serving target could not be read or changed; unexpected: anything else, retried with "
-    "backoff; store: the state could not be read).", (*ROLLOUT, "kind"), ray=False)
+    "backoff; store: the state could not be read; drift: the target's split had been changed "
+    "behind its back and was re-applied; unconfirmed: the gateway did not report a new split "
+    "in time).", (*ROLLOUT, "kind"), ray=False)
 ROLLOUT_TRANSITIONS = MetricSpec(
     "optiserve_rollout_transitions", "counter", "Phase transitions.",
     (*ROLLOUT, "from_phase", "to_phase"), ray=False)

@@ -43,6 +43,9 @@ HEARTBEAT_S = 5.0
 #: requests already in it finish.
 DRAIN_S = 5.0
 #: Requests by phase: what each is allowed from.
+#: Kinds of errors the controller counts (every model's series start at 0, so the first one
+#: shows in increase()).
+ERROR_KINDS = ("target", "unexpected", "store", "drift", "unconfirmed")
 REQUESTABLE = {
     "promote": {"progressing", "inconclusive", "paused"},
     "abort": {"pending", "progressing", "inconclusive", "paused"},
@@ -90,6 +93,8 @@ class ControllerMetrics:
 
     def observe(self, st: RolloutState) -> None:
         m = st.model
+        for kind in ERROR_KINDS:
+            self.errors.labels(model=m, kind=kind)
         for p in PHASES:
             self.phase.labels(model=m, phase=p).set(1 if st.phase == p else 0)
         pair = (str(st.spec.stable), str(st.spec.canary))

@@ -406,3 +406,64 @@ def test_rollout_annotations_mark_steps_and_the_promotion(promoted):
             marks["Rollout steps"]
     assert any(m.get("to_phase") == "promoted" for m, _ in marks["Rollout phase changes"]), \
         marks["Rollout phase changes"]
+
+
+def _alert_health(prom: str) -> list[tuple]:
+    groups = json.loads(_get(prom + "/api/v1/rules")[1])["data"]["groups"]
+    return [(r["name"], r.get("health"), r.get("lastError")) for g in groups for r in g["rules"]
+            if r.get("health") != "ok"]
+
+
+@pytest.fixture(scope="module")
+def rolled_back(promoted):
+    """After the promotion, a second rollout: the retired old stable comes back as a canary
+    (deployed by the rollout), fails its p99 bound at its first step and is rolled back (and
+    removed); then the checks run again on what the dashboards show right after a rollback."""
+    live = promoted
+    prom, old = live["prometheus"], str(live["stable"])
+    load = subprocess.Popen(
+        [*live["optiserve"], "bench", live["url"], "--model", "minilm", "--rate", "20",
+         "--duration", "90", "--warmup", "0", "--json"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=live["env"], cwd=ROOT)
+    try:
+        r = subprocess.run(
+            [*live["optiserve"], "rollout", "start", "minilm", "--canary", old, "--detach",
+             "--steps", "50,100", "--interval", "3s", "--min-requests", "5",
+             "--max-p99-ms", "0.001", "--failure-budget", "0", "--retire-after", "0s",
+             *live["target"]],
+            capture_output=True, text=True, env=live["env"], cwd=ROOT, timeout=60, check=False)
+        assert r.returncode == 0, r.stdout + r.stderr
+        want = {(str(live["canary"]), "stable"): 100.0}
+
+        def done() -> bool:
+            weights = {k: w for k, w in _weights(prom).items()}
+            return _phase(prom) == "rolled_back" and weights == want
+
+        _wait("rollback in Prometheus", done, 150, log=live["work"] / "controller.log")
+    finally:
+        load.terminate()
+        load.wait(timeout=30)
+    bench = subprocess.run(
+        [*live["optiserve"], "bench", live["url"], "--model", "minilm", "--concurrency", "4",
+         "--duration", "8", "--json"],
+        capture_output=True, text=True, env=live["env"], cwd=ROOT, timeout=90, check=False)
+    assert bench.returncode == 0, bench.stdout + bench.stderr
+    return live
+
+
+def test_after_a_rollback_no_canary_series_remain_and_panels_and_alerts_hold(rolled_back):
+    prom = rolled_back["prometheus"]
+    tw = M.TRAFFIC_WEIGHT.prom
+    assert _series(prom, f"count by (model, version) ({tw}) > 1") == []
+    # the rolled-back canary was removed: none of its gateway series is left
+    assert _weights(prom) == {(str(rolled_back["canary"]), "stable"): 100.0}
+    skip = mon.canary_only_panels(mon.DASHBOARDS["canary"]())
+    queries = [(t, e) for t, e in mon.dashboard_queries(_dashboard("canary")) if t not in skip]
+    _wait_for_panels(prom, queries)
+    for title, expr in mon.dashboard_queries(_dashboard("canary")):
+        if title.endswith(" · canary") and "Shadow" not in title:
+            assert _series(prom, _substitute(expr)) == [], title
+    assert not _alert_health(prom)
+    # the rollback alert fires on what the controller exports
+    firing = _series(prom, 'ALERTS{alertname="OptiserveCanaryRolledBack"}')
+    assert firing, _series(prom, "ALERTS")
