@@ -10,14 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from .local import free_port  # one port picker, which avoids Ray's default ports
 
 
 def gateway_replica(serve_pid: int):

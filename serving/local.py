@@ -23,10 +23,19 @@ def port_free(port: int, host: str = "127.0.0.1") -> bool:
     return True
 
 
+#: Ports Ray takes by default whatever else is configured (GCS, client server, dashboard,
+#: dashboard agent HTTP/gRPC, metrics agent): a "free" port equal to one of them collides later.
+RAY_DEFAULT_PORTS = frozenset({6379, 8265, 10001, 52365, 52366, 8076})
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A port free now on the loopback interface, never one Ray takes by default."""
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port not in RAY_DEFAULT_PORTS:
+            return port
 
 
 def haproxy_available() -> bool:
