@@ -47,9 +47,10 @@ def texts() -> list[str]:
     return [t.strip() for t in SENTENCES.read_text().splitlines() if t.strip()]
 
 
-def in_process(repo: Path, threads: int, seconds: float) -> tuple[float, int]:
+def in_process(repo: Path, threads: int, seconds: float, version: int | None = None
+               ) -> tuple[float, int]:
     """Best rows/s over batch sizes: tokenize + group by length + run, as a replica does."""
-    ref = ModelRepository(repo).open("minilm")
+    ref = ModelRepository(repo).open("minilm", version)
     enc = TextEncoder(ref.file("tokenizer.json"), ref.manifest.preprocessing)
     rt = load_runtime(ref.manifest, ref.path, RuntimeOptions(intra_op_threads=threads))
     data = texts()
@@ -104,10 +105,10 @@ def wrk(url: str, concurrency: int, seconds: float, work: Path) -> dict:
 
 
 def served(repo: Path, name: str, work: Path, client: str, seconds: float,
-           concurrencies: list[int]) -> dict:
+           concurrencies: list[int], version: int | None = None) -> dict:
     """Start a server in one configuration, sweep concurrency, keep the best within the bound."""
-    v = ModelRepository(repo).latest("minilm")
-    env, extra, replicas, cpus = {}, [], 1, 1.0
+    v = version or ModelRepository(repo).latest("minilm")
+    env, extra, replicas, cpus, threads = {}, [], 1, 1.0, None
     if name == "default-proxy":
         extra, env = ["--proxy", "default"], {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "0"}
     elif name == "haproxy":
@@ -116,8 +117,13 @@ def served(repo: Path, name: str, work: Path, client: str, seconds: float,
         replicas = 2
     elif name == "1x2-threads":
         cpus = 2.0
+    elif name == "sized":  # what `optiserve serve` chooses with no flags (serving.sizing)
+        from serving.sizing import machine_cpus, plan
+
+        lay = plan(machine_cpus())
+        replicas, cpus, threads = lay.version_replicas, lay.cpus_per_replica, lay.threads
     doc = build_serve_config(str(repo), [("minilm", v)], version_replicas=replicas,
-                             version_cpus=cpus)
+                             version_cpus=cpus, threads=threads)
     if name == "batching-off":
         gateway_user_config(doc)["models"]["minilm"]["versions"][v]["max_batch_size"] = 1
     proc = ServeProcess(doc, work, env=env, extra_args=extra).start()
@@ -169,6 +175,7 @@ def main() -> None:
                                          "2x1-thread,1x2-threads,batching-off")
     ap.add_argument("--concurrency", default="8,16,32,64")
     ap.add_argument("--json", type=Path)
+    ap.add_argument("--version", type=int, help="Version to serve [default: the newest].")
     args = ap.parse_args()
     if args.client == "wrk" and not shutil.which("wrk"):
         sys.exit("--client wrk needs wrk (Debian package 'wrk')")
@@ -186,10 +193,11 @@ def main() -> None:
     res: dict[str, list] = {c: [] for c in configs}
     starts = []
     for r in range(args.rounds):
-        inproc["1-thread"].append(in_process(repo, 1, 3.0))
-        inproc[f"{cpus}-threads"].append(in_process(repo, cpus, 3.0))
+        inproc["1-thread"].append(in_process(repo, 1, 3.0, args.version))
+        inproc[f"{cpus}-threads"].append(in_process(repo, cpus, 3.0, args.version))
         for c in configs:
-            res[c].append(served(repo, c, work, args.client, args.seconds, concurrencies))
+            res[c].append(served(repo, c, work, args.client, args.seconds, concurrencies,
+                                 args.version))
             print(f"round {r + 1}: {c}: {res[c][-1]}", flush=True)
         starts.append(startup(repo, work))
         print(f"round {r + 1}: in-process {[v[-1] for v in inproc.values()]}, "

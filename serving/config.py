@@ -255,7 +255,7 @@ def validate_serve_config(doc: Any, repository_check: bool = True) -> dict:
 def build_serve_config(repository: str, refs: list[tuple[str, int]], *, host: str = "127.0.0.1",
                        port: int = 8000, version_cpus: float = 1.0, gateway_cpus: float = 0.25,
                        gateway_replicas: int = 1, version_replicas: int = 1,
-                       num_gpus: float = 0.0) -> dict:
+                       num_gpus: float = 0.0, threads: int | None = None) -> dict:
     """A serve config deploying these versions (the newest of each model is stable)."""
     by_model: dict[str, list[int]] = {}
     for model, v in refs:
@@ -288,7 +288,7 @@ def build_serve_config(repository: str, refs: list[tuple[str, int]], *, host: st
             "deployments": [{
                 "name": name, "num_replicas": version_replicas, "max_ongoing_requests": 16,
                 "ray_actor_options": actor, "logging_config": {"enable_access_log": False},
-                "user_config": {},
+                "user_config": {"intra_op_threads": threads} if threads else {},
             }],
         })
     return {"proxy_location": "EveryNode", "http_options": {"host": host, "port": port},

@@ -22,7 +22,14 @@ app = typer.Typer(
 )
 app.command("optimize")(optimize_command)
 app.add_typer(repo.app, name="repo")
-app.command("serve")(serve_command)
+app.command("serve", help=(
+    "Serve models over the Open Inference Protocol on an embedded local Ray cluster.\n\n"
+    "With no sizing flags the machine is filled (CPUs from the affinity mask and cgroup quota): "
+    "one gateway replica per 8 CPUs (at least one, and one per GPU), 1 CPU each (0.25 below 4 "
+    "CPUs); the CPUs left go to the model replicas, shared equally by the served versions, in "
+    "as few replicas as keep each at most 4 intra-op threads; GPU variants get one replica per "
+    "GPU. The chosen layout is printed at start; the flags below override any part of it."))(
+    serve_command)
 app.command("bench")(bench_command)
 app.add_typer(rollout.app, name="rollout")
 

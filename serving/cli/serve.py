@@ -25,10 +25,22 @@ def serve_command(
                                        help="Ray dashboard / Serve REST API port."),
     config: Optional[Path] = typer.Option(
         None, "--config", help="Serve config (the RayService serveConfigV2 schema)."),
-    replicas: int = typer.Option(1, "--replicas", help="Replicas per model version."),
-    cpus: float = typer.Option(1.0, "--cpus-per-replica", help="Ray CPUs per model replica."),
-    gpus: float = typer.Option(0.0, "--gpus-per-replica", help="GPUs per model replica "
-                                                                "(fractions share a GPU)."),
+    replicas: Optional[int] = typer.Option(None, "--replicas", min=1,
+                                           help="Replicas per model version [default: sized "
+                                                "from the machine, see above]."),
+    threads: Optional[int] = typer.Option(None, "--threads", min=1,
+                                          help="Intra-op threads per model replica [default: "
+                                               "sized from the machine]."),
+    cpus: Optional[float] = typer.Option(None, "--cpus-per-replica", min=0.01,
+                                         help="Ray CPUs each model replica reserves [default: "
+                                              "its share of the machine]."),
+    gateway_replicas: Optional[int] = typer.Option(None, "--gateway-replicas", min=1,
+                                                   help="Gateway replicas [default: one per 8 "
+                                                        "CPUs, at least one per GPU]."),
+    gpus: Optional[float] = typer.Option(None, "--gpus-per-replica", min=0.0,
+                                         help="GPUs per model replica (fractions share a GPU) "
+                                              "[default: 1 for GPU variants when GPUs are "
+                                              "present, else 0]."),
     proxy: str = typer.Option("haproxy", "--proxy", help="haproxy (fast) or default."),
     print_config: bool = typer.Option(False, "--print-config",
                                       help="Print the serve config and exit."),
@@ -63,8 +75,22 @@ def serve_command(
                 refs.append((name, repo.get(name, version).version))
         except (ValueError, RepositoryError) as e:
             fail(str(e))
+        from ..sizing import machine_cpus, plan
+
+        on_gpu = any(repo.get(m, v).manifest.device != "cpu" for m, v in refs)
+        n_gpus = _gpu_count() if on_gpu else 0
+        layout = plan(machine_cpus(), n_gpus, versions=len(refs), replicas=replicas,
+                      threads=threads, cpus_per_replica=cpus, gateway_replicas=gateway_replicas,
+                      gpus_per_replica=gpus if n_gpus else None)
+        if not print_config:
+            console.print(f"layout: {layout.describe(len(refs))}", highlight=False)
+        num_gpus = layout.gpus_per_replica if n_gpus else (gpus or 0.0)
         doc = build_serve_config(str(repo.root.resolve()), refs, host=host, port=port,
-                                 version_cpus=cpus, version_replicas=replicas, num_gpus=gpus)
+                                 version_cpus=layout.cpus_per_replica,
+                                 version_replicas=layout.version_replicas,
+                                 gateway_replicas=layout.gateway_replicas,
+                                 gateway_cpus=layout.gateway_cpus, num_gpus=num_gpus,
+                                 threads=layout.threads)
     if print_config:
         console.print(yaml.safe_dump(doc, sort_keys=False), highlight=False, markup=False)
         return
@@ -110,6 +136,23 @@ def serve_command(
         console.print("stopping...")
         cluster.stop()
         console.print("stopped")
+
+
+def _gpu_count() -> int:
+    """GPUs this process sees (NVML, within CUDA_VISIBLE_DEVICES); 0 without a driver."""
+    import os
+
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        n = pynvml.nvmlDeviceGetCount()
+    except Exception:
+        return 0
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        return min(n, len([d for d in visible.split(",") if d.strip()]))
+    return n
 
 
 def _optimize_builtin(repo) -> None:
