@@ -92,7 +92,14 @@ def _exit_code(st) -> int:
 
 def _run_until_done(ctl, model: str, poll_s: float = 1.0) -> int:
     """Be the runner of ``model``'s rollout until it is settled (ended, and what it retires
-    removed) or held (inconclusive, paused)."""
+    removed) or held (inconclusive, paused); then say no runner looks after it any more."""
+    try:
+        return _run(ctl, model, poll_s)
+    finally:
+        ctl.release(model)
+
+
+def _run(ctl, model: str, poll_s: float) -> int:
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())

@@ -194,6 +194,20 @@ class Controller:
                 continue
         raise RolloutError(f"the rollout of {model} kept changing; try again")
 
+    def release(self, model: str) -> None:
+        """A runner that stops looking after ``model`` says so, so that the next CLI request
+        does not wait for it."""
+        for _ in range(5):
+            st = self.store.load(model)
+            if st is None or st.heartbeat_at is None:
+                return
+            st.heartbeat_at = None
+            try:
+                self.store.save(st)
+                return
+            except StaleState:
+                continue
+
     def runner_alive(self, st: RolloutState) -> bool:
         return (st.heartbeat_at is not None
                 and now() - st.heartbeat_at < timedelta(seconds=3 * HEARTBEAT_S))

@@ -377,3 +377,15 @@ def test_controller_metrics_drop_series_of_past_rollouts(tmp_path, clock):
     weights = [line for line in text.splitlines()
                if line.startswith("optiserve_rollout_canary_weight{")]
     assert len(weights) == 1 and 'canary="3",model="m",stable="2"' in weights[0], weights
+
+
+def test_a_runner_that_stops_is_no_longer_waited_for(tmp_path, clock):
+    ctl, prom, target = make(tmp_path, rate=5)
+    run_for(ctl, clock, 3)
+    st = ctl.store.load("m")
+    assert ctl.runner_alive(st)
+    ctl.release("m")  # the foreground `rollout start` exits (paused, inconclusive, Ctrl-C)
+    assert not ctl.runner_alive(ctl.store.load("m"))
+    # a request now finds no runner: the CLI carries it out itself
+    st = ctl.request("m", "pause")
+    assert not ctl.runner_alive(st)
