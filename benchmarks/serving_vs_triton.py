@@ -93,11 +93,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-import numpy as np
+import numpy as np  # noqa: E402
 
-from serving.harness import free_port
-from serving.repository import ModelRepository
-from serving.runtimes import available_cpus
+from serving.harness import free_port  # noqa: E402
+from serving.repository import ModelRepository  # noqa: E402
+from serving.runtimes import available_cpus  # noqa: E402
 
 P99_BOUND_MS = 250.0
 OPEN_LOOP_SHARE = 0.7
