@@ -305,58 +305,30 @@ _DETACH = typer.Option(False, "--detach", help="Only record it; a running `rollo
                                                "controller` carries it out.")
 
 
-@app.command("promote")
-def promote_command(model: str = typer.Argument(...), prometheus: str = PromOpt,
-                    wait: float = _WAIT, detach: bool = _DETACH,
-                    target: str = TargetOpt,
-                    serve_api: str = ServeApiOpt, namespace: Optional[str] = NamespaceOpt,
-                    rayservice: Optional[str] = RayServiceOpt,
-                    state_dir: Optional[str] = StateDirOpt,
-                    state_configmap: str = ConfigMapOpt,
-                    repository: Optional[str] = RepositoryOption) -> None:
-    """Send all traffic to the canary now and end the rollout."""
-    _request_command("promote", model, target, serve_api, namespace, rayservice, state_dir,
-                     state_configmap, repository, prometheus, wait, detach)
+def _request_cli(action: str, doc: str):
+    """The ``rollout <action>`` command: the same flags for each of them."""
+    def command(model: str = typer.Argument(...), prometheus: str = PromOpt,
+                wait: float = _WAIT, detach: bool = _DETACH,
+                target: str = TargetOpt,
+                serve_api: str = ServeApiOpt, namespace: Optional[str] = NamespaceOpt,
+                rayservice: Optional[str] = RayServiceOpt,
+                state_dir: Optional[str] = StateDirOpt, state_configmap: str = ConfigMapOpt,
+                repository: Optional[str] = RepositoryOption) -> None:
+        _request_command(action, model, target, serve_api, namespace, rayservice, state_dir,
+                         state_configmap, repository, prometheus, wait, detach)
+
+    command.__doc__ = doc
+    return app.command(action)(command)
 
 
-@app.command("abort")
-def abort_command(model: str = typer.Argument(...), prometheus: str = PromOpt,
-                  wait: float = _WAIT, detach: bool = _DETACH,
-                  target: str = TargetOpt,
-                  serve_api: str = ServeApiOpt, namespace: Optional[str] = NamespaceOpt,
-                  rayservice: Optional[str] = RayServiceOpt,
-                  state_dir: Optional[str] = StateDirOpt, state_configmap: str = ConfigMapOpt,
-                  repository: Optional[str] = RepositoryOption) -> None:
-    """Send all traffic back to stable now and end the rollout."""
-    _request_command("abort", model, target, serve_api, namespace, rayservice, state_dir,
-                     state_configmap, repository, prometheus, wait, detach)
-
-
-@app.command("pause")
-def pause_command(model: str = typer.Argument(...), prometheus: str = PromOpt,
-                  wait: float = _WAIT, detach: bool = _DETACH,
-                  target: str = TargetOpt,
-                  serve_api: str = ServeApiOpt, namespace: Optional[str] = NamespaceOpt,
-                  rayservice: Optional[str] = RayServiceOpt,
-                  state_dir: Optional[str] = StateDirOpt, state_configmap: str = ConfigMapOpt,
-                  repository: Optional[str] = RepositoryOption) -> None:
-    """Hold the rollout at its step (weights kept) until resumed, promoted or aborted."""
-    _request_command("pause", model, target, serve_api, namespace, rayservice, state_dir,
-                     state_configmap, repository, prometheus, wait, detach)
-
-
-@app.command("resume")
-def resume_command(model: str = typer.Argument(...), prometheus: str = PromOpt,
-                   wait: float = _WAIT, detach: bool = _DETACH,
-                   target: str = TargetOpt,
-                   serve_api: str = ServeApiOpt, namespace: Optional[str] = NamespaceOpt,
-                   rayservice: Optional[str] = RayServiceOpt,
-                   state_dir: Optional[str] = StateDirOpt, state_configmap: str = ConfigMapOpt,
-                   repository: Optional[str] = RepositoryOption) -> None:
-    """Continue a paused or inconclusive rollout at its step (with no controller running,
-    this process carries it on)."""
-    _request_command("resume", model, target, serve_api, namespace, rayservice, state_dir,
-                     state_configmap, repository, prometheus, wait, detach)
+promote_command = _request_cli("promote", "Send all traffic to the canary now and end the "
+                                          "rollout.")
+abort_command = _request_cli("abort", "Send all traffic back to stable now and end the rollout.")
+pause_command = _request_cli("pause", "Hold the rollout at its step (weights kept) until "
+                                      "resumed, promoted or aborted.")
+resume_command = _request_cli("resume", "Continue a paused or inconclusive rollout at its step "
+                                        "(with no controller running, this process carries "
+                                        "it on).")
 
 
 @app.command("controller")

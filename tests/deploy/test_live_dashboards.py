@@ -311,6 +311,15 @@ def _weights(prom: str) -> dict[tuple[str, str], float]:
     return {(r["metric"]["version"], r["metric"]["role"]): float(r["value"][1]) for r in rows}
 
 
+def _fresh_traffic(live) -> None:
+    """8 s of traffic, so the rate windows hold requests sent after the last change."""
+    bench = subprocess.run(
+        [*live["optiserve"], "bench", live["url"], "--model", "minilm", "--concurrency", "4",
+         "--duration", "8", "--json"],
+        capture_output=True, text=True, env=live["env"], cwd=ROOT, timeout=90, check=False)
+    assert bench.returncode == 0, bench.stdout + bench.stderr
+
+
 @pytest.fixture(scope="module")
 def promoted(live):
     """Promotes the canary through the CLI and waits (bounded) until Prometheus shows it: the
@@ -339,11 +348,7 @@ def promoted(live):
     _wait("promotion in Prometheus", done, WAIT_FOR_PROMOTION_S,
           log=live["work"] / "controller.log")
     # fresh traffic, all of it to the new stable: the rate windows hold post-promotion requests
-    bench = subprocess.run(
-        [*live["optiserve"], "bench", live["url"], "--model", "minilm", "--concurrency", "4",
-         "--duration", "8", "--json"],
-        capture_output=True, text=True, env=live["env"], cwd=ROOT, timeout=90, check=False)
-    assert bench.returncode == 0, bench.stdout + bench.stderr
+    _fresh_traffic(live)
     return live
 
 
@@ -436,18 +441,13 @@ def rolled_back(promoted):
         want = {(str(live["canary"]), "stable"): 100.0}
 
         def done() -> bool:
-            weights = {k: w for k, w in _weights(prom).items()}
-            return _phase(prom) == "rolled_back" and weights == want
+            return _phase(prom) == "rolled_back" and _weights(prom) == want
 
         _wait("rollback in Prometheus", done, 150, log=live["work"] / "controller.log")
     finally:
         load.terminate()
         load.wait(timeout=30)
-    bench = subprocess.run(
-        [*live["optiserve"], "bench", live["url"], "--model", "minilm", "--concurrency", "4",
-         "--duration", "8", "--json"],
-        capture_output=True, text=True, env=live["env"], cwd=ROOT, timeout=90, check=False)
-    assert bench.returncode == 0, bench.stdout + bench.stderr
+    _fresh_traffic(live)
     return live
 
 
