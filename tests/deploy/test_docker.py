@@ -131,3 +131,103 @@ def test_dockerfile_checks_can_fail(tmp_path):
     assert not (ROOT / "nothing-here").exists()
     (cmd,) = pip_installs(bad)
     assert "-c" not in shlex.split(cmd)
+
+
+# ---- images that start together ---------------------------------------------------------------
+
+#: What each pinned onnxruntime-gpu is built for: (CUDA major, cuDNN major), as its PyPI metadata
+#: declares them (extras cuda/cudnn: nvidia-cuda-runtime~=13.0, nvidia-cudnn-cu13~=9.0 for
+#: 1.31.1). Bumping onnxruntime-gpu in constraints.txt means reading its metadata and adding it.
+ORT_GPU_BUILT_FOR = {"1.31.1": (13, 9)}
+#: NVIDIA wheels whose major version is the CUDA major.
+CUDA_MAJOR_WHEELS = ("nvidia-cuda-runtime", "nvidia-cuda-nvrtc", "nvidia-nvjitlink")
+
+
+def constraints() -> dict[str, str]:
+    """name -> pinned version from constraints.txt (== pins only)."""
+    out = {}
+    for line in (ROOT / "constraints.txt").read_text().splitlines():
+        line = line.split("#", 1)[0].strip()
+        if "==" in line:
+            name, _, version = line.partition("==")
+            out[name.strip().lower()] = version.strip()
+    return out
+
+
+def base_images(path: Path) -> list[str]:
+    args = build_args(path)
+    return [re.sub(r"\$\{(\w+)\}", lambda m: args[m.group(1)], stage[0][1].split()[0])
+            for stage in stages(path)]
+
+
+def test_both_images_run_the_same_python():
+    """Ray refuses a worker whose Python differs from the head's (to the patch level by default):
+    every stage of both images starts from one Python image pinned to a patch release, and the
+    GPU image installs no other Python."""
+    images = {flavor: set(base_images(p)) for flavor, p in DOCKERFILES.items()}
+    assert all(len(v) == 1 for v in images.values()), images
+    (cpu,), (gpu,) = images["cpu"], images["gpu"]
+    assert cpu == gpu, f"CPU image on {cpu}, GPU image on {gpu}: Ray needs one Python"
+    m = re.search(r"/python:(\d+)\.(\d+)\.(\d+)-", cpu)
+    assert m, f"{cpu}: not an official Python image pinned to a patch release"
+    import tomllib
+
+    from packaging.specifiers import SpecifierSet
+
+    requires = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["requires-python"]
+    assert ".".join(m.groups()) in SpecifierSet(requires)
+    for flavor, path in DOCKERFILES.items():
+        for op, args in instructions(path):
+            if op == "RUN":
+                assert not re.search(r"(apt-get|apt|apk|dnf|yum) install[^&]*\bpython", args), \
+                    f"{path.name} installs a second Python: {args}"
+
+
+def test_ray_is_pinned_once_and_is_kuberays_ray_version():
+    import importlib.metadata
+    import tomllib
+
+    import yaml
+    from packaging.requirements import Requirement
+
+    pins = constraints()
+    assert "ray" in pins, "constraints.txt must pin ray (the CPU and GPU images install it)"
+    values = yaml.safe_load((ROOT / "helm/optiserve/values.yaml").read_text())
+    assert values["rayVersion"] == pins["ray"], (
+        f"values.yaml rayVersion {values['rayVersion']} != ray=={pins['ray']} in constraints.txt")
+    deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    (ray,) = [Requirement(d) for d in deps if Requirement(d).name == "ray"]
+    assert ray.specifier.contains(pins["ray"]), (ray, pins["ray"])
+    # the tests themselves run against the Ray the images ship
+    assert importlib.metadata.version("ray") == pins["ray"]
+    # both images install through constraints.txt (test_installs_what_the_readme_installs)
+
+
+def test_gpu_image_has_the_cuda_onnxruntime_gpu_is_built_for():
+    import tomllib
+
+    from packaging.requirements import Requirement
+
+    pins = constraints()
+    ort = pins.get("onnxruntime-gpu")
+    assert ort, "constraints.txt must pin onnxruntime-gpu"
+    assert ort in ORT_GPU_BUILT_FOR, (
+        f"onnxruntime-gpu=={ort}: record the CUDA/cuDNN majors its PyPI metadata declares in "
+        "ORT_GPU_BUILT_FOR")
+    cuda, cudnn = ORT_GPU_BUILT_FOR[ort]
+    for wheel in CUDA_MAJOR_WHEELS:
+        assert wheel in pins, f"constraints.txt must pin {wheel} (CUDA {cuda})"
+        assert int(pins[wheel].split(".")[0]) == cuda, (wheel, pins[wheel], cuda)
+    cudnn_wheel = f"nvidia-cudnn-cu{cuda}"
+    assert cudnn_wheel in pins and int(pins[cudnn_wheel].split(".")[0]) == cudnn, pins
+    other = [n for n in pins if re.fullmatch(r"nvidia-.*-cu\d+", n) and n != cudnn_wheel]
+    assert not other, f"wheels for another CUDA major pinned: {other}"
+    # the GPU extra pulls them in: onnxruntime-gpu with its cuda and cudnn extras
+    optional = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"][
+        "optional-dependencies"]
+    (req,) = [Requirement(r) for r in optional["gpu"] if Requirement(r).name == "onnxruntime-gpu"]
+    assert {"cuda", "cudnn"} <= req.extras and req.specifier.contains(ort), req
+    # and no CUDA base image with its own CUDA stack underneath
+    assert not any("nvidia/cuda" in i for i in base_images(DOCKERFILES["gpu"]))
+    text = DOCKERFILES["gpu"].read_text()
+    assert "ldconfig" in text and "site-packages/nvidia/*/lib" in text
