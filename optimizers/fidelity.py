@@ -1,7 +1,8 @@
 """How faithful a variant is to the reference, with no labels needed (and task metrics with them).
 
 - embeddings: cosine similarity per row (mean, min) and top-k neighbour agreement;
-- classifiers: top-1 agreement and the largest probability difference (F1 / ROC AUC with labels);
+- classifiers: top-1 agreement and the largest probability difference (F1 / ROC AUC with labels:
+  binary F1 of the second class and its ROC AUC for two classes, macro averages for more);
 - anything else: cosine per flattened row and the largest absolute difference.
 """
 
@@ -73,9 +74,12 @@ def probabilities(x: np.ndarray) -> np.ndarray:
 def _task_metrics(probs: np.ndarray, labels: np.ndarray) -> tuple[float, float | None]:
     from sklearn.metrics import f1_score, roc_auc_score
 
-    f1 = float(f1_score(labels, probs.argmax(1), average="macro"))
+    binary = probs.shape[1] == 2
+    f1 = float(f1_score(labels, probs.argmax(1), average="binary" if binary else "macro",
+                        labels=None if binary else list(range(probs.shape[1])),
+                        zero_division=0.0))
     try:
-        if probs.shape[1] == 2:
+        if binary:
             auc = float(roc_auc_score(labels, probs[:, 1]))
         else:
             auc = float(roc_auc_score(labels, probs, multi_class="ovr",

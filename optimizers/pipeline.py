@@ -27,7 +27,7 @@ from .measure import measure_in_subprocess
 from .selection import best_throughput, fidelity_score, pareto_front, recommend_batching
 from .sources import SourceModel, resolve_source
 from .validation import ValidationSet, load_validation
-from .variants import VARIANTS, BuildContext, VariantBuild, VariantSkipped
+from .variants import VARIANTS, BuildContext, VariantBuild, VariantSkipped, default_variants
 
 OPTISERVE_VERSION = "0.1.0"
 
@@ -74,6 +74,13 @@ class OptimizeOptions:
     tune_seconds: float = 300.0
     #: Keep every built candidate (model file + extras) under this directory.
     keep_build: str | None = None
+    #: scikit-learn sources: load a joblib pickle (runs its code); skops types to trust.
+    trust: bool = False
+    trusted_types: list[str] = field(default_factory=list)
+    #: Feature selection: "5,10,20", labelled training rows, the SelectKBest score.
+    select_features: str | None = None
+    train_data: str | None = None
+    selector: str = "f_classif"
 
 
 @dataclass
@@ -104,6 +111,8 @@ class OptimizationResult:
     pareto: list[str]
     published: list[VersionRef] = field(default_factory=list)
     report: Path | None = None
+    #: Feature selection's sweep, when it ran (optimizers.tabular.feature_selection).
+    selection: object | None = None
 
     def outcome(self, name: str) -> VariantOutcome:
         return next(o for o in self.outcomes if o.name == name)
@@ -151,7 +160,7 @@ def _candidate_dir(work: Path, src: SourceModel, build: VariantBuild) -> Path:
     cdir = work / "candidates" / build.variant
     cdir.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(build.model_file, cdir / build.model_file.name)
-    for rel, path in src.extra_files.items():
+    for rel, path in [*src.extra_files.items(), *build.extra_files.items()]:
         (cdir / rel).parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(path, cdir / rel)
     return cdir
@@ -160,8 +169,8 @@ def _candidate_dir(work: Path, src: SourceModel, build: VariantBuild) -> Path:
 def optimize(opts: OptimizeOptions, progress: Progress | None = None) -> OptimizationResult:
     """Build, verify, measure and choose variants; publish and report as asked."""
     progress = progress or _Silent()
-    names = opts.variants or list(VARIANTS)
-    unknown = [n for n in names if n not in VARIANTS]
+    names = opts.variants
+    unknown = [n for n in names or [] if n not in VARIANTS]
     if unknown:
         raise OptimizeError(
             f"unknown variant(s) {', '.join(unknown)}; expected some of {', '.join(VARIANTS)}"
@@ -174,10 +183,20 @@ def optimize(opts: OptimizeOptions, progress: Progress | None = None) -> Optimiz
     if opts.threads < 1:
         raise OptimizeError(f"--threads must be >= 1 (got {opts.threads})")
 
+    _check_selection_options(opts)
+
     progress.phase("loading the source model")
     src = resolve_source(opts.source, name=opts.name, task=opts.task, inputs=opts.inputs,
-                         outputs=opts.outputs)
-    vset = load_validation(src, opts.validation_data, opts.labels)
+                         outputs=opts.outputs, trust=opts.trust,
+                         trusted_types=opts.trusted_types)
+    names = names or default_variants(src)
+    selection = None
+    if opts.select_features:
+        from .tabular.selection_setup import prepare
+
+        selection, vset = prepare(src, opts)
+    else:
+        vset = load_validation(src, opts.validation_data, opts.labels)
     progress.phase("reference outputs", total=len(vset.batches))
     ref_batches = []
     for b in vset.batches:
@@ -197,15 +216,29 @@ def optimize(opts: OptimizeOptions, progress: Progress | None = None) -> Optimiz
         progress.phase("variants", total=len(names))
         for name in names:
             progress.status(f"{name}: building")
-            outcomes.append(_build_and_measure(name, ctx, vset, bench, opts.threads, opts,
-                                               work))
+            outcomes.append(_build_and_measure(name, VARIANTS[name].build, ctx, vset, bench,
+                                               opts.threads, opts, work))
             progress.advance()
+        sweep = None
+        if selection is not None:
+            from .tabular.selection_setup import run
+
+            sweep, selected = run(selection, ctx, progress,
+                                  lambda name, build, judge: _build_and_measure(
+                                      name, build, ctx, vset, bench, opts.threads, opts, work,
+                                      judge))
+            outcomes += selected
 
         passing = {o.name: o for o in outcomes if o.passed}
         points = {o.name: (o.throughput, fidelity_score(o.measurements.fidelity))
                   for o in outcomes if o.status == "ok"}
         chosen = max(passing.values(), key=lambda o: o.throughput).name if passing else None
-        result = OptimizationResult(src, vset.notes, outcomes, chosen, pareto_front(points))
+        if sweep is not None:
+            from .tabular.selection_setup import choose
+
+            chosen = choose(sweep, passing) or chosen
+        result = OptimizationResult(src, vset.notes, outcomes, chosen, pareto_front(points),
+                                    selection=sweep)
 
         if opts.report_dir:
             from .report import write_report
@@ -226,11 +259,22 @@ def optimize(opts: OptimizeOptions, progress: Progress | None = None) -> Optimiz
     return result
 
 
-def _build_and_measure(name: str, ctx: BuildContext, vset: ValidationSet, bench, threads: int,
-                       opts: OptimizeOptions, work: Path) -> VariantOutcome:
+def _check_selection_options(opts: OptimizeOptions) -> None:
+    """Option combinations that cannot work, refused before anything is loaded or built."""
+    if opts.train_data and not opts.select_features:
+        raise OptimizeError("--train-data is the labelled data --select-features fits on; "
+                            "pass --select-features k1,k2,... too (or drop --train-data)")
+    if opts.select_features and opts.validation_data:
+        raise OptimizeError("--select-features measures every variant on the held-out quarter "
+                            "of --train-data; drop --validation-data")
+
+
+def _build_and_measure(name: str, builder, ctx: BuildContext, vset: ValidationSet, bench,
+                       threads: int, opts: OptimizeOptions, work: Path, judge=None
+                       ) -> VariantOutcome:
     src = ctx.source
     try:
-        build = VARIANTS[name].build(ctx)
+        build = builder(ctx)
     except VariantSkipped as e:
         return VariantOutcome(name, "skipped", reason=str(e))
     except Exception as e:  # a broken variant is reported, not fatal
@@ -243,7 +287,10 @@ def _build_and_measure(name: str, ctx: BuildContext, vset: ValidationSet, bench,
                                   min_time_s=opts.min_time_s)
     except Exception as e:
         return VariantOutcome(name, "failed", reason=_error_text(e), build=build)
-    fidelity = compare(src.task, ctx.reference, vset.gather(m.outputs), opts.budget, vset.labels)
+    outputs = vset.gather(m.outputs)
+    fidelity = compare(src.task, ctx.reference, outputs, opts.budget, vset.labels)
+    if judge is not None:  # variants judged on their own terms (feature selection)
+        fidelity = judge(fidelity, outputs)
     size = sum(p.stat().st_size for p in cdir.rglob("*") if p.is_file())
     measurements = Measurements(
         fidelity=fidelity, latency=m.latency, peak_rss_mb=round(m.peak_rss_mb, 1),

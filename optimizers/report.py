@@ -85,13 +85,16 @@ def write_report(result, out: Path, opts) -> Path:
     if ok0:
         lines.append(f"- measured on `{ok0.measurements.host}` with "
                      f"{ok0.measurements.intra_op_threads} intra-op thread(s), as serving runs it")
-    lines.append(f"- fidelity budget: {opts.budget.describe(src.task, opts.labels is not None)}")
+    with_labels = any(o.status == "ok" and o.measurements.fidelity.f1 is not None
+                      for o in result.outcomes)
+    lines.append(f"- fidelity budget: {opts.budget.describe(src.task, with_labels)}")
     lines.append("")
     if result.chosen:
         c = result.outcome(result.chosen)
-        ref = next((o for o in result.outcomes if o.name == "torch-fp32" and o.status == "ok"),
+        ref_name = "sklearn" if src.tabular is not None else "torch-fp32"
+        ref = next((o for o in result.outcomes if o.name == ref_name and o.status == "ok"),
                    None)
-        speedup = (f", {c.throughput / ref.throughput:.2f}x torch-fp32" if ref and ref.throughput
+        speedup = (f", {c.throughput / ref.throughput:.2f}x {ref_name}" if ref and ref.throughput
                    else "")
         lines += [f"**Chosen: `{c.name}`** — {c.throughput:.1f} rows/s at its best batch size"
                   f"{speedup}; {_fid_cell(c.measurements.fidelity)}.", ""]
@@ -102,6 +105,10 @@ def write_report(result, out: Path, opts) -> Path:
                   f"- why: {b.reason}", "- written into the manifest as serving's default", ""]
     else:
         lines += ["**No variant is within the fidelity budget; nothing was chosen.**", ""]
+    if result.selection is not None:
+        from .tabular.report import selection_section
+
+        lines += selection_section(result.selection, sizes, result.chosen)
     lines += ["## Variants", ""]
     head = ["variant", "status", "fidelity"] + [f"b{s} rows/s (p99 ms)" for s in sizes] + [
         "size MB", "peak RSS MB", "load s"]

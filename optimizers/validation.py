@@ -1,7 +1,8 @@
 """Validation data: what fidelity is measured on, calibration draws from and benchmarks reuse.
 
 Text models take a ``.txt`` file (one sentence per line) or ``.jsonl`` (objects with a ``text``
-field); tensor models take ``.npz`` (one array per input name) or ``.npy`` (single-input models).
+field); tensor models take ``.npz`` (one array per input name) or ``.npy`` (single-input models);
+scikit-learn models take CSV or ``.npy`` rows of their features, with labels of their classes.
 Rows are evaluated in batches of 32 split by token length, as serving forms them, because dynamic
 quantization's results depend on a row's batch-mates.
 """
@@ -200,6 +201,8 @@ def read_labels(path: Path, rows: int) -> np.ndarray:
 def load_validation(source: SourceModel, path: str | None, labels: str | None,
                     random_rows: int = 256) -> ValidationSet:
     """The validation set for a source: the user's file, the built-in default, or random rows."""
+    if source.tabular is not None:
+        return _tabular_validation(source, path, labels)
     notes = []
     if source.is_text:
         vpath = Path(path) if path else source.default_validation
@@ -231,3 +234,41 @@ def load_validation(source: SourceModel, path: str | None, labels: str | None,
         vset.labels = read_labels(Path(labels), vset.rows)
     vset.notes = notes
     return vset
+
+
+def tabular_set(source: SourceModel, x: np.ndarray, y: np.ndarray | None, note: str
+                ) -> ValidationSet:
+    """A validation set of feature rows (as FP32, what the served graph takes) and labels
+    (column indices of ``probabilities``)."""
+    vset = _tensor_set({source.model_signature.inputs[0].name: x.astype(np.float32)})
+    vset.labels = y
+    vset.notes = [note]
+    return vset
+
+
+def _tabular_validation(source: SourceModel, path: str | None, labels: str | None
+                        ) -> ValidationSet:
+    from .tabular.data import class_indices, read_class_labels, read_features
+
+    tab = source.tabular
+    if path is None:
+        if tab.default_validation is None:
+            raise ValidationDataError(
+                f"a scikit-learn model needs --validation-data FILE (CSV/NPY rows of its "
+                f"{tab.n_features} features; --labels FILE adds F1/ROC AUC), or --train-data "
+                "with --select-features")
+        if labels:
+            raise ValidationDataError("--labels names the classes of --validation-data rows; "
+                                      "the built-in example brings its own labels")
+        x, raw = tab.default_validation
+        y = class_indices(raw, tab.classes, "the built-in held-out rows")
+        return tabular_set(source, x, y, f"validation: the {len(x)} held-out rows of the "
+                                         "built-in data set, with labels")
+    if Path(path).suffix == ".npz":
+        x = read_tensors(Path(path), source)[source.model_signature.inputs[0].name]
+    else:
+        x = read_features(path, tab.n_features, tab.feature_names)
+    y = read_class_labels(labels, len(x), tab.classes, f"--validation-data {path}"
+                          ) if labels else None
+    return tabular_set(source, x, y, f"validation: {len(x)} rows from {Path(path).name}"
+                       + (" with labels" if labels else ""))

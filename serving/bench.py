@@ -51,7 +51,8 @@ class BenchResult:
 
 
 def load_inputs(path: str | None, metadata: dict) -> list[dict[str, np.ndarray]]:
-    """Request inputs: one text per line (text models), ``.npz`` rows, or the built-in sentences."""
+    """Request inputs: one text per line (text models), ``.npz`` rows, tabular rows (``.csv`` or
+    ``.npy``, single 2-D input models), or the built-in sentences / random tensors."""
     inputs = metadata["inputs"]
     if len(inputs) == 1 and inputs[0]["datatype"] == "BYTES":
         if path:
@@ -76,10 +77,30 @@ def load_inputs(path: str | None, metadata: dict) -> list[dict[str, np.ndarray]]
                 row[t["name"]] = rng.standard_normal(shape).astype(dt)
             rows.append(row)
         return rows
+    if Path(path).suffix.lower() in (".csv", ".npy"):
+        return _table_rows(path, inputs)
     with np.load(path, allow_pickle=False) as z:
         arrays = {k: z[k] for k in z.files}
     n = len(next(iter(arrays.values())))
     return [{k: v[i:i + 1] for k, v in arrays.items()} for i in range(n)]
+
+
+def _table_rows(path: str, inputs: list[dict]) -> list[dict[str, np.ndarray]]:
+    """One request row per CSV/NPY row, checked against the model's single 2-D input."""
+    from .rows import read_rows
+
+    spec = inputs[0]
+    if len(inputs) != 1 or len(spec["shape"]) != 2:
+        raise ValueError(f"{path}: CSV/NPY rows fit models with one 2-D input (rows x features);"
+                         f" this one takes {', '.join(i['name'] for i in inputs)}; use .npz")
+    features = spec["shape"][1] if spec["shape"][1] > 0 else None
+    rows, _ = read_rows(path, features)
+    dtype = {"FP32": np.float32, "FP64": np.float64, "FP16": np.float16}.get(spec["datatype"])
+    if dtype is None:
+        raise ValueError(f"{path}: input {spec['name']!r} is {spec['datatype']}; CSV/NPY rows "
+                         "are sent as float tensors")
+    rows = rows.astype(dtype)
+    return [{spec["name"]: rows[i:i + 1]} for i in range(len(rows))]
 
 
 def _stack(rows: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:

@@ -1,4 +1,5 @@
-"""Sources the optimizer takes: the built-in ``minilm``, an ONNX file, a torch factory."""
+"""Sources the optimizer takes: the built-ins ``minilm`` and ``breast-cancer``, an ONNX file, a
+torch factory, a scikit-learn model ``sklearn:FILE``."""
 
 from __future__ import annotations
 
@@ -7,13 +8,26 @@ from pathlib import Path
 from ..errors import SourceError
 from .base import SourceModel
 
-BUILTINS = ("minilm",)
+BUILTINS = ("minilm", "breast-cancer")
+TABULAR_BUILTINS = ("breast-cancer",)
 
 
 def resolve_source(spec: str, *, name: str | None = None, task: str | None = None,
-                   inputs: list[str] | None = None, outputs: list[str] | None = None
-                   ) -> SourceModel:
-    """Load a source from its spec: ``minilm``, ``path/to/model.onnx`` or ``pkg.mod:factory``."""
+                   inputs: list[str] | None = None, outputs: list[str] | None = None,
+                   trust: bool = False, trusted_types: list[str] | None = None) -> SourceModel:
+    """Load a source from its spec: ``minilm``, ``breast-cancer``, ``sklearn:FILE``,
+    ``path/to/model.onnx`` or ``pkg.mod:factory``."""
+    if spec in TABULAR_BUILTINS or spec.startswith("sklearn:"):
+        if task not in (None, "classification"):
+            raise SourceError(f"{spec!r} is a classifier; drop --task {task}")
+        if spec in TABULAR_BUILTINS:
+            from . import breast_cancer
+
+            return breast_cancer.load(name or spec)
+        from . import sklearn_file
+
+        return sklearn_file.load(spec.partition(":")[2], name=name, trust=trust,
+                                 trusted_types=trusted_types)
     if spec in BUILTINS:
         from . import minilm
 
@@ -30,8 +44,9 @@ def resolve_source(spec: str, *, name: str | None = None, task: str | None = Non
         return torch_factory.load(spec, inputs or [], outputs, name=name, task=task or "generic")
     raise SourceError(
         f"unknown source {spec!r}: expected a built-in model ({', '.join(BUILTINS)}), "
-        "a path to an .onnx file, or a torch factory 'package.module:function'"
+        "a path to an .onnx file, a torch factory 'package.module:function', or a "
+        "scikit-learn model 'sklearn:FILE' (.skops or joblib)"
     )
 
 
-__all__ = ["SourceModel", "resolve_source", "BUILTINS"]
+__all__ = ["SourceModel", "resolve_source", "BUILTINS", "TABULAR_BUILTINS"]

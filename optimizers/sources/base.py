@@ -12,12 +12,29 @@ from serving.repository import Signature, Source, TextPreprocessing
 
 
 @dataclass
+class TabularInfo:
+    """A scikit-learn classifier and what serving and feature selection need to know of it."""
+
+    estimator: Any
+    n_features: int
+    #: Class values, in the order of the ``probabilities`` columns.
+    classes: list
+    feature_names: list[str] | None
+    #: skops types outside its default trust that the user trusted (written into the version).
+    trusted_types: list[str]
+    #: Built-in examples: (rows, labels) of the held-out split and of the whole data set.
+    default_validation: tuple[np.ndarray, np.ndarray] | None = None
+    default_train: tuple[np.ndarray, np.ndarray] | None = None
+
+
+@dataclass
 class SourceModel:
     """A model to optimize.
 
     ``reference`` runs the original model on model-level inputs and is the ground truth every
     variant is compared with. ``torch_module`` is set for torch sources (torch variants and ONNX
-    export need it); ``onnx_path`` for ONNX sources.
+    export need it); ``onnx_path`` for ONNX sources; ``tabular`` for scikit-learn sources (their
+    ``onnx_path`` is skl2onnx's conversion, the estimator itself is the reference).
     """
 
     name: str
@@ -35,6 +52,7 @@ class SourceModel:
     #: Default validation data when the user gives none (text models).
     default_validation: Path | None = None
     notes: list[str] = field(default_factory=list)
+    tabular: TabularInfo | None = None
     _ref_session: Any = field(default=None, repr=False)
 
     @property
@@ -42,7 +60,14 @@ class SourceModel:
         return self.preprocessing is not None
 
     def reference(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Run the original model (torch eager, or ONNX Runtime without graph optimisation)."""
+        """Run the original model (scikit-learn, torch eager, or ONNX Runtime without graph
+        optimisation)."""
+        if self.tabular is not None:
+            from ..tabular.convert import sklearn_outputs
+
+            x = inputs[self.model_signature.inputs[0].name]
+            return sklearn_outputs(self.tabular.estimator, x,
+                                   [o.name for o in self.model_signature.outputs])
         if self.torch_module is not None:
             import torch
 

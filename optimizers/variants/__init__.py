@@ -10,9 +10,11 @@ from .onnx_variants import (
     build_onnx_int8_dynamic,
     build_onnx_int8_static,
 )
+from .sklearn_variant import build_sklearn
 from .torch_variants import build_torch_fp32, build_torch_int8_dynamic
 
 VARIANTS: dict[str, Variant] = {v.name: v for v in [
+    Variant("sklearn", "the scikit-learn estimator (reference of tabular models)", build_sklearn),
     Variant("torch-fp32", "the source in torch, fp32 (reference)", build_torch_fp32),
     Variant("torch-int8-dynamic", "torch, INT8 linear layers (dynamic)", build_torch_int8_dynamic),
     Variant("onnx-fp32", "ONNX Runtime, fp32, graph-optimised", build_onnx_fp32),
@@ -25,4 +27,14 @@ VARIANTS: dict[str, Variant] = {v.name: v for v in [
 ]}
 
 __all__ = ["VARIANTS", "BuildContext", "Variant", "VariantBuild", "VariantSkipped",
-           "QuantizationFailed", "probe_provider"]
+           "QuantizationFailed", "probe_provider", "TABULAR_VARIANTS", "default_variants"]
+
+#: What a scikit-learn source builds when no --variants are named (the others never apply).
+TABULAR_VARIANTS = ["sklearn", "onnx-fp32", "onnx-int8-dynamic", "onnx-int8-static"]
+
+
+def default_variants(source) -> list[str]:
+    """Every variant that can apply to this source, in build order."""
+    if source.tabular is not None:
+        return list(TABULAR_VARIANTS)
+    return [n for n in VARIANTS if n != "sklearn"]

@@ -29,6 +29,8 @@ class VariantBuild:
     device: str = "cpu"
     providers: list[str] = field(default_factory=lambda: ["CPUExecutionProvider"])
     notes: list[str] = field(default_factory=list)
+    #: Files the variant adds to the version beside its model file (artifact path -> file).
+    extra_files: dict[str, Path] = field(default_factory=dict)
 
 
 @dataclass

@@ -81,15 +81,21 @@ def optimized_fp32(ctx: BuildContext) -> Path:
             )
             model.save_model_to_file(str(out))
     else:
-        import onnxruntime as ort
-
-        so = ort.SessionOptions()
-        # EXTENDED, not ALL: ALL adds layout changes specific to this machine's CPU.
-        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
-        so.optimized_model_filepath = str(out)
-        so.log_severity_level = 3
-        ort.InferenceSession(str(src_path), so, providers=["CPUExecutionProvider"])
+        ort_optimize(src_path, out)
     ctx.cache["onnx-fp32"] = out
+    return out
+
+
+def ort_optimize(src: Path, out: Path) -> Path:
+    """ONNX Runtime's graph optimisations applied offline and saved to ``out``."""
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    # EXTENDED, not ALL: ALL adds layout changes specific to this machine's CPU.
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+    so.optimized_model_filepath = str(out)
+    so.log_severity_level = 3
+    ort.InferenceSession(str(src), so, providers=["CPUExecutionProvider"])
     return out
 
 
@@ -192,6 +198,13 @@ def _notes(label: str, fid: Fidelity, excluded: list[str], total: int) -> list[s
             f"the budget ({_fid_text(fid)}): {', '.join(excluded)}"]
 
 
+def _require_quantizable(path: Path) -> None:
+    """INT8 only where there is something to quantize: tree ensembles and linear classifiers
+    (ai.onnx.ml operators) have no INT8 kernels, and a copy of the fp32 graph helps nobody."""
+    if not quantizable_nodes(path):
+        raise VariantSkipped(f"the graph has no {'/'.join(QUANTIZABLE)} nodes to quantize")
+
+
 def _onnx_required(ctx: BuildContext) -> None:
     try:
         import onnxruntime  # noqa: F401
@@ -216,6 +229,7 @@ def build_onnx_int8_dynamic(ctx: BuildContext) -> VariantBuild:
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     base = optimized_fp32(ctx)
+    _require_quantizable(base)
     work = ctx.scratch("onnx-int8-dynamic-work")
 
     def quantize(exclude: list[str], only: list[str] | None) -> Path:
@@ -246,6 +260,7 @@ def build_onnx_int8_static(ctx: BuildContext) -> VariantBuild:
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     base_src = exported_onnx(ctx)
+    _require_quantizable(base_src)
     work = ctx.scratch("onnx-int8-static-work")
     base = work / "preprocessed.onnx"
     ctx.status("onnx-int8-static: pre-processing")

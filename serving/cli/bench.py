@@ -25,8 +25,8 @@ def bench_command(
     warmup: float = typer.Option(1.0, "--warmup", help="Seconds sent before measuring."),
     requests: Optional[int] = typer.Option(None, "--requests", help="Stop after this many."),
     input_file: Optional[str] = typer.Option(
-        None, "--input-file", help="Text lines (text models) or .npz rows [default: built-in "
-                                   "sentences / random tensors]."),
+        None, "--input-file", help="Text lines (text models), .npz rows, or tabular rows in "
+                                   ".csv/.npy [default: built-in sentences / random tensors]."),
     rows: int = typer.Option(1, "--rows", help="Rows per request."),
     json_body: bool = typer.Option(False, "--json-body", help="Send JSON tensors, not binary."),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON only."),

@@ -22,16 +22,18 @@ def _csv_ints(text: str, option: str) -> list[int]:
 
 def optimize_command(
     source: str = typer.Argument(
-        ..., help="'minilm' (built-in), a path to an .onnx file, or a torch factory "
-                  "'package.module:function'."),
+        ..., help="'minilm' or 'breast-cancer' (built-ins), a path to an .onnx file, a torch "
+                  "factory 'package.module:function', or 'sklearn:FILE' (.skops or joblib)."),
     name: Optional[str] = typer.Option(None, "--name", help="Model name in the repository."),
     variants: Optional[str] = typer.Option(
         None, "--variants", help="Comma-separated variants to build [default: all]."),
     validation_data: Optional[str] = typer.Option(
         None, "--validation-data",
-        help="Text: .txt (one per line) or .jsonl; tensors: .npz (one array per input) or .npy."),
+        help="Text: .txt (one per line) or .jsonl; tensors: .npz (one array per input) or .npy; "
+             "scikit-learn models: .csv or .npy rows of features."),
     labels: Optional[str] = typer.Option(
-        None, "--labels", help="Class labels, one per validation row (classifiers): F1/ROC AUC."),
+        None, "--labels", help="Class labels, one per validation row (classifiers): F1/ROC AUC; "
+                               "with --train-data, one per training row."),
     max_cosine_drop: float = typer.Option(
         0.02, "--max-cosine-drop", help="Embeddings/generic: pass if cosine min >= 1 - this."),
     min_agreement: float = typer.Option(
@@ -55,6 +57,19 @@ def optimize_command(
         300.0, "--tune-seconds", help="Time allowed for keeping INT8-sensitive nodes in fp32."),
     keep_build: Optional[str] = typer.Option(
         None, "--keep-build", help="Keep every built candidate under DIR/candidates/<variant>."),
+    select_features: Optional[str] = typer.Option(
+        None, "--select-features", help="scikit-learn models: try keeping the k best features "
+                                        "for each k, e.g. 5,10,20 (SelectKBest, refitted)."),
+    train_data: Optional[str] = typer.Option(
+        None, "--train-data", help="Labelled rows (.csv/.npy, labels in --labels) feature "
+                                   "selection fits on three quarters of and measures on the rest."),
+    selector: str = typer.Option("f_classif", "--selector", help="f_classif | mutual_info."),
+    trust: bool = typer.Option(
+        False, "--trust", help="Load a joblib/pickle model file: it runs the code it names; "
+                               "only for files you made or whose source you trust."),
+    trust_types: Optional[str] = typer.Option(
+        None, "--trust-types", help="Comma-separated types outside skops' default trust to "
+                                    "load from a .skops file (skops names them when refusing)."),
     repository: Optional[str] = RepositoryOption,
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
 ) -> None:
@@ -80,7 +95,9 @@ def optimize_command(
         batch_sizes=_csv_ints(batch_sizes, "--batch-sizes"), p99_target_ms=p99_target_ms,
         threads=threads, task=task, inputs=list(inputs or []), outputs=list(outputs or []) or None,
         repository=repository, min_time_s=min_time, tune_seconds=tune_seconds,
-        keep_build=keep_build,
+        keep_build=keep_build, trust=trust,
+        trusted_types=[t.strip() for t in (trust_types or "").split(",") if t.strip()],
+        select_features=select_features, train_data=train_data, selector=selector,
     )
     try:
         with progress_bars(not quiet) as progress:

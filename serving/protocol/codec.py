@@ -22,6 +22,8 @@ from .errors import InvalidInput, PayloadTooLarge, UnsupportedMediaType
 
 HEADER_LENGTH = "inference-header-content-length"
 _NP = {k: np.dtype(v) for k, v in DATATYPES.items() if k != "BYTES"}
+#: Float datatypes an input of either accepts (cast to the declared one).
+_FLOATS = {"FP32", "FP64"}
 
 
 @dataclass
@@ -338,6 +340,12 @@ def validate_inputs(req: InferRequest, signature: Signature, model: str) -> None
         if spec is None:
             raise InvalidInput(f"unknown input {name!r} for model {model!r}; expected "
                                f"{', '.join(expected)}")
+        if t.datatype != spec.datatype and {t.datatype, spec.datatype} == _FLOATS:
+            # FP32 and FP64 are both taken for either (numpy's default is float64): cast to
+            # the declared datatype here, so a batch never mixes the two
+            with np.errstate(all="ignore"):
+                t.data = t.data.astype(_NP[spec.datatype])
+            t.datatype = spec.datatype
         if t.datatype != spec.datatype:
             raise InvalidInput(f"input {name!r} has datatype {t.datatype}, expected "
                                f"{spec.datatype}")

@@ -37,7 +37,7 @@ Datatype = Literal[
     "FP16", "FP32", "FP64", "BYTES",
 ]
 Task = Literal["embedding", "classification", "generic"]
-Runtime = Literal["onnxruntime", "torch"]
+Runtime = Literal["onnxruntime", "torch", "sklearn"]
 Device = Literal["cpu", "cuda"]
 
 _NAME_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}$")
@@ -170,7 +170,7 @@ class BatchingPolicy(_Strict):
 class Source(_Strict):
     """What the version was built from."""
 
-    kind: Literal["builtin", "onnx", "torch-factory"]
+    kind: Literal["builtin", "onnx", "torch-factory", "sklearn"]
     ref: str = Field(description="Built-in name, file path or 'package.module:function'.")
     sha256: str | None = Field(None, description="Hash of the source file, when there is one.")
 

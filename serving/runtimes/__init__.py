@@ -1,4 +1,5 @@
-"""Runtimes chosen by a version's manifest, plus text preprocessing."""
+"""Runtimes chosen by a version's manifest (ONNX Runtime, TorchScript, scikit-learn), plus text
+preprocessing."""
 
 from __future__ import annotations
 
@@ -21,6 +22,10 @@ def load_runtime(manifest: Manifest, version_dir: Path, options: RuntimeOptions 
         from .torch import TorchRuntime
 
         return TorchRuntime(manifest, Path(version_dir), options)
+    if manifest.runtime == "sklearn":
+        from .sklearn import SklearnRuntime
+
+        return SklearnRuntime(manifest, Path(version_dir), options)
     raise RuntimeLoadError(f"unknown runtime {manifest.runtime!r}")  # pragma: no cover
 
 

@@ -1,0 +1,1 @@
+"""Tabular models: scikit-learn classifiers converted with skl2onnx, and feature selection."""
