@@ -49,14 +49,31 @@ IMAGE = obj({"repository": {"type": "string", "minLength": 1}, "tag": S,
              "pullPolicy": {"enum": ["Always", "IfNotPresent", "Never"]}}, ("repository",))
 
 
-def ray_group(gpu: bool = False) -> dict:
+GROUP_NAME = {"type": "string", "pattern": "^[a-z0-9]([-a-z0-9]*[a-z0-9])?$", "maxLength": 20}
+#: what every Ray pod group (head and workers) passes through to its pod template
+POD_PASSTHROUGH = {"nodeSelector": STR_MAP, "tolerations": LIST, "affinity": ANY_OBJ,
+                   "topologySpreadConstraints": LIST, "env": LIST, "envFrom": LIST,
+                   "volumes": LIST, "volumeMounts": LIST, "podAnnotations": STR_MAP,
+                   "podLabels": STR_MAP, "serviceAccountName": S, "runtimeClassName": S,
+                   "priorityClassName": S}
+
+
+def ray_group(gpu: bool = False, named: bool = False) -> dict:
     props = {"enabled": B, "replicas": INT0, "minReplicas": INT0, "maxReplicas": INT0,
              "rayStartParams": {"type": "object"}, "resources": RESOURCES,
-             "shmSize": QUANTITY, "tmpSize": QUANTITY, "nodeSelector": STR_MAP,
-             "tolerations": LIST, "affinity": ANY_OBJ}
+             "shmSize": QUANTITY, "tmpSize": QUANTITY, **POD_PASSTHROUGH}
     if gpu:
         props["gpus"] = INT1
+    if named:
+        del props["enabled"]
+        props["gpus"] = INT0
+        props["name"] = {**GROUP_NAME, "not": {"enum": ["cpu", "gpu", "head"]}}
+        return obj(props, ("name", "replicas", "minReplicas", "maxReplicas"))
     return obj(props)
+
+
+def secret_key() -> dict:
+    return obj({"secretName": S, "key": {"type": "string", "minLength": 1}})
 
 
 def schema() -> dict:
@@ -93,7 +110,12 @@ def schema() -> dict:
         "properties": {
             "global": ANY_OBJ,
             "nameOverride": S, "fullnameOverride": S,
-            "image": IMAGE, "gpuImage": IMAGE, "imagePullSecrets": LIST,
+            "image": IMAGE, "gpuImage": IMAGE, "initImage": IMAGE, "imagePullSecrets": LIST,
+            "rayService": obj({
+                "upgradeStrategy": obj({"type": {"enum": ["NewCluster", "None"]}}, ("type",)),
+                "rayClusterDeletionDelaySeconds": INT0,
+                "excludeHeadPodFromServeSvc": B,
+            }),
             "rayVersion": {"type": "string", "pattern": r"^[0-9]+\.[0-9]+\.[0-9]+$"},
             "modelRepository": obj({
                 "path": {"type": "string", "pattern": "^/"},
@@ -106,6 +128,13 @@ def schema() -> dict:
             }, ("path", "source")),
             "serve": obj({
                 "port": PORT,
+                "service": obj({
+                    "type": {"enum": ["ClusterIP", "NodePort", "LoadBalancer"]},
+                    "annotations": STR_MAP, "labels": STR_MAP,
+                    "nodePort": {"type": ["integer", "null"], "minimum": 1, "maximum": 65535},
+                    "loadBalancerSourceRanges": {"type": "array", "items": S},
+                    "externalTrafficPolicy": {"enum": ["", "Cluster", "Local"]},
+                }),
                 "gateway": obj({"replicas": INT1, "numCpus": {"type": "number", "minimum": 0},
                                 "maxOngoingRequests": INT1,
                                 "maxBodyBytes": {"type": ["integer", "null"], "minimum": 1}}),
@@ -114,21 +143,33 @@ def schema() -> dict:
                            "additionalProperties": model},
             }, ("models",)),
             "ray": obj({
-                "metricsPort": PORT, "dashboardPort": PORT, "env": LIST, "podLabels": STR_MAP,
-                "podAnnotations": STR_MAP, "priorityClassName": S,
+                "metricsPort": PORT, "dashboardPort": PORT, "dashboardAgentPort": PORT,
+                "dashboardMetricsPort": PORT, "autoscalerMetricsPort": PORT,
+                "env": LIST, "podLabels": STR_MAP, "podAnnotations": STR_MAP,
+                "priorityClassName": S,
+                "auth": obj({"enabled": B, "secretName": S}),
+                "gcsFaultTolerance": obj({
+                    "enabled": B, "redisAddress": S, "redisPassword": secret_key(),
+                    "redisUsername": secret_key(), "externalStorageNamespace": S}),
+                "drain": obj({"timeoutSeconds": {"type": "integer", "minimum": 0,
+                                                 "maximum": 3600}}),
                 "autoscaler": obj({"enabled": B, "idleTimeoutSeconds": INT0,
                                    "resources": RESOURCES}),
             }),
             "head": obj({"rayStartParams": {"type": "object"}, "resources": RESOURCES,
-                         "shmSize": QUANTITY, "tmpSize": QUANTITY, "nodeSelector": STR_MAP,
-                         "tolerations": LIST, "affinity": ANY_OBJ}),
-            "workers": obj({"cpu": ray_group(), "gpu": ray_group(gpu=True)}),
+                         "shmSize": QUANTITY, "tmpSize": QUANTITY, **POD_PASSTHROUGH}),
+            "workers": obj({"cpu": ray_group(), "gpu": ray_group(gpu=True),
+                            "additional": {"type": "array",
+                                           "items": ray_group(named=True)}}),
             "rolloutController": obj({
                 "enabled": B, "prometheusUrl": {"type": "string", "pattern": "^https?://"},
-                "metricsPort": PORT, "stateConfigMap": S, "extraArgs": LIST, "env": LIST,
+                "metricsPort": PORT, "metricsBindAddress": {"type": "string", "minLength": 1},
+                "stateConfigMap": S, "extraArgs": LIST, "env": LIST,
                 "resources": RESOURCES, "nodeSelector": STR_MAP, "tolerations": LIST,
                 "affinity": ANY_OBJ}),
             "monitoring": obj({
+                "prometheusOperator": {"enum": ["auto", True, False]},
+                "selectorLabels": STR_MAP,
                 "podMonitor": monitor, "serviceMonitor": monitor,
                 "prometheusRule": obj({"enabled": B, "labels": STR_MAP}),
                 "dashboards": obj({"enabled": B, "labels": STR_MAP, "annotations": STR_MAP,
@@ -142,7 +183,25 @@ def schema() -> dict:
                 "minRequestRate": {"type": "number", "minimum": 0},
             }),
             "networkPolicy": obj({"enabled": B, "servingFrom": LIST, "metricsFrom": LIST,
+                                  "kuberayOperator": obj({
+                                      "namespace": {"type": "string", "minLength": 1},
+                                      "podLabels": {**STR_MAP, "minProperties": 1}},
+                                      ("namespace", "podLabels")),
                                   "dashboardFrom": LIST}),
+            "ingress": obj({
+                "enabled": B, "className": S, "annotations": STR_MAP,
+                "hosts": {"type": "array", "items": obj({
+                    "host": S, "paths": {"type": "array", "items": obj({
+                        "path": {"type": "string", "pattern": "^/"},
+                        "pathType": {"enum": ["Prefix", "Exact", "ImplementationSpecific"]},
+                    }, ("path",))}}, ("host", "paths"))},
+                "tls": {"type": "array", "items": obj({"secretName": S, "hosts": LIST})},
+                "basicAuth": obj({"secretName": S, "realm": S}),
+            }),
+            "httpRoute": obj({
+                "enabled": B, "annotations": STR_MAP, "parentRefs": LIST, "hostnames": LIST,
+                "pathPrefix": {"type": "string", "pattern": "^/"}, "filters": LIST,
+            }),
             "podDisruptionBudget": obj({"enabled": B,
                                         "maxUnavailable": {"type": ["integer", "string"]}}),
             "podSecurityContext": ANY_OBJ,

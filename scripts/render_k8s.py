@@ -43,8 +43,10 @@ def tool(name: str) -> str:
 
 
 def helm_template(values: list[Path] | None = None) -> str:
+    # the kustomize output is for clusters with the Prometheus Operator's CRDs (k8s/README.md);
+    # the Ray token Secret is created beside it (k8s/README.md)
     cmd = [tool("helm"), "template", RELEASE, str(CHART), "--namespace", NAMESPACE,
-           "--skip-tests"]
+           "--skip-tests", "--api-versions", "monitoring.coreos.com/v1"]
     for v in values or []:
         cmd += ["-f", str(v)]
     return subprocess.run(cmd, check=True, capture_output=True, text=True).stdout

@@ -16,7 +16,8 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "helm/optiserve"
-CI_VALUES = {name: CHART / "ci" / f"{name}-values.yaml" for name in ("default", "gpu", "canary")}
+CI_VALUES = {name: CHART / "ci" / f"{name}-values.yaml"
+             for name in ("default", "gpu", "canary", "production")}
 
 
 def find_tool(name: str) -> str:
@@ -55,8 +56,15 @@ def checkov() -> str:
     return find_tool("checkov")
 
 
-def helm_template(helm: str, *args: str, release: str = "osv") -> list[dict]:
-    r = run([helm, "template", release, str(CHART), "--namespace", "serving", *args])
+#: `helm template` has no cluster to ask: tell it the Prometheus Operator's CRDs are served, as
+#: on the clusters the chart targets (monitoring.prometheusOperator "auto" renders the monitors)
+MONITORING_API = ("--api-versions", "monitoring.coreos.com/v1")
+
+
+def helm_template(helm: str, *args: str, release: str = "osv",
+                  monitoring_crds: bool = True) -> list[dict]:
+    api = MONITORING_API if monitoring_crds else ()
+    r = run([helm, "template", release, str(CHART), "--namespace", "serving", *api, *args])
     assert r.returncode == 0, r.stderr
     return [d for d in yaml.safe_load_all(r.stdout) if d]
 

@@ -30,7 +30,7 @@ from .conftest import (
 KUBE_VERSIONS = ("1.29.0", "1.33.0")
 #: kinds kubernetes-validate has schemas for; everything else is a custom resource
 CORE_KINDS = {"ConfigMap", "Deployment", "NetworkPolicy", "Pod", "PodDisruptionBudget", "Role",
-              "RoleBinding", "Service", "ServiceAccount", "PodTemplate"}
+              "RoleBinding", "Service", "ServiceAccount", "PodTemplate", "Ingress"}
 MONITORING_KINDS = {"PodMonitor", "ServiceMonitor", "PrometheusRule"}
 RAYSERVICE_SCHEMA = json.loads((Path(__file__).parent / "rayservice.schema.json").read_text())
 
@@ -62,7 +62,7 @@ def test_every_kind_is_checked_by_something(rendered):
     assert kinds <= CORE_KINDS | MONITORING_KINDS | {"RayService"}, kinds
     assert {"RayService", "Deployment", "PodMonitor", "ServiceMonitor", "PrometheusRule",
             "NetworkPolicy", "PodDisruptionBudget", "Role", "RoleBinding", "ConfigMap",
-            "ServiceAccount", "Service", "Pod"} <= kinds
+            "ServiceAccount", "Service", "Pod", "Ingress"} <= kinds
 
 
 @pytest.mark.parametrize("bad, message", [
@@ -207,11 +207,74 @@ def test_serve_config_is_valid_for_the_serving_app(rendered, values):
     validate_serve_config(doc, repository_check=False)
 
 
+def _worker_cpus(values: dict) -> float:
+    """CPUs Ray sees on one pod of the default CPU worker group (its CPU request)."""
+    cpu = str(values["workers"]["cpu"]["resources"]["requests"]["cpu"])
+    return float(cpu[:-1]) / 1000 if cpu.endswith("m") else float(cpu)
+
+
+def _sized(values: dict) -> tuple:
+    """(gateway replicas, gateway CPUs, model replicas, model CPUs, threads) of values."""
+    gw = values["serve"]["gateway"]
+    (model,) = values["serve"]["models"].values()
+    (v,) = model["versions"].values()
+    return (gw["replicas"], gw["numCpus"], v["replicas"], v["numCpus"],
+            v["runtime"]["intra_op_threads"])
+
+
+@pytest.mark.parametrize("values_file", [None, "production"])
+def test_chart_defaults_follow_the_serving_sizing_rule(values_file):
+    """The default layout is what `optiserve serve` chooses for a machine of one worker pod's
+    CPUs (serving.sizing.plan), once per worker pod: the gateway's replicas and CPUs, the model's
+    replicas, reserved CPUs and intra-op threads."""
+    from serving.sizing import plan
+
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    if values_file:
+        over = yaml.safe_load(CI_VALUES[values_file].read_text())
+        for key in ("workers", "serve"):
+            values[key] = _deep_merge(values[key], over.get(key, {}))
+    pods = values["workers"]["cpu"]["replicas"]
+    layout = plan(_worker_cpus(values))
+    assert _sized(values) == (layout.gateway_replicas * pods, layout.gateway_cpus,
+                              layout.version_replicas * pods, layout.cpus_per_replica,
+                              layout.threads), layout.describe()
+    # and it fits: per pod, the gateway's and the model's reservations within the pod's CPUs
+    assert layout.gateway_replicas * layout.gateway_cpus + \
+        layout.version_replicas * layout.cpus_per_replica <= _worker_cpus(values)
+
+
+def test_sizing_check_can_fail():
+    from serving.sizing import plan
+
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    values["workers"]["cpu"]["resources"]["requests"]["cpu"] = "8"
+    layout = plan(_worker_cpus(values))
+    assert _sized(values) != (layout.gateway_replicas, layout.gateway_cpus,
+                              layout.version_replicas, layout.cpus_per_replica, layout.threads)
+
+
+def _deep_merge(base: dict, over: dict) -> dict:
+    out = copy.deepcopy(base)
+    for k, v in over.items():
+        out[k] = _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k),
+                                                                               dict) else v
+    return out
+
+
 def test_serve_config_equals_what_the_serving_code_builds(rendered):
-    """The defaults map to exactly build_serve_config's layout (gateway + one app per version)."""
+    """The defaults map to exactly build_serve_config's layout (gateway + one app per version),
+    sized by serving.sizing.plan for the default worker pod."""
+    from serving.sizing import plan
+
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    layout = plan(_worker_cpus(values))
     got = serve_config(rendered["default"])
     want = build_serve_config("/models", [("minilm", 1)], host="0.0.0.0", port=8000,
-                              version_cpus=1.0, gateway_cpus=0.25)
+                              version_cpus=layout.cpus_per_replica,
+                              gateway_cpus=layout.gateway_cpus,
+                              gateway_replicas=layout.gateway_replicas,
+                              version_replicas=layout.version_replicas, threads=layout.threads)
     # version keys are strings in the chart's YAML, as in JSON (what Ray's REST API receives)
     assert got == json.loads(json.dumps(want))
 
@@ -302,7 +365,7 @@ def test_ray_pods_storage_and_probes(rendered):
             c = spec["containers"][0]
             mounts = {m["mountPath"]: m for m in c["volumeMounts"]}
             assert "/dev/shm" in mounts and mounts["/models"]["readOnly"] is True
-            assert c["readinessProbe"]["httpGet"] and c["livenessProbe"]["httpGet"]
+            assert c["readinessProbe"] and c["livenessProbe"]["httpGet"]
             assert spec["automountServiceAccountToken"] is False
             init = {i["name"]: i for i in spec["initContainers"]}
             # every artifact's sha256 checked before Ray starts
@@ -350,7 +413,8 @@ def test_rollout_controller_least_privilege(rendered):
     assert named["rayservices"] == [rs_name]
     (dep,) = only(objs, "Deployment")
     container = dep["spec"]["template"]["spec"]["containers"][0]
-    assert container["args"] == ["--metrics-port=9464"]
+    # metrics bind the pod's own address, not 0.0.0.0
+    assert container["args"] == ["--metrics-port=9464", "--metrics-host=$(POD_IP)"]
     env = {e["name"]: e.get("value", e.get("valueFrom")) for e in container["env"]}
     assert env["OPTISERVE_ROLLOUT_TARGET"] == "rayservice"
     assert env["OPTISERVE_RAYSERVICE"] == rs_name
@@ -364,7 +428,12 @@ def test_rollout_controller_least_privilege(rendered):
     assert cm_rule["verbs"] == ["get", "update", "patch"]
     assert env["OPTISERVE_NAMESPACE"] == {"fieldRef": {"fieldPath": "metadata.namespace"}}
     # the analysis reads this release's series only, and the PodMonitor provides the label
-    assert env["OPTISERVE_PROMETHEUS_SELECTOR"] == 'namespace="serving",release="osv"'
+    # the namespace is the pod's (Kubernetes expands $(VAR) of an earlier variable), so the
+    # selector survives a namespace change of the kustomize output
+    assert env["OPTISERVE_PROMETHEUS_SELECTOR"] == \
+        'namespace="$(OPTISERVE_NAMESPACE)",release="osv"'
+    names = [e["name"] for e in container["env"]]
+    assert names.index("OPTISERVE_NAMESPACE") < names.index("OPTISERVE_PROMETHEUS_SELECTOR")
     assert env["OPTISERVE_SCRAPE_INTERVAL"] == "15s"
     (pm,) = only(objs, "PodMonitor")
     relabels = pm["spec"]["podMetricsEndpoints"][0]["relabelings"]
@@ -373,7 +442,8 @@ def test_rollout_controller_least_privilege(rendered):
     from serving.rollout import RolloutSpec
 
     RolloutSpec(model="m", stable=1, canary=2,
-                prometheus_selector=env["OPTISERVE_PROMETHEUS_SELECTOR"])  # it parses
+                prometheus_selector=env["OPTISERVE_PROMETHEUS_SELECTOR"].replace(
+                    "$(OPTISERVE_NAMESPACE)", "serving"))  # it parses
     (rb,) = only(objs, "RoleBinding")
     assert rb["roleRef"]["name"] == role["metadata"]["name"]
     assert rb["subjects"][0]["name"] == dep["spec"]["template"]["spec"]["serviceAccountName"]
@@ -414,7 +484,8 @@ def test_network_policies_and_disruption_budgets(rendered):
     pols = {p["metadata"]["name"]: p for p in only(objs, "NetworkPolicy")}
     ray = next(p for n, p in pols.items() if n.endswith("-ray"))
     ports = {p["port"] for rule in ray["spec"]["ingress"] for p in rule.get("ports", [])}
-    assert ports == {8000, 8080, 8265}
+    # inference, Ray's metrics (and the head's dashboard metrics), the dashboard
+    assert ports == {8000, 8080, 44227, 8265}
     pdbs = {p["spec"]["selector"]["matchLabels"]["optiserve.dev/ray-group"]
             for p in only(objs, "PodDisruptionBudget")}
     assert pdbs == {"cpu", "gpu"}

@@ -19,7 +19,8 @@ from serving.config import validate_serve_config
 from serving.rollout.state import OwnedSplit, RolloutSpec, RolloutState
 from serving.rollout.store import configmap_name
 
-from .conftest import CHART, CI_VALUES, helm_template, rayservice, run, serve_config
+from .conftest import (CHART, CI_VALUES, MONITORING_API, helm_template, rayservice, run,
+                       serve_config)
 from .kube_standin import StandInApiServer
 
 NAMESPACE = "serving"
@@ -122,7 +123,7 @@ def test_without_a_state_configmap_the_render_is_helm_templates(helm, api, value
     out, _ = render_against(helm, api, "-f", str(CI_VALUES[values]))
     assert ("GET", f"/api/v1/namespaces/{NAMESPACE}/configmaps/{PREFIX}-minilm") in api.requests
     plain = run([helm, "template", RELEASE, str(CHART), "--namespace", NAMESPACE,
-                 "-f", str(CI_VALUES[values])])
+                 *MONITORING_API, "-f", str(CI_VALUES[values])])
     assert plain.returncode == 0, plain.stderr
     assert out == plain.stdout
 

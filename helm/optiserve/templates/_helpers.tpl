@@ -187,10 +187,22 @@ app.kubernetes.io/part-of: optiserve
 {{- toYaml .Values.securityContext -}}
 {{- end -}}
 
+{{/* The image of the model init steps (verify-models): the light init image. */}}
+{{- define "optiserve.initImage" -}}
+{{- include "optiserve.imageRef" (list .Values.initImage (printf "%s-init" .Chart.AppVersion)) -}}
+{{- end -}}
+
+{{/* The Secret holding Ray's authentication token (key auth_token). */}}
+{{- define "optiserve.authSecret" -}}
+{{- default (printf "%s-ray-auth" (include "optiserve.fullname" .)) .Values.ray.auth.secretName -}}
+{{- end -}}
+
 {{/* Environment of every Ray container. */}}
 {{- define "optiserve.rayEnv" -}}
+{{- $root := index . 0 -}}
+{{- $group := index . 1 -}}
 - name: OPTISERVE_REPOSITORY
-  value: {{ .Values.modelRepository.path | quote }}
+  value: {{ $root.Values.modelRepository.path | quote }}
 # HAProxy in front of direct-ingress replicas: ~10x the default proxy's throughput (measured)
 - name: RAY_SERVE_ENABLE_HA_PROXY
   value: "1"
@@ -206,13 +218,16 @@ app.kubernetes.io/part-of: optiserve
   value: /tmp
 - name: XDG_CACHE_HOME
   value: /tmp/.cache
-{{- with .Values.ray.env }}
+{{- with $root.Values.ray.env }}
+{{ toYaml . }}
+{{- end }}
+{{- with $group.env }}
 {{ toYaml . }}
 {{- end }}
 {{- end -}}
 
 {{/* Init containers of every Ray pod: copy the model repository (objectStorage) and verify
-     every artifact's sha256 against its manifest. */}}
+     every artifact's sha256 against its manifest (the light init image: no Ray, no runtimes). */}}
 {{- define "optiserve.modelInitContainers" -}}
 {{- $mr := .Values.modelRepository -}}
 {{- if eq $mr.source "objectStorage" }}
@@ -243,8 +258,8 @@ app.kubernetes.io/part-of: optiserve
 {{- end }}
 {{- if $mr.verify }}
 - name: verify-models
-  image: {{ include "optiserve.image" . }}
-  imagePullPolicy: {{ .Values.image.pullPolicy }}
+  image: {{ include "optiserve.initImage" . }}
+  imagePullPolicy: {{ .Values.initImage.pullPolicy }}
   command: ["optiserve", "repo", "verify", "--repository", {{ $mr.path | quote }}]
   env:
     - name: HOME
@@ -262,9 +277,10 @@ app.kubernetes.io/part-of: optiserve
 {{- end }}
 {{- end -}}
 
-{{/* Volumes of a Ray pod; argument: (list $ shmSize tmpSize). */}}
+{{/* Volumes of a Ray pod; argument: (list $ group). */}}
 {{- define "optiserve.rayVolumes" -}}
 {{- $root := index . 0 -}}
+{{- $g := index . 1 -}}
 {{- $mr := $root.Values.modelRepository -}}
 - name: models
 {{- if eq $mr.source "pvc" }}
@@ -279,50 +295,101 @@ app.kubernetes.io/part-of: optiserve
 - name: shm
   emptyDir:
     medium: Memory
-    sizeLimit: {{ index . 1 }}
+    sizeLimit: {{ $g.shmSize }}
 # Ray writes sessions, logs and sockets under /tmp; the root filesystem stays read-only
 - name: tmp
   emptyDir:
-    sizeLimit: {{ index . 2 }}
+    sizeLimit: {{ $g.tmpSize }}
+{{- with $g.volumes }}
+{{ toYaml . }}
+{{- end }}
 {{- end -}}
 
 {{- define "optiserve.rayVolumeMounts" -}}
+{{- $root := index . 0 -}}
+{{- $g := index . 1 -}}
 - name: models
-  mountPath: {{ .Values.modelRepository.path }}
+  mountPath: {{ $root.Values.modelRepository.path }}
   readOnly: true
 - name: shm
   mountPath: /dev/shm
 - name: tmp
   mountPath: /tmp
+{{- with $g.volumeMounts }}
+{{ toYaml . }}
+{{- end }}
 {{- end -}}
 
-{{/* Pod template of a Ray group; argument: dict root, component, group, image, resources, shmSize,
-     tmpSize, nodeSelector, tolerations, affinity, head (bool). */}}
+{{/* The drain before a worker stops (preStop): mark the node draining in Ray's GCS, so Serve
+     stops routing to this node (its proxy answers /-/healthz with 503, the readiness probe
+     fails and the pod leaves the serve Service) and moves replicas away; Serve shuts the proxy
+     down once no request is in flight on it. Wait for that (the port stops answering: wget exit
+     code 4), at most drainTimeoutSeconds, then stop Ray. */}}
+{{- define "optiserve.drainCommand" -}}
+{{- $root := index . 0 -}}
+{{- $timeout := int $root.Values.ray.drain.timeoutSeconds -}}
+ray drain-node --reason=DRAIN_NODE_REASON_PREEMPTION --reason-message="pod terminating" --deadline-remaining-seconds={{ $timeout }} || true
+end=$((SECONDS + {{ $timeout }}))
+while [ "$SECONDS" -lt "$end" ]; do
+  wget --tries 1 -T 2 -q -O /dev/null http://localhost:{{ $root.Values.serve.port }}/-/healthz; rc=$?
+  [ "$rc" -eq 4 ] && break
+  sleep 1
+done
+ray stop
+{{- end -}}
+
+{{/* Labels of the Ray pods. Nothing that changes with the chart or app version: KubeRay hashes
+     rayClusterConfig, and any change there starts a new cluster. */}}
+{{- define "optiserve.rayPodLabels" -}}
+{{- $root := index . 0 -}}
+{{- $g := index . 1 -}}
+{{ include "optiserve.selectorLabels" $root }}
+app.kubernetes.io/managed-by: {{ $root.Release.Service }}
+app.kubernetes.io/part-of: optiserve
+app.kubernetes.io/component: {{ ternary "ray-head" "ray-worker" $g.head }}
+optiserve.dev/ray-group: {{ $g.name }}
+{{- with $root.Values.ray.podLabels }}
+{{ toYaml . }}
+{{- end }}
+{{- with $g.podLabels }}
+{{ toYaml . }}
+{{- end }}
+{{- end -}}
+
+{{/* Pod template of a Ray group; argument: (list $ group), group: the group's values plus name,
+     head (bool), image, resources (final). */}}
 {{- define "optiserve.rayPodTemplate" -}}
-{{- $root := .root -}}
+{{- $root := index . 0 -}}
+{{- $g := index . 1 -}}
 {{- $v := $root.Values -}}
+{{- $annotations := merge (deepCopy ($g.podAnnotations | default dict)) ($v.ray.podAnnotations | default dict) -}}
 metadata:
   labels:
-    {{- include "optiserve.labels" $root | nindent 4 }}
-    app.kubernetes.io/component: {{ .component }}
-    optiserve.dev/ray-group: {{ .group }}
-    {{- with $v.ray.podLabels }}
-    {{- toYaml . | nindent 4 }}
-    {{- end }}
-  {{- with $v.ray.podAnnotations }}
+    {{- include "optiserve.rayPodLabels" (list $root $g) | nindent 4 }}
+  {{- with $annotations }}
   annotations:
     {{- toYaml . | nindent 4 }}
   {{- end }}
 spec:
+  {{- with $g.serviceAccountName }}
+  serviceAccountName: {{ . }}
+  {{- end }}
   {{- /* the head needs the API only for Ray's autoscaler sidecar */}}
-  automountServiceAccountToken: {{ and .head $v.ray.autoscaler.enabled }}
+  automountServiceAccountToken: {{ and $g.head $v.ray.autoscaler.enabled }}
   enableServiceLinks: false
   {{- with $v.imagePullSecrets }}
   imagePullSecrets:
     {{- toYaml . | nindent 4 }}
   {{- end }}
-  {{- with $v.ray.priorityClassName }}
+  {{- with (default $v.ray.priorityClassName $g.priorityClassName) }}
   priorityClassName: {{ . }}
+  {{- end }}
+  {{- with $g.runtimeClassName }}
+  runtimeClassName: {{ . }}
+  {{- end }}
+  {{- if not $g.head }}
+  # the drain (preStop) gets drainTimeoutSeconds, ray stop the rest
+  terminationGracePeriodSeconds: {{ add (int $v.ray.drain.timeoutSeconds) 30 }}
   {{- end }}
   securityContext:
     {{- include "optiserve.podSecurityContext" $root | nindent 4 }}
@@ -332,13 +399,17 @@ spec:
     {{- $init | nindent 4 }}
   {{- end }}
   containers:
-    - name: {{ ternary "ray-head" "ray-worker" .head }}
-      image: {{ .image }}
-      imagePullPolicy: {{ $v.image.pullPolicy }}
+    - name: {{ ternary "ray-head" "ray-worker" $g.head }}
+      image: {{ $g.image }}
+      imagePullPolicy: {{ $g.pullPolicy }}
       env:
-        {{- include "optiserve.rayEnv" $root | nindent 8 }}
+        {{- include "optiserve.rayEnv" (list $root $g) | nindent 8 }}
+      {{- with $g.envFrom }}
+      envFrom:
+        {{- toYaml . | nindent 8 }}
+      {{- end }}
       ports:
-        {{- if .head }}
+        {{- if $g.head }}
         - name: gcs-server
           containerPort: 6379
           protocol: TCP
@@ -348,6 +419,15 @@ spec:
         - name: client
           containerPort: 10001
           protocol: TCP
+        # Ray's dashboard and autoscaler metrics (Ray's own Grafana dashboards read them)
+        - name: dash-metrics
+          containerPort: {{ $v.ray.dashboardMetricsPort }}
+          protocol: TCP
+        {{- if $v.ray.autoscaler.enabled }}
+        - name: as-metrics
+          containerPort: {{ $v.ray.autoscalerMetricsPort }}
+          protocol: TCP
+        {{- end }}
         {{- end }}
         - name: serve
           containerPort: {{ $v.serve.port }}
@@ -355,65 +435,114 @@ spec:
         - name: metrics
           containerPort: {{ $v.ray.metricsPort }}
           protocol: TCP
-      {{- if .head }}
-      # GCS and the dashboard answer once the head is up
+      {{- if $g.head }}
+      # raylet and GCS (the dashboard agent's unified health check); the head serves no traffic
+      # (excludeHeadPodFromServeSvc), so it is ready once the cluster's control plane is
       readinessProbe:
         httpGet:
-          path: /api/gcs_healthz
-          port: {{ $v.ray.dashboardPort }}
+          path: /api/healthz
+          port: {{ $v.ray.dashboardAgentPort }}
         initialDelaySeconds: 10
         periodSeconds: 5
-        timeoutSeconds: 2
+        timeoutSeconds: 5
         failureThreshold: 10
-      livenessProbe:
-        httpGet:
-          path: /api/gcs_healthz
-          port: {{ $v.ray.dashboardPort }}
-        initialDelaySeconds: 30
-        periodSeconds: 10
-        timeoutSeconds: 2
-        failureThreshold: 12
       {{- else }}
-      # ready once this node's Serve proxy answers; alive while its raylet does
+      # as KubeRay's own probe for RayService workers: the raylet and this node's Serve proxy,
+      # failureThreshold 1, so a dead or draining proxy leaves the serve Service within a period
       readinessProbe:
-        httpGet:
-          path: /-/healthz
-          port: {{ $v.serve.port }}
+        exec:
+          command:
+            - bash
+            - -c
+            - >-
+              wget --tries 1 -T 2 -q -O- http://localhost:{{ $v.ray.dashboardAgentPort }}/api/local_raylet_healthz | grep success
+              && wget --tries 1 -T 10 -q -O- http://localhost:{{ $v.serve.port }}/-/healthz | grep success
         initialDelaySeconds: 10
         periodSeconds: 5
         timeoutSeconds: 2
-        failureThreshold: 10
+        successThreshold: 1
+        failureThreshold: 1
+      {{- end }}
       livenessProbe:
         httpGet:
-          path: /api/local_raylet_healthz
-          port: 52365
+          path: /api/healthz
+          port: {{ $v.ray.dashboardAgentPort }}
         initialDelaySeconds: 30
-        periodSeconds: 10
-        timeoutSeconds: 2
-        failureThreshold: 12
-      {{- end }}
+        periodSeconds: 5
+        timeoutSeconds: {{ ternary 5 2 $g.head }}
+        failureThreshold: 120
       lifecycle:
         preStop:
           exec:
+            {{- if $g.head }}
             command: ["ray", "stop"]
+            {{- else }}
+            command:
+              - bash
+              - -c
+              - |
+                {{- include "optiserve.drainCommand" (list $root) | nindent 16 }}
+            {{- end }}
       securityContext:
         {{- include "optiserve.securityContext" $root | nindent 8 }}
       resources:
-        {{- toYaml .resources | nindent 8 }}
+        {{- toYaml $g.resources | nindent 8 }}
       volumeMounts:
-        {{- include "optiserve.rayVolumeMounts" $root | nindent 8 }}
+        {{- include "optiserve.rayVolumeMounts" (list $root $g) | nindent 8 }}
   volumes:
-    {{- include "optiserve.rayVolumes" (list $root .shmSize .tmpSize) | nindent 4 }}
-  {{- with .nodeSelector }}
+    {{- include "optiserve.rayVolumes" (list $root $g) | nindent 4 }}
+  {{- with $g.nodeSelector }}
   nodeSelector:
     {{- toYaml . | nindent 4 }}
   {{- end }}
-  {{- with .tolerations }}
+  {{- with $g.tolerations }}
   tolerations:
     {{- toYaml . | nindent 4 }}
   {{- end }}
-  {{- with .affinity }}
+  {{- with $g.affinity }}
   affinity:
     {{- toYaml . | nindent 4 }}
   {{- end }}
+  {{- with $g.topologySpreadConstraints }}
+  topologySpreadConstraints:
+    {{- range . }}
+    {{- $c := deepCopy . }}
+    {{- if not (hasKey $c "labelSelector") }}
+    {{- /* spread this group's pods (of this release) unless told otherwise */}}
+    {{- $_ := set $c "labelSelector" (dict "matchLabels" (dict "app.kubernetes.io/name" (include "optiserve.name" $root) "app.kubernetes.io/instance" $root.Release.Name "optiserve.dev/ray-group" $g.name)) }}
+    {{- end }}
+    - {{- toYaml $c | nindent 6 }}
+    {{- end }}
+  {{- end }}
+{{- end -}}
+
+{{/* The Ray worker groups, in order: cpu, gpu (when enabled), then workers.additional. Each:
+     the group's values with name, image, pullPolicy, gpus (0 for CPU groups) and final
+     resources (nvidia.com/gpu added). Returned as JSON: {"groups": [...]}. */}}
+{{- define "optiserve.workerGroups" -}}
+{{- $groups := list -}}
+{{- $w := .Values.workers -}}
+{{- if $w.cpu.enabled -}}{{- $groups = append $groups (merge (dict "name" "cpu" "gpus" 0) (deepCopy $w.cpu)) -}}{{- end -}}
+{{- if $w.gpu.enabled -}}{{- $groups = append $groups (merge (dict "name" "gpu") (deepCopy $w.gpu)) -}}{{- end -}}
+{{- range $w.additional -}}
+{{- $groups = append $groups (merge (deepCopy .) (dict "gpus" 0) (deepCopy (omit $w.cpu "enabled" "replicas" "minReplicas" "maxReplicas"))) -}}
+{{- end -}}
+{{- $out := list -}}
+{{- range $groups -}}
+{{- $g := . -}}
+{{- $gpus := int ($g.gpus | default 0) -}}
+{{- $image := ternary (include "optiserve.gpuImage" $) (include "optiserve.image" $) (gt $gpus 0) -}}
+{{- $pull := ternary $.Values.gpuImage.pullPolicy $.Values.image.pullPolicy (gt $gpus 0) -}}
+{{- $resources := deepCopy ($g.resources | default dict) -}}
+{{- if gt $gpus 0 -}}
+{{- $_ := set $resources "limits" (merge (dict "nvidia.com/gpu" $gpus) ($resources.limits | default dict)) -}}
+{{- $_ := set $resources "requests" (merge (dict "nvidia.com/gpu" $gpus) ($resources.requests | default dict)) -}}
+{{- end -}}
+{{- $_ := set $g "image" $image -}}
+{{- $_ := set $g "pullPolicy" $pull -}}
+{{- $_ := set $g "resources" $resources -}}
+{{- $_ := set $g "head" false -}}
+{{- $out = append $out $g -}}
+{{- end -}}
+{{- toJson (dict "groups" $out) -}}
 {{- end -}}
