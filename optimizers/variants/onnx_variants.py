@@ -228,7 +228,10 @@ def build_onnx_int8_dynamic(ctx: BuildContext) -> VariantBuild:
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    base = optimized_fp32(ctx)
+    # Transformers quantize their fused graph (Attention); other graphs the exported one, as
+    # ONNX Runtime's CPU fusions (FusedGemm) hide MatMul/Gemm from the quantizer. Serving's
+    # session applies the graph optimisations to the quantized model when it loads it.
+    base = optimized_fp32(ctx) if ctx.source.transformer else exported_onnx(ctx)
     _require_quantizable(base)
     work = ctx.scratch("onnx-int8-dynamic-work")
 
