@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
-"""Write tests/deploy/rayservice.schema.json from KubeRay's RayService CRD (ray.io_rayservices.yaml).
+"""Write tests/deploy/rayservice.schema.json from KubeRay's RayService CRD.
 
-    python scripts/rayservice_schema.py --crd PATH/ray.io_rayservices.yaml --source "KubeRay <commit>"
+    python scripts/rayservice_schema.py --crd PATH/ray.io_rayservices.yaml \
+        --source "KubeRay <release or commit>"
 
 The tests validate the chart's RayService against it (tests/deploy/test_chart.py). From the
 CRD's ray.io/v1 openAPIV3Schema it keeps `spec` (not `status`) and makes it strict the way

@@ -5,7 +5,11 @@
     python scripts/render_k8s.py --check   # exit 1 when a committed file is out of date
 
 k8s/base is `helm template` of the chart's defaults (release and namespace "optiserve", without
-the `helm test` pod). Each overlay k8s/overlays/NAME has a hand-written values.yaml (the settings
+the `helm test` pod), in kustomize's form: without Helm's labels (helm.sh/chart,
+app.kubernetes.io/managed-by: Helm) and with every object's namespace set, so that a
+kustomization that sets another namespace also moves the RoleBinding's ServiceAccount subject
+(kustomize rewrites subjects that name the namespace the ServiceAccount had).
+Each overlay k8s/overlays/NAME has a hand-written values.yaml (the settings
 on top of the defaults); its kustomization.yaml and patches are generated so that
 `kubectl kustomize k8s/overlays/NAME` gives exactly what `helm template -f values.yaml` gives.
 """
@@ -60,11 +64,31 @@ def key(obj: dict) -> tuple[str, str]:
     return obj["kind"], obj["metadata"]["name"]
 
 
+HELM_LABELS = {"helm.sh/chart": None, "app.kubernetes.io/managed-by": "Helm"}
+
+
+def without_helm_labels(node):
+    """The object with Helm's own labels dropped from every `labels` map (metadata and pod
+    templates); selectors never use them."""
+    if isinstance(node, list):
+        return [without_helm_labels(n) for n in node]
+    if not isinstance(node, dict):
+        return node
+    out = {}
+    for k, v in node.items():
+        if k == "labels" and isinstance(v, dict):
+            v = {lk: lv for lk, lv in v.items()
+                 if not (lk in HELM_LABELS and HELM_LABELS[lk] in (None, lv))}
+        out[k] = without_helm_labels(v)
+    return out
+
+
 def as_installed(objs: list[dict]) -> dict[tuple[str, str], dict]:
-    """What `helm install -n optiserve` creates: every object in the namespace."""
+    """What `kubectl apply -k` creates from the chart's render: every object in the namespace,
+    without Helm's labels."""
     out = {}
     for o in objs:
-        o = yaml.safe_load(yaml.safe_dump(o))
+        o = without_helm_labels(yaml.safe_load(yaml.safe_dump(o)))
         o["metadata"].setdefault("namespace", NAMESPACE)
         out[key(o)] = o
     return out
@@ -81,7 +105,8 @@ def _slug(k: tuple[str, str]) -> str:
 def outputs() -> dict[Path, str]:
     files: dict[Path, str] = {}
     base_text = helm_template()
-    files[K8S / "base/optiserve.yaml"] = HEADER + base_text.lstrip("-\n")
+    files[K8S / "base/optiserve.yaml"] = HEADER + "---\n".join(
+        _dump(o) for o in as_installed(objects(base_text)).values())
     files[K8S / "base/kustomization.yaml"] = HEADER + _dump({
         "apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization",
         "namespace": NAMESPACE, "resources": ["optiserve.yaml"]})

