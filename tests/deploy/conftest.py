@@ -17,7 +17,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "helm/optiserve"
 CI_VALUES = {name: CHART / "ci" / f"{name}-values.yaml"
-             for name in ("default", "gpu", "canary", "production")}
+             for name in ("default", "gpu", "canary", "production", "groups")}
 
 
 def find_tool(name: str) -> str:

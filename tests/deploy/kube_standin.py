@@ -36,6 +36,7 @@ RESOURCES: dict[str, list[tuple[str, str, bool]]] = {
                              ("ingresses", "Ingress", True)],
     "policy/v1": [("poddisruptionbudgets", "PodDisruptionBudget", True)],
     "ray.io/v1": [("rayservices", "RayService", True)],
+    "gateway.networking.k8s.io/v1": [("httproutes", "HTTPRoute", True)],
     "monitoring.coreos.com/v1": [("podmonitors", "PodMonitor", True),
                                  ("servicemonitors", "ServiceMonitor", True),
                                  ("prometheusrules", "PrometheusRule", True)],

@@ -525,7 +525,11 @@ spec:
 {{- if $w.cpu.enabled -}}{{- $groups = append $groups (merge (dict "name" "cpu" "gpus" 0) (deepCopy $w.cpu)) -}}{{- end -}}
 {{- if $w.gpu.enabled -}}{{- $groups = append $groups (merge (dict "name" "gpu") (deepCopy $w.gpu)) -}}{{- end -}}
 {{- range $w.additional -}}
-{{- $groups = append $groups (merge (deepCopy .) (dict "gpus" 0) (deepCopy (omit $w.cpu "enabled" "replicas" "minReplicas" "maxReplicas"))) -}}
+{{- /* keys the group leaves out take workers.cpu's, whole (a group's nodeSelector replaces
+       workers.cpu's rather than merging with it) */ -}}
+{{- $g := merge (dict "gpus" 0) (deepCopy (omit $w.cpu "enabled" "replicas" "minReplicas" "maxReplicas")) -}}
+{{- range $k, $v := . -}}{{- $_ := set $g $k (deepCopy $v) -}}{{- end -}}
+{{- $groups = append $groups $g -}}
 {{- end -}}
 {{- $out := list -}}
 {{- range $groups -}}

@@ -1,0 +1,377 @@
+"""The chart on a real cluster: upgrades that stay in place, the locked control plane, the serving
+lifecycle (readiness, drain), monitoring wiring and worker-group pass-throughs. Rendered with
+the real helm binary; what KubeRay does with the result is taken from its controller (the field
+names from its CRD, tests/deploy/rayservice.schema.json)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import stat
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from .conftest import CHART, CI_VALUES, helm_template, only, pod_templates, rayservice, run
+
+PINNED = ("--set", "image.tag=1.0.0-cpu", "--set", "gpuImage.tag=1.0.0-gpu",
+          "--set", "initImage.tag=1.0.0-init")
+
+
+def _bumped_chart(tmp_path: Path, version: str) -> Path:
+    chart = tmp_path / f"chart-{version}" / "optiserve"
+    if chart.exists():
+        return chart
+    shutil.copytree(CHART, chart)
+    meta = chart / "Chart.yaml"
+    doc = yaml.safe_load(meta.read_text())
+    doc["version"] = doc["appVersion"] = version
+    meta.write_text(yaml.safe_dump(doc))
+    return chart
+
+
+def _cluster_config(helm: str, chart: Path, *args: str) -> str:
+    r = run([helm, "template", "osv", str(chart), "--namespace", "serving", *args,
+             "--show-only", "templates/rayservice.yaml"])
+    assert r.returncode == 0, r.stderr
+    rs = yaml.safe_load(r.stdout)
+    # what KubeRay hashes to decide on a new cluster: rayClusterConfig, as JSON
+    return json.dumps(rs["spec"]["rayClusterConfig"], sort_keys=True)
+
+
+# ---- in-place upgrades ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("values", ["default", "gpu", "production"])
+def test_a_chart_version_bump_leaves_the_ray_cluster_byte_identical(helm, tmp_path, values):
+    """Chart 0.1.0 and 9.9.9 (chart and app version), images pinned by tag: the RayService's
+    rayClusterConfig, pod templates included, is the same bytes, so KubeRay keeps the cluster."""
+    old = _cluster_config(helm, _bumped_chart(tmp_path, "0.1.0"), "-f", str(CI_VALUES[values]),
+                          *PINNED)
+    new = _cluster_config(helm, _bumped_chart(tmp_path, "9.9.9"), "-f", str(CI_VALUES[values]),
+                          *PINNED)
+    assert old == new
+    assert "helm.sh/chart" not in new and "app.kubernetes.io/version" not in new
+    # without pinned images the bump changes the images only (a new cluster: documented)
+    unpinned_old = json.loads(_cluster_config(helm, _bumped_chart(tmp_path, "0.1.0")))
+    unpinned_new = json.loads(_cluster_config(helm, _bumped_chart(tmp_path, "9.9.9")))
+    assert json.dumps(unpinned_old).replace("0.1.0-", "9.9.9-") == json.dumps(unpinned_new)
+
+
+def test_upgrade_settings_are_exposed(helm):
+    spec = rayservice(helm_template(helm))["spec"]
+    assert spec["upgradeStrategy"] == {"type": "NewCluster"}
+    assert spec["rayClusterDeletionDelaySeconds"] == 60
+    spec = rayservice(helm_template(helm, "--set", "rayService.upgradeStrategy.type=None",
+                                    "--set", "rayService.rayClusterDeletionDelaySeconds=300"))[
+        "spec"]
+    assert spec["upgradeStrategy"] == {"type": "None"}
+    assert spec["rayClusterDeletionDelaySeconds"] == 300
+    r = run([helm, "template", "osv", str(CHART), "--set", "rayService.upgradeStrategy.type=Blue"])
+    assert r.returncode != 0 and "upgradeStrategy" in r.stderr
+
+
+def test_readme_says_what_applies_in_place():
+    text = (CHART / "README.md").read_text()
+    section = text[text.index("## Upgrades"):]
+    for needle in ("in place", "new cluster", "serve.models", "rayClusterDeletionDelaySeconds",
+                   "upgradeStrategy", "workers.additional", "image"):
+        assert needle in section, needle
+
+
+# ---- the locked control plane -----------------------------------------------------------------
+
+
+def test_ray_token_auth_from_a_secret_reaches_kuberay_and_the_controller(helm, tmp_path):
+    objs = helm_template(helm)
+    cluster = rayservice(objs)["spec"]["rayClusterConfig"]
+    assert cluster["authOptions"] == {"mode": "token", "secretName": "osv-optiserve-ray-auth"}
+    (dep,) = only(objs, "Deployment")
+    spec = dep["spec"]["template"]["spec"]
+    (vol,) = [v for v in spec["volumes"] if v["name"] == "ray-auth"]
+    assert vol["secret"]["secretName"] == "osv-optiserve-ray-auth"
+    assert vol["secret"]["items"] == [{"key": "auth_token", "path": "auth_token"}]
+    c = spec["containers"][0]
+    (mount,) = [m for m in c["volumeMounts"] if m["name"] == "ray-auth"]
+    env = {e["name"]: e.get("value") for e in c["env"]}
+    assert env["RAY_AUTH_TOKEN_PATH"] == f"{mount['mountPath']}/auth_token"
+    # the controller's Serve API client reads exactly that file
+    from serving import serve_api
+
+    (tmp_path / "auth_token").write_text("s3cret\n")
+    saved = {k: os.environ.pop(k, None) for k in ("RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH")}
+    try:
+        os.environ["RAY_AUTH_TOKEN_PATH"] = str(tmp_path / "auth_token")
+        assert serve_api._token() == "s3cret"
+    finally:
+        for k, v in saved.items():
+            os.environ.pop(k, None)
+            if v is not None:
+                os.environ[k] = v
+    # off: no authOptions, no mount
+    objs = helm_template(helm, "--set", "ray.auth.enabled=false")
+    assert "authOptions" not in rayservice(objs)["spec"]["rayClusterConfig"]
+    (dep,) = only(objs, "Deployment")
+    assert "ray-auth" not in json.dumps(dep)
+
+
+def test_dashboard_reachable_only_from_the_operators_namespace(rendered):
+    for values, objs in rendered.items():
+        (pol,) = [p for p in only(objs, "NetworkPolicy") if p["metadata"]["name"].endswith("-ray")]
+        rules = [r for r in pol["spec"]["ingress"]
+                 if any(p["port"] == 8265 for p in r.get("ports", []))]
+        assert len(rules) == 1, values
+        peers = rules[0]["from"]
+        assert peers[0] == {
+            "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "kuberay-system"}},
+            "podSelector": {"matchLabels": {"app.kubernetes.io/name": "kuberay-operator"}}}
+        # no peer admits every namespace, and the rollout controller (which patches the
+        # RayService through the API server) is not among them
+        for rule in pol["spec"]["ingress"]:
+            for peer in rule.get("from", []):
+                assert peer.get("namespaceSelector") != {}, (values, rule)
+        assert "rollout-controller" not in json.dumps(rules), values
+
+
+def test_controller_metrics_bind_is_configurable(rendered):
+    def args(objs):
+        (dep,) = only(objs, "Deployment")
+        return dep["spec"]["template"]["spec"]["containers"][0]["args"]
+
+    assert "--metrics-host=$(POD_IP)" in args(rendered["default"])
+    assert "--metrics-host=0.0.0.0" in args(rendered["groups"])
+
+
+def test_ingress_with_tls_and_basic_auth(rendered):
+    (ing,) = only(rendered["production"], "Ingress")
+    assert ing["spec"]["tls"] == [{"secretName": "optiserve-tls",
+                                   "hosts": ["optiserve.example.com"]}]
+    backend = ing["spec"]["rules"][0]["http"]["paths"][0]["backend"]["service"]
+    assert backend == {"name": "osv-optiserve-serve-svc", "port": {"number": 8000}}
+    a = ing["metadata"]["annotations"]
+    assert a["nginx.ingress.kubernetes.io/auth-type"] == "basic"
+    assert a["nginx.ingress.kubernetes.io/auth-secret"] == "optiserve-inference-htpasswd"
+    assert not only(rendered["default"], "Ingress") and not only(rendered["default"], "HTTPRoute")
+
+
+def test_serve_service_passthrough(rendered):
+    svc = rayservice(rendered["groups"])["spec"]["serveService"]
+    assert svc["spec"]["type"] == "LoadBalancer"
+    assert svc["metadata"]["annotations"] == {
+        "service.beta.kubernetes.io/aws-load-balancer-scheme": "internal"}
+    assert svc["spec"]["loadBalancerSourceRanges"] == ["10.0.0.0/8"]
+    # KubeRay keeps a user port named "serve" and sets the selector itself
+    assert svc["spec"]["ports"][0]["name"] == "serve" and "selector" not in svc["spec"]
+
+
+# ---- the serving lifecycle --------------------------------------------------------------------
+
+#: KubeRay's readiness command for RayService workers (ray-operator/controllers/ray/common/pod.go,
+#: utils.BaseWgetHealthCommand with the raylet's and the Serve proxy's health paths)
+KUBERAY_WORKER_READINESS = (
+    "wget --tries 1 -T 2 -q -O- http://localhost:52365/api/local_raylet_healthz | grep success"
+    " && wget --tries 1 -T 10 -q -O- http://localhost:8000/-/healthz | grep success")
+
+
+def test_head_out_of_serving_and_kuberay_readiness_on_workers(rendered):
+    for values, objs in rendered.items():
+        rs = rayservice(objs)
+        assert rs["spec"]["excludeHeadPodFromServeSvc"] is True
+        for group, t in pod_templates(rs).items():
+            c = t["spec"]["containers"][0]
+            if group == "head":
+                assert c["readinessProbe"]["httpGet"]["path"] == "/api/healthz"
+                continue
+            probe = c["readinessProbe"]
+            assert probe["exec"]["command"][:2] == ["bash", "-c"]
+            assert probe["exec"]["command"][2] == KUBERAY_WORKER_READINESS, (values, group)
+            assert probe["failureThreshold"] == 1 and probe["periodSeconds"] == 5
+            assert c["livenessProbe"]["httpGet"] == {"path": "/api/healthz", "port": 52365}
+
+
+def _fake_tools(bin_dir: Path, wget_codes: list[int]) -> Path:
+    """`ray` and `wget` stand-ins that log their calls; wget exits with the given codes in turn
+    (0: the proxy answers, 8: it answers an error (draining), 4: nothing listens)."""
+    bin_dir.mkdir()
+    log = bin_dir / "calls.log"
+    codes = bin_dir / "codes"
+    codes.write_text("\n".join(map(str, wget_codes)) + "\n")
+    (bin_dir / "ray").write_text(f'#!/bin/sh\necho "ray $*" >> {log}\n')
+    (bin_dir / "wget").write_text(
+        f'#!/bin/sh\necho "wget" >> {log}\ncode=$(head -n1 {codes}); sed -i 1d {codes}\n'
+        'exit "${code:-4}"\n')
+    (bin_dir / "sleep").write_text("#!/bin/sh\n:\n")
+    for f in ("ray", "wget", "sleep"):
+        (bin_dir / f).chmod(stat.S_IRWXU)
+    return log
+
+
+def _prestop(objs) -> str:
+    t = pod_templates(rayservice(objs))["cpu"]
+    cmd = t["spec"]["containers"][0]["lifecycle"]["preStop"]["exec"]["command"]
+    assert cmd[:2] == ["bash", "-c"]
+    return cmd[2]
+
+
+def test_prestop_drains_then_waits_for_in_flight_requests_then_stops_ray(rendered, tmp_path):
+    """The worker's preStop, run by bash with stand-ins for ray and wget: it asks Ray to drain
+    the node first, keeps waiting while the proxy still answers (200, then 503 while draining),
+    and stops Ray once the proxy is gone."""
+    script = _prestop(rendered["default"])
+    log = _fake_tools(tmp_path / "bin", [0, 8, 8, 4])
+    r = subprocess.run(["bash", "-c", script], env={**os.environ,
+                       "PATH": f"{tmp_path / 'bin'}:{os.environ['PATH']}"},
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    calls = log.read_text().splitlines()
+    assert calls[0].startswith("ray drain-node --reason=DRAIN_NODE_REASON_PREEMPTION")
+    assert "--deadline-remaining-seconds=60" in calls[0]
+    assert calls[1:5] == ["wget"] * 4 and calls[5:] == ["ray stop"]
+    # the pod's grace period leaves the drain its time
+    t = pod_templates(rayservice(rendered["default"]))["cpu"]
+    assert t["spec"]["terminationGracePeriodSeconds"] > 60
+    # the head only stops Ray
+    head = pod_templates(rayservice(rendered["default"]))["head"]["spec"]["containers"][0]
+    assert head["lifecycle"]["preStop"]["exec"]["command"] == ["ray", "stop"]
+
+
+def test_prestop_gives_up_at_the_drain_timeout(helm, tmp_path):
+    objs = helm_template(helm, "--set", "ray.drain.timeoutSeconds=0")
+    log = _fake_tools(tmp_path / "bin", [0] * 1000)
+    r = subprocess.run(["bash", "-c", _prestop(objs)], env={
+        **os.environ, "PATH": f"{tmp_path / 'bin'}:{os.environ['PATH']}"},
+        capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert log.read_text().splitlines()[-1] == "ray stop"
+
+
+def test_production_values(rendered):
+    objs = rendered["production"]
+    rs = rayservice(objs)
+    (cpu,) = rs["spec"]["rayClusterConfig"]["workerGroupSpecs"]
+    assert cpu["replicas"] >= 2 and cpu["minReplicas"] >= 2
+    spread = cpu["template"]["spec"]["topologySpreadConstraints"]
+    assert {c["topologyKey"] for c in spread} == {"kubernetes.io/hostname",
+                                                  "topology.kubernetes.io/zone"}
+    for c in spread:
+        # the chart fills in the selector: this group's pods of this release
+        assert c["labelSelector"]["matchLabels"].items() <= cpu["template"]["metadata"][
+            "labels"].items()
+        assert c["labelSelector"]["matchLabels"]["optiserve.dev/ray-group"] == "cpu"
+    (pdb,) = only(objs, "PodDisruptionBudget")
+    assert pdb["spec"]["maxUnavailable"] == 1
+    assert pdb["spec"]["selector"]["matchLabels"].items() <= cpu["template"]["metadata"][
+        "labels"].items()
+    ft = rs["spec"]["rayClusterConfig"]["gcsFaultToleranceOptions"]
+    assert ft == {"redisAddress": "redis-master.redis.svc:6379", "redisPassword": {
+        "valueFrom": {"secretKeyRef": {"name": "optiserve-redis", "key": "password"}}}}
+
+
+def test_gcs_fault_tolerance_needs_an_address(helm):
+    r = run([helm, "template", "osv", str(CHART), "--set", "ray.gcsFaultTolerance.enabled=true"])
+    assert r.returncode != 0 and "redisAddress is required" in r.stderr
+
+
+# ---- monitoring wiring ------------------------------------------------------------------------
+
+
+def test_monitors_render_only_where_the_prometheus_operator_is_served(helm):
+    kinds = {"PodMonitor", "ServiceMonitor", "PrometheusRule"}
+
+    def rendered_kinds(*args, crds):
+        return {o["kind"] for o in helm_template(helm, *args, monitoring_crds=crds)} & kinds
+
+    assert rendered_kinds(crds=True) == kinds
+    assert rendered_kinds(crds=False) == set()
+    assert rendered_kinds("--set", "monitoring.prometheusOperator=true", crds=False) == kinds
+    assert rendered_kinds("--set", "monitoring.prometheusOperator=false", crds=True) == set()
+
+
+def test_monitors_carry_the_selector_labels_and_ray_dashboard_wiring(rendered):
+    objs = rendered["default"]
+    for kind in ("PodMonitor", "ServiceMonitor", "PrometheusRule"):
+        (o,) = only(objs, kind)
+        assert o["metadata"]["labels"]["release"] == "kube-prometheus-stack", kind
+    (pm,) = only(objs, "PodMonitor")
+    endpoints = {e["port"]: e for e in pm["spec"]["podMetricsEndpoints"]}
+    assert set(endpoints) == {"metrics", "dash-metrics"}
+    for e in endpoints.values():
+        assert {"sourceLabels": ["__meta_kubernetes_pod_label_ray_io_cluster"],
+                "targetLabel": "ray_io_cluster"} in e["relabelings"]
+    head = pod_templates(rayservice(objs))["head"]["spec"]["containers"][0]
+    ports = {p["name"]: p["containerPort"] for p in head["ports"]}
+    # Ray's dashboard metrics port (ray.dashboard.consts.DASHBOARD_METRIC_PORT)
+    from ray.dashboard.consts import DASHBOARD_METRIC_PORT
+
+    assert ports["dash-metrics"] == DASHBOARD_METRIC_PORT
+    # with Ray's autoscaler, its metrics too
+    (pm,) = only(rendered["production"], "PodMonitor")
+    assert {e["port"] for e in pm["spec"]["podMetricsEndpoints"]} == {"metrics", "dash-metrics"}
+
+
+def test_autoscaler_metrics_port_when_the_autoscaler_runs(helm):
+    from ray.autoscaler._private.constants import AUTOSCALER_METRIC_PORT
+
+    objs = helm_template(helm, "--set", "ray.autoscaler.enabled=true")
+    (pm,) = only(objs, "PodMonitor")
+    assert "as-metrics" in {e["port"] for e in pm["spec"]["podMetricsEndpoints"]}
+    head = pod_templates(rayservice(objs))["head"]["spec"]["containers"][0]
+    assert {p["name"]: p["containerPort"] for p in head["ports"]}["as-metrics"] == \
+        AUTOSCALER_METRIC_PORT
+
+
+# ---- worker groups and pass-throughs ----------------------------------------------------------
+
+
+def test_worker_group_pass_throughs_and_additional_groups(rendered):
+    rs = rayservice(rendered["groups"])
+    groups = {g["groupName"]: g for g in rs["spec"]["rayClusterConfig"]["workerGroupSpecs"]}
+    assert list(groups) == ["cpu", "highmem"]
+    spec = groups["cpu"]["template"]["spec"]
+    c = spec["containers"][0]
+    assert {"name": "OMP_WAIT_POLICY", "value": "PASSIVE"} in c["env"]
+    assert c["envFrom"] == [{"configMapRef": {"name": "optiserve-extra-env"}}]
+    assert {"name": "extra-config", "configMap": {"name": "optiserve-extra-config"}} in \
+        spec["volumes"]
+    assert {"name": "extra-config", "mountPath": "/etc/optiserve-extra", "readOnly": True} in \
+        c["volumeMounts"]
+    assert spec["serviceAccountName"] == "optiserve-workers"
+    assert spec["runtimeClassName"] == "gvisor"
+    assert spec["nodeSelector"] == {"node.kubernetes.io/instance-type": "c7i.xlarge"}
+    assert spec["tolerations"][0]["key"] == "dedicated"
+    assert "nodeAffinity" in spec["affinity"]
+    assert spec["topologySpreadConstraints"][0]["topologyKey"] == "kubernetes.io/hostname"
+    meta = groups["cpu"]["template"]["metadata"]
+    assert meta["annotations"] == {"example.com/scrape-logs": "true"}
+    assert meta["labels"]["example.com/tier"] == "serving"
+    head = pod_templates(rs)["head"]
+    assert head["metadata"]["annotations"] == {"example.com/team": "serving"}
+    assert head["spec"]["priorityClassName"] == "system-cluster-critical"
+    hm = groups["highmem"]
+    assert (hm["replicas"], hm["minReplicas"], hm["maxReplicas"]) == (1, 0, 3)
+    assert hm["rayStartParams"]["resources"] == '"{\\"highmem\\": 1}"'
+    hspec = hm["template"]["spec"]
+    assert hspec["nodeSelector"] == {"example.com/pool": "highmem"}
+    assert hspec["containers"][0]["resources"]["requests"]["memory"] == "32Gi"
+    assert hm["template"]["metadata"]["labels"]["optiserve.dev/ray-group"] == "highmem"
+    # each group gets its disruption budget
+    pdbs = {p["spec"]["selector"]["matchLabels"]["optiserve.dev/ray-group"]
+            for p in only(rendered["groups"], "PodDisruptionBudget")}
+    assert pdbs == {"cpu", "highmem"}
+
+
+def test_every_ray_pod_verifies_models_with_the_init_image(rendered):
+    for values, objs in rendered.items():
+        for group, t in pod_templates(rayservice(objs)).items():
+            init = {i["name"]: i for i in t["spec"]["initContainers"]}
+            assert init["verify-models"]["image"].endswith("-init"), (values, group)
+
+
+def test_worker_group_names_are_checked(helm):
+    r = run([helm, "template", "osv", str(CHART), "--set", "workers.additional[0].name=cpu",
+             "--set", "workers.additional[0].replicas=1", "--set",
+             "workers.additional[0].minReplicas=1", "--set", "workers.additional[0].maxReplicas=1"])
+    assert r.returncode != 0 and "additional" in r.stderr
