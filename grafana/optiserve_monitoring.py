@@ -73,7 +73,25 @@ GPU_UTILIZATION = Threshold("gpuUtilization", 0.95, "mean GPU utilization over 1
 GPU_MEMORY = Threshold("gpuMemoryRatio", 0.95, "GPU memory used / total")
 MIN_RATE = Threshold("minRequestRate", 0.1, "requests/s below which latency and error alerts "
                                             "stay quiet")
-THRESHOLDS = (P99_OBJECTIVE, ERROR_RATIO, GPU_UTILIZATION, GPU_MEMORY, MIN_RATE)
+OVERLOAD_RATIO = Threshold("overloadRatio", 0.01, "share of requests the gateway sheds with 503 "
+                                                  "(outcome overloaded)")
+UPGRADE_MINUTES = Threshold("upgradeStuckMinutes", 30, "minutes a KubeRay upgrade (new cluster) "
+                                                       "may take")
+THRESHOLDS = (P99_OBJECTIVE, ERROR_RATIO, GPU_UTILIZATION, GPU_MEMORY, MIN_RATE, OVERLOAD_RATIO,
+              UPGRADE_MINUTES)
+
+# ---- the KubeRay operator's metrics (its /metrics; names as KubeRay exports them) -------------
+#: 1 for the RayService, label condition="true"|"false": Ready (serve endpoints > 0)
+KUBERAY_SERVICE_READY = "kuberay_service_condition_ready"
+#: 1 for the RayService, label condition="true" while a new cluster is being prepared
+KUBERAY_SERVICE_UPGRADING = "kuberay_service_condition_upgrade_in_progress"
+#: the chart's PodMonitor puts ray_group on every Ray pod target; the controller's
+#: ServiceMonitor target's job is its Service, FULLNAME-rollout-controller
+RAY_TARGETS = 'ray_group!=""'
+CONTROLLER_TARGETS = 'job=~".+-rollout-controller"'
+OVERLOADED_M = 'outcome="overloaded"'
+CONDITION_TRUE = 'condition="true"'
+CONDITION_FALSE = 'condition="false"'
 
 #: Outcomes counted as the server's fault (serving.gateway's error outcomes; client_error is not).
 SERVER_ERRORS = "server_error|overloaded|timeout"
@@ -628,6 +646,56 @@ def alerts() -> list[Alert]:
               "More than " + ERROR_RATIO.token + " of {{ $labels.model }}'s requests in "
               "{{ $labels.namespace }} end in server_error, overloaded or timeout.",
               "optiserve.serving"),
+        Alert("OptiserveOverloaded",
+              f"sum by (namespace, model) (rate({req}{sel(OVERLOADED_M)}[5m])) "
+              f"/ {total_m} > {OVERLOAD_RATIO.token} "
+              f"and on (namespace, model) {total_m} > {MIN_RATE.token}",
+              "5m", "warning",
+              "{{ $labels.model }}: requests shed (503) for overload",
+              "More than " + OVERLOAD_RATIO.token + " of {{ $labels.model }}'s requests in "
+              "{{ $labels.namespace }} are refused with 503 because its queues are full: add "
+              "replicas or workers (or let Serve autoscaling / Ray's autoscaler do it).",
+              "optiserve.serving"),
+        Alert("OptiserveTargetDown",
+              f"max by (namespace, pod, ray_group) (up{sel(RAY_TARGETS)}) == 0",
+              "5m", "critical",
+              "{{ $labels.pod }}: Ray metrics not scraped",
+              "Prometheus has not scraped Ray pod {{ $labels.pod }} (group "
+              "{{ $labels.ray_group }}) in {{ $labels.namespace }} for 5 minutes: the pod or "
+              "its raylet is down, or the NetworkPolicy keeps Prometheus out "
+              "(networkPolicy.metricsFrom).", "optiserve.serving"),
+        Alert("OptiserveMetricsAbsent",
+              f"absent({M.TRAFFIC_WEIGHT.prom})",
+              "10m", "critical",
+              "No optiserve gateway metrics",
+              "Prometheus has no " + M.TRAFFIC_WEIGHT.prom + " series, which every running "
+              "gateway exports: the serve application is not running, or its metrics are not "
+              "scraped (PodMonitor not selected by this Prometheus: "
+              "monitoring.selectorLabels).", "optiserve.serving"),
+        Alert("OptiserveKubeRayNotReady",
+              f"max by (namespace, name) ({KUBERAY_SERVICE_READY}{sel(CONDITION_FALSE)}) == 1",
+              "10m", "critical",
+              "RayService {{ $labels.name }} not ready",
+              "KubeRay reports RayService {{ $labels.name }} in {{ $labels.namespace }} not "
+              "Ready (no serve endpoints) for 10 minutes: see `kubectl describe rayservice "
+              "{{ $labels.name }}` and the KubeRay operator's log.", "optiserve.kuberay"),
+        Alert("OptiserveKubeRayUpgradeStuck",
+              f"max by (namespace, name) (min_over_time({KUBERAY_SERVICE_UPGRADING}"
+              f"{sel(CONDITION_TRUE)}[{UPGRADE_MINUTES.token}m])) == 1",
+              "0m", "warning",
+              "RayService {{ $labels.name }}: new cluster not serving",
+              "KubeRay has been preparing a new cluster for RayService {{ $labels.name }} in "
+              "{{ $labels.namespace }} for over " + UPGRADE_MINUTES.token + " minutes (a "
+              "rayClusterConfig change): its pods do not start or its serve applications do "
+              "not run (often: no room for a second cluster, e.g. GPUs).",
+              "optiserve.kuberay"),
+        Alert("OptiserveRolloutControllerDown",
+              f"max by (namespace, job) (up{sel(CONTROLLER_TARGETS)}) == 0",
+              "5m", "warning",
+              "{{ $labels.job }} down",
+              "Prometheus has not scraped the rollout controller {{ $labels.job }} in "
+              "{{ $labels.namespace }} for 5 minutes: rollouts do not advance or roll back "
+              "while it is down.", "optiserve.rollout"),
         Alert("OptiserveReplicasUnhealthy",
               f"count by (namespace, application, deployment) ({RAY_REPLICA_HEALTHY} == 0) > 0 "
               f"or max by (namespace, application, deployment) ({RAY_DEPLOYMENT_STATUS}) > 0 < 3",
@@ -796,6 +864,30 @@ def _replica_series(healthy: int, status: int = 6) -> list[dict]:
         _s(RAY_DEPLOYMENT_STATUS, dep, f"{status}x20")]
 
 
+def _outcome_series(overloaded_share: float) -> list[dict]:
+    lb = {"namespace": "prod", "model": "minilm", "version": "2"}
+    ok = 600 * (1 - overloaded_share)
+    return [_s(M.REQUESTS.prom, {**lb, "outcome": "success", "code": "200"}, f"0+{ok:g}x30"),
+            _s(M.REQUESTS.prom, {**lb, "outcome": "overloaded", "code": "503"},
+               f"0+{600 - ok:g}x30")]
+
+
+def _up_series(up: int, **labels: str) -> list[dict]:
+    return [_s("up", {"namespace": "prod", **labels}, f"{up}x20")]
+
+
+def _ray_target(up: int) -> list[dict]:
+    return _up_series(up, pod="osv-optiserve-raycluster-x-cpu-worker-a", ray_group="cpu",
+                      job="prod/osv-optiserve-ray")
+
+
+def _kuberay_series(metric: str, state: str, minutes: int = 40) -> list[dict]:
+    lb = {"namespace": "prod", "name": "osv-optiserve", "uid": "u1"}
+    other = "false" if state == "true" else "true"
+    return [_s(metric, {**lb, "condition": state}, f"1x{minutes}"),
+            _s(metric, {**lb, "condition": other}, f"0x{minutes}")]
+
+
 def rule_tests(rules_file: str) -> dict:
     """promtool ``test rules`` document for the default thresholds (P99 0.5 s, errors 5%,
     GPU 95%): one case per alert where it fires and one where it stays quiet."""
@@ -806,6 +898,26 @@ def rule_tests(rules_file: str) -> dict:
          {**mv, "severity": "warning"}),
         ("OptiserveErrorRateHigh", _request_series(0.2), _request_series(0.01), "20m",
          {"namespace": "prod", "model": "minilm", "severity": "critical"}),
+        ("OptiserveOverloaded", _outcome_series(0.05), _outcome_series(0.002), "20m",
+         {"namespace": "prod", "model": "minilm", "severity": "warning"}),
+        ("OptiserveTargetDown", _ray_target(0), _ray_target(1), "10m",
+         {"namespace": "prod", "pod": "osv-optiserve-raycluster-x-cpu-worker-a",
+          "ray_group": "cpu", "severity": "critical"}),
+        ("OptiserveMetricsAbsent", [],
+         [_s(M.TRAFFIC_WEIGHT.prom, {"namespace": "prod", "model": "minilm", "version": "2",
+                                     "role": "stable"}, "100x20")], "15m",
+         {"severity": "critical"}),
+        ("OptiserveKubeRayNotReady", _kuberay_series(KUBERAY_SERVICE_READY, "false"),
+         _kuberay_series(KUBERAY_SERVICE_READY, "true"), "15m",
+         {"namespace": "prod", "name": "osv-optiserve", "severity": "critical"}),
+        ("OptiserveKubeRayUpgradeStuck", _kuberay_series(KUBERAY_SERVICE_UPGRADING, "true"),
+         _kuberay_series(KUBERAY_SERVICE_UPGRADING, "false"), "35m",
+         {"namespace": "prod", "name": "osv-optiserve", "severity": "warning"}),
+        ("OptiserveRolloutControllerDown",
+         _up_series(0, job="osv-optiserve-rollout-controller"),
+         _up_series(1, job="osv-optiserve-rollout-controller"), "10m",
+         {"namespace": "prod", "job": "osv-optiserve-rollout-controller",
+          "severity": "warning"}),
         ("OptiserveReplicasUnhealthy", _replica_series(0), _replica_series(1, 4), "15m",
          {"namespace": "prod", "application": "minilm-v2", "deployment": "minilm-v2",
           "severity": "critical"}),
@@ -830,6 +942,15 @@ def rule_tests(rules_file: str) -> dict:
     ]
     # more cases where an alert must stay quiet: (alert, what, input series, eval time)
     more_quiet = [
+        ("OptiserveKubeRayUpgradeStuck", "an upgrade of 10 minutes",
+         [_s(KUBERAY_SERVICE_UPGRADING, {"namespace": "prod", "name": "osv-optiserve",
+                                         "uid": "u1", "condition": "true"}, "0x25 1x10")],
+         "35m"),
+        ("OptiserveTargetDown", "another job's target (not a Ray pod of the chart)",
+         _up_series(0, job="prod/something-else", pod="x"), "10m"),
+        ("OptiserveOverloaded", "too little traffic to judge",
+         [_s(M.REQUESTS.prom, {"namespace": "prod", "model": "minilm", "version": "2",
+                               "outcome": "overloaded", "code": "503"}, "0+1x30")], "20m"),
         ("OptiserveRolloutControllerErrors", "errors stopped over 10 minutes ago",
          _controller_error_series("0+1x5 5x30"), "25m"),
         ("OptiserveCanaryOffPrediction", "rollout no longer progressing",

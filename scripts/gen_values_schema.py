@@ -181,6 +181,8 @@ def schema() -> dict:
                 "gpuUtilization": {"type": "number", "exclusiveMinimum": 0, "maximum": 1},
                 "gpuMemoryRatio": {"type": "number", "exclusiveMinimum": 0, "maximum": 1},
                 "minRequestRate": {"type": "number", "minimum": 0},
+                "overloadRatio": {"type": "number", "exclusiveMinimum": 0, "maximum": 1},
+                "upgradeStuckMinutes": {"type": "integer", "minimum": 1},
             }),
             "networkPolicy": obj({"enabled": B, "servingFrom": LIST, "metricsFrom": LIST,
                                   "kuberayOperator": obj({

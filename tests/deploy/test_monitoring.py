@@ -235,7 +235,29 @@ def test_alert_rules_cover_the_issue():
     assert {"OptiserveP99LatencyHigh", "OptiserveErrorRateHigh", "OptiserveCanaryFailing",
             "OptiserveCanaryRolledBack", "OptiserveGPUSaturated",
             "OptiserveReplicasUnhealthy", "OptiserveRolloutControllerErrors",
-            "OptiserveCanaryOffPrediction"} <= names
+            "OptiserveCanaryOffPrediction",
+            # the cluster: scraping, KubeRay's RayService conditions, overload, the controller
+            "OptiserveTargetDown", "OptiserveMetricsAbsent", "OptiserveKubeRayNotReady",
+            "OptiserveKubeRayUpgradeStuck", "OptiserveOverloaded",
+            "OptiserveRolloutControllerDown"} <= names
+
+
+def test_cluster_alerts_read_what_the_chart_and_kuberay_export(rendered):
+    """The target alerts select the labels the chart's monitors give their targets, the KubeRay
+    alerts KubeRay's own RayService condition metrics."""
+    by_name = {a.name: a for a in mon.alerts()}
+    (pm,) = only(rendered["default"], "PodMonitor")
+    for e in pm["spec"]["podMetricsEndpoints"]:
+        assert "ray_group" in {r["targetLabel"] for r in e["relabelings"]}
+    assert 'up{ray_group!=""}' in by_name["OptiserveTargetDown"].expr
+    (svc,) = [s for s in only(rendered["default"], "Service")
+              if s["metadata"]["name"].endswith("-rollout-controller")]
+    assert re.fullmatch(".+-rollout-controller", svc["metadata"]["name"])
+    assert 'job=~".+-rollout-controller"' in by_name["OptiserveRolloutControllerDown"].expr
+    assert "kuberay_service_condition_ready" in by_name["OptiserveKubeRayNotReady"].expr
+    assert "kuberay_service_condition_upgrade_in_progress" in \
+        by_name["OptiserveKubeRayUpgradeStuck"].expr
+    assert 'outcome="overloaded"' in by_name["OptiserveOverloaded"].expr
 
 
 def test_rollout_alerts_read_the_controller_metrics():
