@@ -93,6 +93,69 @@ OVERLOADED_M = 'outcome="overloaded"'
 CONDITION_TRUE = 'condition="true"'
 CONDITION_FALSE = 'condition="false"'
 
+# ---- GPUs: what clusters already run ------------------------------------------------------------
+# NVIDIA's dcgm-exporter (GPU Operator), per device and MIG instance, attributed to the pod using
+# it (labels namespace, pod; UUID, GPU_I_ID for MIG, modelName), and Ray's own per-node GPU
+# metrics (labels GpuIndex, GpuDeviceName; on the chart's PodMonitor targets: namespace, pod).
+DCGM_UTIL = "DCGM_FI_DEV_GPU_UTIL"            # percent; not reported for MIG instances
+DCGM_GR_ACTIVE = "DCGM_FI_PROF_GR_ENGINE_ACTIVE"  # ratio; also per MIG instance
+DCGM_FB_USED = "DCGM_FI_DEV_FB_USED"          # MiB
+DCGM_FB_FREE = "DCGM_FI_DEV_FB_FREE"          # MiB
+RAY_GPU_UTIL = "ray_node_gpus_utilization"    # percent
+RAY_GRAM_USED = "ray_node_gram_used"          # MB
+RAY_GRAM_AVAILABLE = "ray_node_gram_available"  # MB
+GPU_SERIES = (DCGM_UTIL, DCGM_GR_ACTIVE, DCGM_FB_USED, DCGM_FB_FREE, RAY_GPU_UTIL, RAY_GRAM_USED,
+              RAY_GRAM_AVAILABLE)
+#: the labels every GPU query returns: the serving pod and the device (dcgm: its UUID, with the
+#: MIG instance after a "/"; Ray's fallback: its index on the node) and its model name
+GPU_BY = "namespace, pod, gpu, gpu_name"
+#: the chart's Ray pods (the PodMonitor's targets)
+SERVING_PODS = f"group by (namespace, pod) (up{{{RAY_TARGETS}}})"
+
+
+def _dcgm(expr: str) -> str:
+    """A dcgm-exporter expression joined to the serving pods, labelled gpu (UUID[/MIG id]) and
+    gpu_name."""
+    joined = f'label_join({expr}, "gpu", "/", "UUID", "GPU_I_ID")'
+    trimmed = f'label_replace({joined}, "gpu", "$1", "gpu", "(.+?)/?")'
+    named = f'label_replace({trimmed}, "gpu_name", "$1", "modelName", "(.+)")'
+    return (f"max by ({GPU_BY}) ({named} * on (namespace, pod) group_left () "
+            f"{SERVING_PODS})")
+
+
+def _ray_gpu(expr: str) -> str:
+    indexed = f'label_replace({expr}, "gpu", "$1", "GpuIndex", "(.+)")'
+    named = f'label_replace({indexed}, "gpu_name", "$1", "GpuDeviceName", "(.+)")'
+    return f"max by ({GPU_BY}) ({named})"
+
+
+def gpu_device(dcgm: str, ray: str) -> str:
+    """Per GPU of a serving pod: dcgm-exporter's value, else (for pods dcgm-exporter does not
+    report) Ray's."""
+    d = _dcgm(dcgm)
+    return f"(({d}) or ({_ray_gpu(ray)} unless on (namespace, pod) ({d})))"
+
+
+def gpu_utilization(ns: str = "") -> str:
+    m = sel(ns) if ns else ""
+    rm = sel(RAY_TARGETS, ns) if ns else sel(RAY_TARGETS)
+    return gpu_device(f"({DCGM_GR_ACTIVE}{m} or {DCGM_UTIL}{m} / 100)",
+                      f"{RAY_GPU_UTIL}{rm} / 100")
+
+
+def gpu_memory_used(ns: str = "") -> str:
+    m = sel(ns) if ns else ""
+    rm = sel(RAY_TARGETS, ns) if ns else sel(RAY_TARGETS)
+    return gpu_device(f"{DCGM_FB_USED}{m} * 1048576", f"{RAY_GRAM_USED}{rm} * 1000000")
+
+
+def gpu_memory_ratio(ns: str = "") -> str:
+    m = sel(ns) if ns else ""
+    rm = sel(RAY_TARGETS, ns) if ns else sel(RAY_TARGETS)
+    return gpu_device(f"{DCGM_FB_USED}{m} / ({DCGM_FB_USED}{m} + {DCGM_FB_FREE}{m})",
+                      f"{RAY_GRAM_USED}{rm} / ({RAY_GRAM_USED}{rm} + {RAY_GRAM_AVAILABLE}{rm})")
+
+
 #: Outcomes counted as the server's fault (serving.gateway's error outcomes; client_error is not).
 SERVER_ERRORS = "server_error|overloaded|timeout"
 SERVER_ERROR_M = f'outcome=~"{SERVER_ERRORS}"'
@@ -489,24 +552,33 @@ def canary() -> DashboardSpec:
 
 def gpu() -> DashboardSpec:
     G = (NS, VERSION_DEPLOYMENT)
-    by = "namespace, instance, gpu, gpu_name"
+    by = "namespace, instance, gpu, gpu_uuid, gpu_name"
     legend = "{{instance}} GPU {{gpu}} ({{gpu_name}})"
+    dev_legend = "{{pod}} GPU {{gpu}} ({{gpu_name}})"
     return DashboardSpec(
         uid="optiserve-gpu", title="optiserve / GPUs",
-        description="Per-device utilization, memory and power, sampled through NVML by the "
-                    "replicas of GPU versions.",
-        rows=[RowSpec("Devices", [
-            PanelSpec("GPU utilization", "", [
+        description="Every GPU of the serving pods, idle ones included, from NVIDIA's "
+                    "dcgm-exporter (one series per device or MIG instance, labelled by UUID), "
+                    "or Ray's per-node GPU metrics where dcgm-exporter does not run; then what "
+                    "the replicas of GPU versions sample through NVML.",
+        rows=[RowSpec("Devices of the serving pods (dcgm-exporter, else Ray)", [
+            PanelSpec("GPU utilization", "Graphics engine active (dcgm-exporter's "
+                      "DCGM_FI_PROF_GR_ENGINE_ACTIVE, also per MIG instance; else "
+                      "DCGM_FI_DEV_GPU_UTIL, else Ray's ray_node_gpus_utilization).", [
+                          Query(gpu_utilization(NS), dev_legend)],
+                      unit="percentunit", min=0, max=1),
+            PanelSpec("GPU memory used", "Frame buffer in use.", [
+                Query(gpu_memory_used(NS), dev_legend)], unit="bytes", min=0),
+            PanelSpec("GPU memory used / total", "", [
+                Query(gpu_memory_ratio(NS), dev_legend)], unit="percentunit", min=0, max=1),
+        ]), RowSpec("Sampled by the replicas (NVML)", [
+            PanelSpec("GPU utilization (replicas)", "", [
                 Query(f"max by ({by}) ({M.GPU_UTILIZATION.prom}{sel(*G)})", legend)],
                 unit="percentunit", min=0, max=1),
-            PanelSpec("GPU memory used", "", [
+            PanelSpec("GPU memory used (replicas)", "", [
                 Query(f"max by ({by}) ({M.GPU_MEMORY_USED.prom}{sel(*G)})", legend + " used"),
                 Query(f"max by ({by}) ({M.GPU_MEMORY_TOTAL.prom}{sel(*G)})", legend + " total")],
                 unit="bytes", min=0),
-            PanelSpec("GPU memory used / total", "", [
-                Query(f"max by ({by}) ({M.GPU_MEMORY_USED.prom}{sel(*G)}) / "
-                      f"max by ({by}) ({M.GPU_MEMORY_TOTAL.prom}{sel(*G)})", legend)],
-                unit="percentunit", min=0, max=1),
             PanelSpec("GPU power", "", [
                 Query(f"max by ({by}) ({M.GPU_POWER.prom}{sel(*G)})", legend)],
                 unit="watt", min=0),
@@ -625,7 +697,6 @@ def alerts() -> list[Alert]:
     traffic_mv = (f"sum by ({by_mv}) (rate({dur_count}[5m])) > {MIN_RATE.token}")
     req = M.REQUESTS.prom
     total_m = f"sum by (namespace, model) (rate({req}[5m]))"
-    gpu_by = "namespace, instance, gpu, gpu_name"
     return [
         Alert("OptiserveP99LatencyHigh",
               f"histogram_quantile(0.99, sum by ({by_mv}, le) "
@@ -752,20 +823,20 @@ def alerts() -> list[Alert]:
               "hardware, threads or execution providers than it was optimized for. Advisory: "
               "the rollout goes on.", "optiserve.rollout"),
         Alert("OptiserveGPUSaturated",
-              f"max by ({gpu_by}) (avg_over_time({M.GPU_UTILIZATION.prom}[10m])) "
+              f"max by ({GPU_BY}) (avg_over_time(({gpu_utilization()})[10m:1m])) "
               f"> {GPU_UTILIZATION.token}",
               "15m", "warning",
-              "GPU {{ $labels.gpu }} on {{ $labels.instance }} saturated",
-              "GPU {{ $labels.gpu }} ({{ $labels.gpu_name }}) on {{ $labels.instance }} has "
-              "averaged over " + GPU_UTILIZATION.token + " utilization; add GPU workers or "
-              "replicas.", "optiserve.gpu"),
+              "GPU {{ $labels.gpu }} of {{ $labels.pod }} saturated",
+              "GPU {{ $labels.gpu }} ({{ $labels.gpu_name }}) of serving pod {{ $labels.pod }} "
+              "in {{ $labels.namespace }} has averaged over " + GPU_UTILIZATION.token +
+              " utilization; add GPU workers or replicas.", "optiserve.gpu"),
         Alert("OptiserveGPUMemoryHigh",
-              f"max by ({gpu_by}) ({M.GPU_MEMORY_USED.prom}) / "
-              f"max by ({gpu_by}) ({M.GPU_MEMORY_TOTAL.prom}) > {GPU_MEMORY.token}",
+              f"{gpu_memory_ratio()} > {GPU_MEMORY.token}",
               "10m", "warning",
-              "GPU {{ $labels.gpu }} on {{ $labels.instance }} memory nearly full",
-              "GPU {{ $labels.gpu }} ({{ $labels.gpu_name }}) on {{ $labels.instance }} has used "
-              "over " + GPU_MEMORY.token + " of its memory for 10 minutes.", "optiserve.gpu"),
+              "GPU {{ $labels.gpu }} of {{ $labels.pod }} memory nearly full",
+              "GPU {{ $labels.gpu }} ({{ $labels.gpu_name }}) of serving pod {{ $labels.pod }} "
+              "in {{ $labels.namespace }} has used over " + GPU_MEMORY.token + " of its memory "
+              "for 10 minutes.", "optiserve.gpu"),
     ]
 
 
@@ -828,11 +899,32 @@ def _request_series(error_share: float) -> list[dict]:
                f"0+{600 - ok:g}x30")]
 
 
-def _gpu_series(util: float, used: float) -> list[dict]:
-    lb = {"namespace": "prod", "instance": "10.0.0.7:8080", "gpu": "0", "gpu_name": "NVIDIA L4"}
-    return [_s(M.GPU_UTILIZATION.prom, lb, f"{util}x40"),
-            _s(M.GPU_MEMORY_USED.prom, lb, f"{used}x40"),
-            _s(M.GPU_MEMORY_TOTAL.prom, lb, "24000000000x40")]
+GPU_POD = {"namespace": "prod", "pod": "osv-optiserve-raycluster-x-gpu-worker-a"}
+GPU_UUID = "GPU-5c1a2b3c-0000-1111-2222-333344445555"
+
+
+def _gpu_series(util: float, used: float, source: str = "dcgm") -> list[dict]:
+    """One GPU of a serving pod, as dcgm-exporter (full GPU or a MIG instance) or Ray reports
+    it; the pod is a target of the chart's PodMonitor."""
+    out = [_s("up", {**GPU_POD, "ray_group": "gpu", "job": "prod/osv-optiserve-ray"}, "1x40")]
+    total_mib = 24000
+    if source in ("dcgm", "mig"):
+        lb = {**GPU_POD, "container": "ray-worker", "gpu": "0", "UUID": GPU_UUID,
+              "modelName": "NVIDIA L4", "Hostname": "node-1"}
+        if source == "mig":
+            lb = {**lb, "GPU_I_ID": "3", "GPU_I_PROFILE": "1g.10gb"}
+        else:
+            out.append(_s(DCGM_UTIL, lb, f"{util * 100:g}x40"))
+        out += [_s(DCGM_GR_ACTIVE, lb, f"{util}x40"),
+                _s(DCGM_FB_USED, lb, f"{used * total_mib:g}x40"),
+                _s(DCGM_FB_FREE, lb, f"{(1 - used) * total_mib:g}x40")]
+    else:
+        lb = {**GPU_POD, "ray_group": "gpu", "GpuIndex": "0", "GpuDeviceName": "NVIDIA L4",
+              "instance": "10.0.0.7:8080"}
+        out += [_s(RAY_GPU_UTIL, lb, f"{util * 100:g}x40"),
+                _s(RAY_GRAM_USED, lb, f"{used * total_mib:g}x40"),
+                _s(RAY_GRAM_AVAILABLE, lb, f"{(1 - used) * total_mib:g}x40")]
+    return out
 
 
 def _rollout_series(phase: str, failures: int) -> list[dict]:
@@ -892,7 +984,7 @@ def rule_tests(rules_file: str) -> dict:
     """promtool ``test rules`` document for the default thresholds (P99 0.5 s, errors 5%,
     GPU 95%): one case per alert where it fires and one where it stays quiet."""
     mv = {"namespace": "prod", "model": "minilm", "version": "2"}
-    gpu = {"namespace": "prod", "instance": "10.0.0.7:8080", "gpu": "0", "gpu_name": "NVIDIA L4"}
+    gpu = {**GPU_POD, "gpu": GPU_UUID, "gpu_name": "NVIDIA L4"}
     cases = [
         ("OptiserveP99LatencyHigh", _latency_series(False), _latency_series(True), "30m",
          {**mv, "severity": "warning"}),
@@ -935,9 +1027,9 @@ def rule_tests(rules_file: str) -> dict:
          {"namespace": "prod", "model": "minilm", "kind": "target", "severity": "warning"}),
         ("OptiserveCanaryOffPrediction", _prediction_series(0), _prediction_series(1), "10m",
          {"namespace": "prod", "model": "minilm", "severity": "warning"}),
-        ("OptiserveGPUSaturated", _gpu_series(0.99, 1e10), _gpu_series(0.6, 1e10), "30m",
+        ("OptiserveGPUSaturated", _gpu_series(0.99, 0.4), _gpu_series(0.6, 0.4), "30m",
          {**gpu, "severity": "warning"}),
-        ("OptiserveGPUMemoryHigh", _gpu_series(0.5, 2.35e10), _gpu_series(0.5, 1.2e10), "30m",
+        ("OptiserveGPUMemoryHigh", _gpu_series(0.5, 0.98), _gpu_series(0.5, 0.5), "30m",
          {**gpu, "severity": "warning"}),
     ]
     # more cases where an alert must stay quiet: (alert, what, input series, eval time)

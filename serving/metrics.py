@@ -90,13 +90,16 @@ PREDICTED_COMPUTE = MetricSpec(
     "Compute time per batch the optimizer measured for a version (its manifest), by batch size "
     "and quantile (0.5, 0.99): what a canary's observed compute is compared with.",
     (*MV, "batch_size", "quantile"))
+#: gpu: CUDA's index in the replica; gpu_uuid: NVML's UUID (GPU-... / MIG-...), the same for
+#: every replica sharing the device
+GPU_LABELS = ("gpu", "gpu_uuid", "gpu_name")
 GPU_UTILIZATION = MetricSpec(
-    "optiserve_gpu_utilization_ratio", "gauge", "GPU utilization (0-1).", ("gpu", "gpu_name"))
+    "optiserve_gpu_utilization_ratio", "gauge", "GPU utilization (0-1).", GPU_LABELS)
 GPU_MEMORY_USED = MetricSpec(
-    "optiserve_gpu_memory_used_bytes", "gauge", "GPU memory used.", ("gpu", "gpu_name"))
+    "optiserve_gpu_memory_used_bytes", "gauge", "GPU memory used.", GPU_LABELS)
 GPU_MEMORY_TOTAL = MetricSpec(
-    "optiserve_gpu_memory_total_bytes", "gauge", "GPU memory in total.", ("gpu", "gpu_name"))
-GPU_POWER = MetricSpec("optiserve_gpu_power_watts", "gauge", "GPU power draw.", ("gpu", "gpu_name"))
+    "optiserve_gpu_memory_total_bytes", "gauge", "GPU memory in total.", GPU_LABELS)
+GPU_POWER = MetricSpec("optiserve_gpu_power_watts", "gauge", "GPU power draw.", GPU_LABELS)
 
 # ---- the rollout controller (its own process, prometheus-client, its own /metrics) -------------
 ROLLOUT = ("model",)

@@ -48,7 +48,8 @@ def _known(name: str) -> bool:
                 return True
         elif name == spec.prom:
             return True
-    return name in RAY_SERVE_METRICS
+    # GPUs from dcgm-exporter / Ray's node metrics, joined to the chart's pod targets (up)
+    return name in RAY_SERVE_METRICS or name in mon.GPU_SERIES or name == "up"
 
 
 def _all_queries(doc: dict) -> list[tuple[str, str]]:
@@ -123,6 +124,8 @@ def test_dashboards_have_the_required_panels_and_variables():
     assert "group_left (role)" in cn
     for spec in (M.GPU_UTILIZATION, M.GPU_MEMORY_USED, M.GPU_MEMORY_TOTAL, M.GPU_POWER):
         assert spec.prom in exprs["gpu"]
+    for name in (mon.DCGM_GR_ACTIVE, mon.DCGM_UTIL, mon.DCGM_FB_USED, mon.RAY_GPU_UTIL):
+        assert name in exprs["gpu"]
     assert any("Errors" in t for t in titles["overview"])
 
 
@@ -285,3 +288,43 @@ def test_chart_prometheus_rule_equals_the_plain_rules_file(rendered, promtool, t
 def test_chart_alert_defaults_are_the_generator_thresholds():
     values = yaml.safe_load((CHART / "values.yaml").read_text())
     assert values["alerts"] == {t.key: t.default for t in mon.THRESHOLDS}
+
+
+def _gpu_alert_case(name: str, series: list[dict], expected: list[dict]) -> dict:
+    (a,) = [a for a in mon.alerts() if a.name == "OptiserveGPUSaturated"]
+    return {"name": name, "interval": "1m", "input_series": series, "alert_rule_test": [
+        {"eval_time": "30m", "alertname": a.name, "exp_alerts": [{
+            "exp_labels": {**lb, "severity": "warning"},
+            "exp_annotations": {"summary": mon._render(a.summary, lb),
+                                "description": mon._render(mon.with_defaults(a.description),
+                                                           lb)}}
+            for lb in expected]}]}
+
+
+def test_gpu_alerts_read_dcgm_mig_and_fall_back_to_ray(promtool, tmp_path):
+    """The GPU alert, run by promtool on dcgm-exporter's series of a MIG instance (labelled by the
+    GPU's UUID and the instance), on Ray's node metrics alone (the fallback, labelled by index),
+    on both for one GPU (one alert, dcgm's), and on a GPU of a pod that is not the chart's."""
+    pod = mon.GPU_POD
+    uuid = {"gpu_name": "NVIDIA L4", **pod}
+    both = mon._gpu_series(0.99, 0.4) + [s for s in mon._gpu_series(0.99, 0.4, "ray")
+                                         if not s["series"].startswith("up{")]
+    foreign = [s for s in mon._gpu_series(0.99, 0.4) if not s["series"].startswith("up{")]
+    doc = {"rule_files": [str(ALERTS_DIR / "optiserve.rules.yaml")], "evaluation_interval": "1m",
+           "tests": [
+               _gpu_alert_case("MIG instance", mon._gpu_series(0.99, 0.4, "mig"),
+                               [{**uuid, "gpu": f"{mon.GPU_UUID}/3"}]),
+               _gpu_alert_case("Ray fallback", mon._gpu_series(0.99, 0.4, "ray"),
+                               [{**uuid, "gpu": "0"}]),
+               _gpu_alert_case("dcgm and Ray: dcgm's only", both,
+                               [{**uuid, "gpu": mon.GPU_UUID}]),
+               _gpu_alert_case("not a serving pod", foreign, []),
+           ]}
+    (tmp_path / "gpu.test.yaml").write_text(yaml.safe_dump(doc))
+    r = run([promtool, "test", "rules", "gpu.test.yaml"], cwd=tmp_path)
+    assert r.returncode == 0, r.stdout + r.stderr
+    # and it can fail: the fallback case expecting dcgm's label
+    doc["tests"] = [_gpu_alert_case("wrong", mon._gpu_series(0.99, 0.4, "ray"),
+                                    [{**uuid, "gpu": mon.GPU_UUID}])]
+    (tmp_path / "gpu.test.yaml").write_text(yaml.safe_dump(doc))
+    assert run([promtool, "test", "rules", "gpu.test.yaml"], cwd=tmp_path).returncode != 0
