@@ -54,7 +54,9 @@ class StandInApiServer:
     """``with StandInApiServer() as api:`` serves on a free port; ``api.kubeconfig(path)``
     writes a kubeconfig pointing at it (pass it as KUBECONFIG)."""
 
-    def __init__(self):
+    def __init__(self, without: tuple[str, ...] = ()):
+        """``without``: group versions this server does not serve (a cluster without CRDs)."""
+        self.resources = {gv: r for gv, r in RESOURCES.items() if gv not in without}
         self.configmaps: dict[tuple[str, str], dict] = {}
         self.requests: list[tuple[str, str]] = []
         outer = self
@@ -106,7 +108,7 @@ class StandInApiServer:
                          "serverAddressByClientCIDRs": []}
         if path == "/apis":
             groups = {}
-            for gv in RESOURCES:
+            for gv in self.resources:
                 if "/" in gv:
                     group, version = gv.split("/")
                     groups.setdefault(group, []).append(
@@ -115,12 +117,12 @@ class StandInApiServer:
                 {"name": g, "versions": vs, "preferredVersion": vs[0]}
                 for g, vs in groups.items()]}
         gv = "v1" if path == "/api/v1" else path.removeprefix("/apis/")
-        if gv in RESOURCES:
+        if gv in self.resources:
             return 200, {"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": gv,
                          "resources": [{"name": plural, "singularName": kind.lower(),
                                         "namespaced": namespaced, "kind": kind,
                                         "verbs": ["get", "list"]}
-                                       for plural, kind, namespaced in RESOURCES[gv]]}
+                                       for plural, kind, namespaced in self.resources[gv]]}
         m = _CONFIGMAP.fullmatch(path)
         if m and (m.group(1), m.group(2)) in self.configmaps:
             return 200, self.configmaps[(m.group(1), m.group(2))]

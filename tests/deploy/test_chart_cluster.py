@@ -290,6 +290,27 @@ def test_monitors_render_only_where_the_prometheus_operator_is_served(helm):
     assert rendered_kinds("--set", "monitoring.prometheusOperator=false", crds=True) == set()
 
 
+@pytest.mark.parametrize("served", [True, False])
+def test_install_against_a_cluster_asks_it_for_the_monitoring_api(helm, tmp_path, served):
+    """What `helm install` does: render against the API server (--dry-run=server, the stand-in),
+    whose discovery says whether monitoring.coreos.com/v1 is served; without it the install
+    renders no monitors (instead of failing on kinds the cluster does not know)."""
+    from .kube_standin import StandInApiServer
+
+    without = () if served else ("monitoring.coreos.com/v1",)
+    with StandInApiServer(without=without) as api:
+        kubeconfig = api.kubeconfig(tmp_path / "kubeconfig", "serving")
+        r = run([helm, "template", "osv", str(CHART), "--namespace", "serving",
+                 "--dry-run=server", "--disable-openapi-validation"],
+                env={**os.environ, "KUBECONFIG": str(kubeconfig)})
+        assert r.returncode == 0, r.stderr
+        assert ("GET", "/apis") in api.requests
+    kinds = {o["kind"] for o in yaml.safe_load_all(r.stdout) if o}
+    monitors = {"PodMonitor", "ServiceMonitor", "PrometheusRule"}
+    assert (kinds & monitors) == (monitors if served else set())
+    assert "RayService" in kinds
+
+
 def test_monitors_carry_the_selector_labels_and_ray_dashboard_wiring(rendered):
     objs = rendered["default"]
     for kind in ("PodMonitor", "ServiceMonitor", "PrometheusRule"):
