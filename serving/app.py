@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -12,7 +13,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from . import metrics as M
-from .config import GatewayArgs, VersionArgs, VersionConfig, version_app_name
+from .config import LISTEN_ENV, GatewayArgs, VersionArgs, VersionConfig, version_app_name
+from .endpoints import dispatch
 from .gateway import Gateway
 from .protocol import (
     InferenceError, InputRejected, ModelExecutionError, ModelUnavailable, PayloadTooLarge,
@@ -20,19 +22,6 @@ from .protocol import (
 )
 
 log = logging.getLogger("ray.serve.optiserve")
-_JSON = "application/json"
-
-
-def _json_response(doc, status: int = 200, headers: dict | None = None) -> Response:
-    import orjson
-
-    return Response(orjson.dumps(doc), status_code=status, media_type=_JSON, headers=headers)
-
-
-def _error(status: int, message: str, headers: dict | None = None) -> Response:
-    return _json_response({"error": message}, status, headers)
-
-
 def _unwrap(e: BaseException) -> BaseException:
     """The user-level exception inside Ray's wrappers (RayTaskError carries it as ``cause``)."""
     cause = getattr(e, "cause", None)
@@ -47,6 +36,24 @@ class GatewayDeployment:
         self.recorder = M.BufferedRecorder()
         self.gateway = Gateway(repository, self._backend, self.recorder, self._ready_probe)
         self._handles = {}
+        self.listener = None
+        address = os.environ.get(LISTEN_ENV)
+        if address:
+            from .listener import Listener
+
+            host, _, port = address.rpartition(":")
+            self.listener = Listener(self._dispatch, lambda: self.gateway.config.max_body_bytes,
+                                     host.strip("[]"), int(port))
+            asyncio.get_event_loop().create_task(self.listener.start())
+
+    def _dispatch(self, method, path, headers, read_body):
+        return dispatch(self.gateway, method, path, headers, read_body)
+
+    async def __del__(self):
+        """Serve's graceful shutdown: it drains the requests it routed itself; the listener's
+        own requests get the same chance (stop accepting, let those in flight answer)."""
+        if self.listener is not None:
+            await self.listener.stop()
 
     def reconfigure(self, user_config: dict) -> None:
         """Apply a new gateway config, all or nothing. The first config must apply (raising
@@ -93,60 +100,9 @@ class GatewayDeployment:
         return bool(await self._handle(model, version).ready.remote())
 
     async def __call__(self, request: Request) -> Response:
-        path = request.scope["path"]
-        parts = [p for p in path.split("/") if p]
-        method = request.method
-        if not parts or parts[0] != "v2":
-            return _error(404, f"unknown endpoint {path}; the API is under /v2")
-        rest = parts[1:]
-        try:
-            if not rest:
-                return _json_response(self.gateway.server_metadata())
-            if rest[0] == "health" and len(rest) == 2 and rest[1] in ("live", "ready"):
-                ok = True if rest[1] == "live" else await self.gateway.server_ready()
-                # the protocol answers health with 200 (true) or a 4xx (false)
-                return Response(status_code=200) if ok else _error(
-                    400, "not ready: a served model's stable version has no ready replica")
-            if rest == ["repository", "index"] and method == "POST":
-                return _json_response(await self.gateway.repository_index())
-            if rest[0] == "models" and len(rest) >= 2:
-                return await self._model_endpoint(request, rest[1], rest[2:])
-            if rest == ["openapi.json"] and method == "GET":
-                return _json_response(self.gateway.openapi())
-        except InferenceError as e:
-            return _error(e.status, str(e), e.headers())
-        except Exception:
-            import uuid
+        """Serve's HTTP ingress (HAProxy or Serve's proxy in front); the same endpoints as the
+        gateway's own listener (:mod:`serving.listener`)."""
 
-            rid = uuid.uuid4().hex[:16]
-            log.exception("%s %s (request id %s) failed", method, path, rid)
-            return _json_response({"error": f"internal error (request id {rid})",
-                                   "request_id": rid}, 500)
-        return _error(404, f"unknown endpoint {method} {path}")
-
-    async def _model_endpoint(self, request: Request, model: str, tail: list[str]) -> Response:
-        version = None
-        if len(tail) >= 2 and tail[0] == "versions":
-            version, tail = tail[1], tail[2:]
-        action = tail[0] if tail else ""
-        if len(tail) > 1 or action not in ("", "ready", "config", "infer"):
-            return _error(404, f"unknown endpoint {request.method} {request.scope['path']}")
-        if action == "infer":
-            if request.method != "POST":
-                return _error(405, "infer takes POST")
-            return await self._infer(request, model, version)
-        if request.method != "GET":
-            return _error(405, f"{action or 'metadata'} takes GET")
-        if action == "ready":
-            vs = self.gateway.version(model, version)
-            ok = await self.gateway.version_ready(vs)
-            return Response(status_code=200) if ok else _error(
-                400, f"{vs.model}:{vs.version} has no ready replica")
-        if action == "config":
-            return _json_response(self.gateway.model_config(model, version))
-        return _json_response(self.gateway.model_metadata(model, version))
-
-    async def _infer(self, request: Request, model: str, version: str | None) -> Response:
         async def read_body(limit: int) -> bytes:
             from starlette.requests import ClientDisconnect
 
@@ -165,8 +121,8 @@ class GatewayDeployment:
                 raise RequestCancelled("the client went away while sending the body") from None
             return b"".join(chunks)
 
-        status, body, headers = await self.gateway.handle_infer(model, version, read_body,
-                                                                request.headers)
+        status, body, headers = await dispatch(self.gateway, request.method,
+                                               request.scope["path"], request.headers, read_body)
         return Response(body, status_code=status, headers=headers)
 
 
@@ -226,6 +182,7 @@ class ModelVersionDeployment:
         loop = asyncio.get_running_loop()
         out, elapsed = await loop.run_in_executor(self._executor, self._run, groups)
         self.recorder.observe(M.COMPUTE, self.tags, elapsed)
+        self.recorder.inc(M.COMPUTE_TIME, self.tags, elapsed)
         return out
 
     async def ready(self) -> bool:

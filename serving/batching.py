@@ -75,6 +75,15 @@ class _Item:
     dispatched: bool = False
 
 
+class _Expired(Exception):
+    """Set on a request's future when its timeout passes (turned into RequestTimeout)."""
+
+
+def _expire(f: asyncio.Future) -> None:
+    if not f.done():
+        f.set_exception(_Expired())
+
+
 def _retrieve(f: asyncio.Future) -> None:
     if not f.cancelled():
         f.exception()
@@ -151,6 +160,7 @@ class AdaptiveBatcher:
             self._wakeup = asyncio.Event()
             self._loop_task = loop.create_task(self._loop())
         item = _Item(payload, rows, loop.create_future(), time.perf_counter(), shadow)
+        idle = self._waiting_rows == 0
         if shadow:
             self._shadow.append(item)
             self._shadow_rows += rows
@@ -158,13 +168,16 @@ class AdaptiveBatcher:
             self._queue.append(item)
             self._queued_rows += rows
         self._queue_changed()
-        self._wakeup.set()
+        # the loop only needs waking when its next decision changes: a first row (it starts
+        # the delay clock) or a full batch; otherwise the delay timer it armed stands
+        if idle or self._waiting_rows >= self.policy.max_batch_size:
+            self._wakeup.set()
         timeout = self.policy.timeout_s
+        # a plain timer instead of wait_for(shield(...)): no task and no extra future per request
+        timer = None if timeout is None else loop.call_later(timeout, _expire, item.future)
         try:
-            if timeout is None:
-                return await asyncio.shield(item.future)
-            return await asyncio.wait_for(asyncio.shield(item.future), timeout)
-        except asyncio.TimeoutError:
+            return await item.future
+        except _Expired:
             self._abandon(item)
             if shadow:
                 raise ShadowDropped(f"{self.label}: a mirrored copy waited past "
@@ -175,6 +188,9 @@ class AdaptiveBatcher:
         except asyncio.CancelledError:  # the client went away: nobody waits for these rows
             self._abandon(item)
             raise
+        finally:
+            if timer is not None:
+                timer.cancel()
 
     def _abandon(self, item: _Item) -> None:
         # a result nobody waits for any more (timed out, client gone) is still retrieved
@@ -222,10 +238,9 @@ class AdaptiveBatcher:
                 remaining = oldest + p.max_delay_s - time.perf_counter()
                 if remaining > 0:
                     wakeup.clear()
-                    try:
-                        await asyncio.wait_for(wakeup.wait(), remaining)
-                    except asyncio.TimeoutError:
-                        pass
+                    timer = asyncio.get_running_loop().call_later(remaining, wakeup.set)
+                    await wakeup.wait()
+                    timer.cancel()
                     oldest = self._oldest()
                     if (oldest is not None
                             and self._waiting_rows < p.max_batch_size

@@ -30,6 +30,9 @@ GATEWAY_APP = "optiserve"
 GATEWAY_DEPLOYMENT = "gateway"
 GATEWAY_IMPORT = "serving.app:gateway_app"
 VERSION_IMPORT = "serving.app:version_app"
+#: host:port the gateway replicas listen on themselves (serving.listener); set in the
+#: environment by ``optiserve serve --proxy listener``, the default
+LISTEN_ENV = "OPTISERVE_LISTEN"
 
 
 def version_app_name(model: str, version: int) -> str:

@@ -70,6 +70,7 @@ class _BatchObserver(Observer):
 
     def dispatched(self, rows: int, waits_s: list[float]) -> None:
         self.recorder.observe(M.BATCH_SIZE, self.tags, rows)
+        self.recorder.inc(M.BATCH_ROWS, self.tags, rows)
         for w in waits_s:
             self.recorder.observe(M.QUEUE_WAIT, self.tags, w)
 
@@ -498,6 +499,7 @@ class Gateway:
         scores = agreement(served.manifest.task, served_out[primary], out[primary])
         for s in scores:
             self.recorder.observe(M.SHADOW_AGREEMENT, tags, float(s))
+        self.recorder.inc(M.SHADOW_AGREEMENT_SUM, tags, float(np.sum(scores)))
         self.recorder.inc(M.SHADOW_REQUESTS, {**tags, "outcome": "compared"})
 
     async def close(self) -> None:

@@ -9,7 +9,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from .config import GATEWAY_APP, validate_serve_config
+from .config import GATEWAY_APP, LISTEN_ENV, validate_serve_config
 from .serve_api import ServeAPI
 
 
@@ -51,9 +51,10 @@ def haproxy_available() -> bool:
 class LocalOptions:
     metrics_port: int = 8080
     dashboard_port: int = 8265
-    #: "haproxy": direct ingress behind HAProxy (measured ~10x the default proxy's throughput
-    #: on a 2-core machine); "default": Ray Serve's Python HTTP proxy.
-    proxy: str = "haproxy"
+    #: "listener": the gateway replicas answer HTTP themselves (serving.listener), Serve's
+    #: proxies are off; "haproxy": Serve's direct ingress behind HAProxy (measured ~10x the
+    #: default proxy's throughput on a 2-core machine); "default": Serve's Python HTTP proxy.
+    proxy: str = "listener"
     num_cpus: float | None = None
     metrics_interval_ms: int = 2000
 
@@ -69,6 +70,24 @@ def requested_cpus(doc: dict) -> float:
             cpus = (dep.get("ray_actor_options") or {}).get("num_cpus", 1)
             total += float(replicas) * float(cpus)
     return total
+
+
+def wait_listening(host: str, port: int, timeout_s: float = 30.0) -> None:
+    """Wait until something accepts connections on host:port (the gateway's listener starts
+    just after its replica reports RUNNING)."""
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            with socket.create_connection((host if host not in ("0.0.0.0", "::") else "127.0.0.1",
+                                           port), timeout=1):
+                return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the gateway is RUNNING but nothing listens on {host}:{port}; "
+                                   "see the gateway replica's log") from None
+            time.sleep(0.1)
 
 
 class LocalCluster:
@@ -87,6 +106,14 @@ class LocalCluster:
         # user code and the handle router on the replica's own event loop, handles over gRPC:
         # 637 -> 866 req/s served (MiniLM INT8, 2 cores, measured)
         env.setdefault("RAY_SERVE_THROUGHPUT_OPTIMIZED", "1")
+        if self.opts.proxy == "listener":
+            http = self.doc.get("http_options") or {}
+            env[LISTEN_ENV] = f"{http.get('host', '127.0.0.1')}:{http.get('port', 8000)}"
+            # THROUGHPUT_OPTIMIZED turns on direct ingress: an idle HTTP server in each gateway
+            # replica and a proxy on the head node, neither of which the listener needs
+            env["RAY_SERVE_ENABLE_DIRECT_INGRESS"] = "0"
+        else:
+            env.pop(LISTEN_ENV, None)
         if self.opts.proxy == "haproxy":
             if not haproxy_available():
                 raise RuntimeError("--proxy haproxy needs the HAProxy binary of ray[serve] "
@@ -125,11 +152,19 @@ class LocalCluster:
         )
         from ray import serve
 
-        serve.start(http_options={"host": host, "port": port})
+        if self.opts.proxy == "listener":
+            # no Serve proxy at all; a config PUT later cannot start one (Serve keeps the
+            # http options and proxy location it started with), so the port stays the gateway's
+            serve.start(http_options={"host": "127.0.0.1", "port": free_port()},
+                        proxy_location="Disabled")
+        else:
+            serve.start(http_options={"host": host, "port": port})
         self.api = ServeAPI(f"http://127.0.0.1:{self.opts.dashboard_port}")
         self.api.apply(self.doc)
         names = [a["name"] for a in self.doc["applications"]]
         self.api.wait_running(names, on_status=on_status)
+        if self.opts.proxy == "listener":
+            wait_listening(host, port)
         self.url = f"http://{host}:{port}"
 
     def stop(self) -> None:

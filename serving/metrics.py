@@ -85,6 +85,23 @@ SHADOW_AGREEMENT = MetricSpec(
     "optiserve_shadow_agreement", "histogram",
     "Per-row agreement of canary with stable on mirrored requests (cosine for embeddings, "
     "1/0 top-1 match for classifiers).", ("model", "stable", "canary"), tuple(AGREEMENT_BUCKETS))
+# Exact sums beside the histograms whose mean is used (mean batch size, compute per row, mean
+# agreement): Ray rebuilds a histogram's ``_sum`` from bucket midpoints when it exports it
+# (measured: 73 rows in 12 batches exported as batch_size_sum 69; one top-1 mismatch as 0.25),
+# while its ``_count`` and buckets are exact. Counters are summed in the replica, pushed once a
+# second.
+BATCH_ROWS = MetricSpec(
+    "optiserve_batch_rows", "counter",
+    "Rows in dispatched batches, summed exactly (mean batch size: this over "
+    "optiserve_batch_size_count).", MV)
+COMPUTE_TIME = MetricSpec(
+    "optiserve_compute_time_seconds", "counter",
+    "Model compute time of all batches, summed exactly (per row: this over "
+    "optiserve_batch_rows_total).", MV)
+SHADOW_AGREEMENT_SUM = MetricSpec(
+    "optiserve_shadow_agreement_score", "counter",
+    "Per-row agreement scores of compared shadow rows, summed exactly (mean agreement: this "
+    "over optiserve_shadow_agreement_count).", ("model", "stable", "canary"))
 PREDICTED_COMPUTE = MetricSpec(
     "optiserve_predicted_compute_seconds", "gauge",
     "Compute time per batch the optimizer measured for a version (its manifest), by batch size "
@@ -134,7 +151,8 @@ ROLLOUT_TRANSITIONS = MetricSpec(
 
 ALL: tuple[MetricSpec, ...] = (
     REQUESTS, ROWS, REQUEST_DURATION, QUEUE_WAIT, COMPUTE, BATCH_SIZE, INFLIGHT, QUEUE_ROWS,
-    LOAD_TIME, TRAFFIC_WEIGHT, SHADOW_REQUESTS, SHADOW_AGREEMENT, PREDICTED_COMPUTE,
+    LOAD_TIME, TRAFFIC_WEIGHT, SHADOW_REQUESTS, SHADOW_AGREEMENT, BATCH_ROWS, COMPUTE_TIME,
+    SHADOW_AGREEMENT_SUM, PREDICTED_COMPUTE,
     GPU_UTILIZATION,
     GPU_MEMORY_USED, GPU_MEMORY_TOTAL, GPU_POWER, ROLLOUT_PHASE, ROLLOUT_WEIGHT, ROLLOUT_STEP,
     ROLLOUT_CHECK_VALUE, ROLLOUT_CHECK_PASSED, ROLLOUT_FAILURES, ROLLOUT_ERRORS,

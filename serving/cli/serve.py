@@ -41,7 +41,10 @@ def serve_command(
                                          help="GPUs per model replica (fractions share a GPU) "
                                               "[default: 1 for GPU variants when GPUs are "
                                               "present, else 0]."),
-    proxy: str = typer.Option("haproxy", "--proxy", help="haproxy (fast) or default."),
+    proxy: str = typer.Option(
+        "listener", "--proxy",
+        help="Who answers HTTP: listener (the gateway replicas themselves, fastest), haproxy "
+             "(Ray Serve's direct ingress behind HAProxy) or default (Serve's Python proxy)."),
     print_config: bool = typer.Option(False, "--print-config",
                                       help="Print the serve config and exit."),
 ) -> None:
@@ -94,8 +97,8 @@ def serve_command(
     if print_config:
         console.print(yaml.safe_dump(doc, sort_keys=False), highlight=False, markup=False)
         return
-    if proxy not in ("haproxy", "default"):
-        fail(f"--proxy must be haproxy or default (got {proxy!r})")
+    if proxy not in ("listener", "haproxy", "default"):
+        fail(f"--proxy must be listener, haproxy or default (got {proxy!r})")
     cluster = LocalCluster(doc, LocalOptions(metrics_port=metrics_port,
                                              dashboard_port=dashboard_port, proxy=proxy))
     stop = threading.Event()

@@ -51,12 +51,14 @@ class Queries:
     def per_row_compute_s(self, version: int) -> str:
         """Mean model compute time per row: compute seconds over the rows those batches held."""
         sel = self._sel(version)
-        return (f"sum(increase({M.COMPUTE.prom}_sum{{{sel}}}[{self.w}])) / "
-                f"sum(increase({M.BATCH_SIZE.prom}_sum{{{sel}}}[{self.w}]))")
+        return (f"sum(increase({M.COMPUTE_TIME.prom}{{{sel}}}[{self.w}])) / "
+                f"sum(increase({M.BATCH_ROWS.prom}{{{sel}}}[{self.w}]))")
 
     def mean_batch(self, version: int) -> str:
+        """Exact sums (counters), not the histograms' ``_sum``: Ray rebuilds those from bucket
+        midpoints (see ``serving.metrics.BATCH_ROWS``)."""
         sel = self._sel(version)
-        return (f"sum(increase({M.BATCH_SIZE.prom}_sum{{{sel}}}[{self.w}])) / "
+        return (f"sum(increase({M.BATCH_ROWS.prom}{{{sel}}}[{self.w}])) / "
                 f"sum(increase({M.BATCH_SIZE.prom}_count{{{sel}}}[{self.w}]))")
 
     def compute_p99_s(self, version: int) -> str:
@@ -69,7 +71,7 @@ class Queries:
         return f"max by (batch_size) ({M.PREDICTED_COMPUTE.prom}{{{sel}}})"
 
     def agreement(self) -> str:
-        return (f"sum(increase({M.SHADOW_AGREEMENT.prom}_sum{{{self._pair()}}}[{self.w}])) / "
+        return (f"sum(increase({M.SHADOW_AGREEMENT_SUM.prom}{{{self._pair()}}}[{self.w}])) / "
                 f"sum(increase({M.SHADOW_AGREEMENT.prom}_count{{{self._pair()}}}[{self.w}]))")
 
 

@@ -70,11 +70,11 @@ class StandInPrometheus:
             return 0.0
         if "shadow_agreement_count" in expr and "/" not in expr:
             return self.rate * window
-        if "shadow_agreement_sum" in expr:
+        if "shadow_agreement_score_total" in expr:
             return 0.995
-        if "optiserve_compute_seconds_sum" in expr:  # per-row compute, batches of 4
+        if "optiserve_compute_time_seconds_total" in expr:  # per-row compute, batches of 4
             return self.compute_ratio * (0.002 + (0.008 - 0.002) * 3 / 7) / 4
-        if "optiserve_batch_size_sum" in expr:
+        if "optiserve_batch_rows_total" in expr and "batch_size_count" in expr:
             return 4.0
         if "histogram_quantile" in expr:
             return 20.0
