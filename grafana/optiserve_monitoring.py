@@ -192,7 +192,12 @@ def quantile(q: float, spec: M.MetricSpec, by: str, *matchers: str, window: str 
 
 
 def mean(spec: M.MetricSpec, by: str, *matchers: str, window: str = RATE) -> str:
-    return (f"sum by ({by}) ({rate(spec, *matchers, suffix='_sum', window=window)}) / "
+    """Mean of a histogram's observations: its exact-sum counter where it has one (Ray
+    exports a histogram's ``_sum`` rebuilt from bucket midpoints), over its ``_count``."""
+    exact = M.EXACT_SUM.get(spec.name)
+    total = (rate(exact, *matchers, window=window) if exact is not None
+             else rate(spec, *matchers, suffix="_sum", window=window))
+    return (f"sum by ({by}) ({total}) / "
             f"sum by ({by}) ({rate(spec, *matchers, suffix='_count', window=window)})")
 
 
@@ -403,8 +408,8 @@ def canary() -> DashboardSpec:
     predicted_rows = " or ".join(
         f"{b} / " + predicted("0.5", f"{MV}, batch_size", *RV, f'batch_size="{b}"')
         for b in M.BATCH_BUCKETS)
-    observed_rows = (f"sum by ({MV}) ({rate(M.BATCH_SIZE, *RV, suffix='_sum')}) / "
-                     f"sum by ({MV}) ({rate(M.COMPUTE, *RV, suffix='_sum')})")
+    observed_rows = (f"sum by ({MV}) ({rate(M.BATCH_ROWS, *RV)}) / "
+                     f"sum by ({MV}) ({rate(M.COMPUTE_TIME, *RV)})")
     step = f"max by (namespace, model) ({M.ROLLOUT_STEP.prom}{sel(*RM)})"
     step_before = (f"max by (namespace, model) "
                    f"({M.ROLLOUT_STEP.prom}{sel(*RM)} offset {ANNOTATION_STEP})")
@@ -533,12 +538,16 @@ def canary() -> DashboardSpec:
             RowSpec("Shadow: canary vs stable on mirrored requests", [
                 PanelSpec("Shadow agreement", "Per-row agreement of canary with stable on "
                           "mirrored requests (cosine for embeddings, top-1 match for "
-                          "classifiers).", [
-                              Query(quantile(q, M.SHADOW_AGREEMENT, "namespace, model, stable, "
-                                             "canary", *RM),
-                                    f"{{{{model}}}} v{{{{canary}}}} vs v{{{{stable}}}} "
-                                    f"p{int(q * 100):02d}")
-                              for q in (0.5, 0.05)], unit="percentunit", max=1,
+                          "classifiers); the mean is what the rollout's agreement check "
+                          "compares with its bound.", [
+                              Query(mean(M.SHADOW_AGREEMENT, "namespace, model, stable, canary",
+                                         *RM),
+                                    "{{model}} v{{canary}} vs v{{stable}} mean"),
+                              *(Query(quantile(q, M.SHADOW_AGREEMENT, "namespace, model, stable, "
+                                               "canary", *RM),
+                                      f"{{{{model}}}} v{{{{canary}}}} vs v{{{{stable}}}} "
+                                      f"p{int(q * 100):02d}")
+                                for q in (0.5, 0.05))], unit="percentunit", max=1,
                           needs_canary=True),
                 PanelSpec("Shadow requests/s by outcome", "Mirrored requests: compared, dropped "
                           "(queue full), failed.", [

@@ -37,14 +37,9 @@ class GatewayDeployment:
         self.gateway = Gateway(repository, self._backend, self.recorder, self._ready_probe)
         self._handles = {}
         self.listener = None
-        address = os.environ.get(LISTEN_ENV)
-        if address:
-            from .listener import Listener
-
-            host, _, port = address.rpartition(":")
-            self.listener = Listener(self._dispatch, lambda: self.gateway.config.max_body_bytes,
-                                     host.strip("[]"), int(port))
-            asyncio.get_event_loop().create_task(self.listener.start())
+        self._listen = os.environ.get(LISTEN_ENV)
+        self._loop = asyncio.get_event_loop()  # the replica's loop (reconfigure may run in a
+        # thread of Serve's pool)
 
     def _dispatch(self, method, path, headers, read_body):
         return dispatch(self.gateway, method, path, headers, read_body)
@@ -68,6 +63,19 @@ class GatewayDeployment:
                 raise
             self.gateway.rejected_config = str(e)
             log.error("gateway config refused, the running config stays: %s", e)
+        if self._listen and self.listener is None:
+            self._start_listener(self._listen)
+
+    def _start_listener(self, address: str) -> None:
+        """Listen once the first config applies, so no request arrives before there is
+        something to serve; Serve reports the replica RUNNING just after."""
+        from .listener import Listener
+
+        host, _, port = address.rpartition(":")
+        self.listener = Listener(self._dispatch, lambda: self.gateway.config.max_body_bytes,
+                                 host.strip("[]"), int(port))
+        listener = self.listener
+        self._loop.call_soon_threadsafe(lambda: self._loop.create_task(listener.start()))
 
     def _handle(self, model: str, version: int):
         key = (model, version)

@@ -93,6 +93,10 @@ class _Connection(asyncio.Protocol):
             return
         try:
             self.parser.feed_data(data)
+        except httptools.HttpParserCallbackError as e:
+            if not self.closed:  # not one of ours (431 already answered): a bug, say so
+                log.error("listener failed on a request", exc_info=e.__context__ or e)
+                self._fail(500, "internal error")
         except httptools.HttpParserUpgrade:
             self._fail(400, "protocol upgrades are not served")
         except httptools.HttpParserError as e:

@@ -106,6 +106,10 @@ class LocalCluster:
         # user code and the handle router on the replica's own event loop, handles over gRPC:
         # 637 -> 866 req/s served (MiniLM INT8, 2 cores, measured)
         env.setdefault("RAY_SERVE_THROUGHPUT_OPTIMIZED", "1")
+        # Serve's controller reconciles every 0.1 s by default: with its GCS calls 0.07 of a
+        # core on an idle 2-core machine; every 0.5 s, 0.03 (measured). Deploys and health
+        # changes are noticed within half a second instead of a tenth.
+        env.setdefault("RAY_SERVE_CONTROL_LOOP_INTERVAL_S", "0.5")
         if self.opts.proxy == "listener":
             http = self.doc.get("http_options") or {}
             env[LISTEN_ENV] = f"{http.get('host', '127.0.0.1')}:{http.get('port', 8000)}"

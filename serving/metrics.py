@@ -102,6 +102,9 @@ SHADOW_AGREEMENT_SUM = MetricSpec(
     "optiserve_shadow_agreement_score", "counter",
     "Per-row agreement scores of compared shadow rows, summed exactly (mean agreement: this "
     "over optiserve_shadow_agreement_count).", ("model", "stable", "canary"))
+#: histogram name -> its exact sum (use it for means: sum over the histogram's _count)
+EXACT_SUM = {BATCH_SIZE.name: BATCH_ROWS, COMPUTE.name: COMPUTE_TIME,
+             SHADOW_AGREEMENT.name: SHADOW_AGREEMENT_SUM}
 PREDICTED_COMPUTE = MetricSpec(
     "optiserve_predicted_compute_seconds", "gauge",
     "Compute time per batch the optimizer measured for a version (its manifest), by batch size "

@@ -136,7 +136,7 @@ CANARY_COLUMNS = {  # side-by-side panel -> what its queries must read
         f"histogram_quantile({q}, sum by (namespace, model, version, le) "
         f"(rate({M.REQUEST_DURATION.prom}_bucket" for q in (0.5, 0.95, 0.99)] + [
         M.LATENCY_MATCHER],
-    "Batch size": [M.BATCH_SIZE.prom + "_bucket", M.BATCH_SIZE.prom + "_sum"],
+    "Batch size": [M.BATCH_SIZE.prom + "_bucket", M.BATCH_ROWS.prom, M.BATCH_SIZE.prom + "_count"],
     "Queue wait p50 / p95": [M.QUEUE_WAIT.prom + "_bucket"],
     "Compute time per batch p50 / p99": [M.COMPUTE.prom + "_bucket"],
     "Replica CPU (cores)": [mon.RAY_COMPONENT_CPU, "ray::ServeReplica:"],
@@ -145,7 +145,7 @@ CANARY_COLUMNS = {  # side-by-side panel -> what its queries must read
         (f"histogram_quantile(0.99, sum by (namespace, model, version, le) "
          f"(rate({M.COMPUTE.prom}_bucket"), M.PREDICTED_COMPUTE.prom, 'quantile="0.99"'],
     "Capacity: rows per compute-second": [
-        M.BATCH_SIZE.prom + "_sum", M.COMPUTE.prom + "_sum", M.PREDICTED_COMPUTE.prom,
+        M.BATCH_ROWS.prom, M.COMPUTE_TIME.prom, M.PREDICTED_COMPUTE.prom,
         'quantile="0.5"', '8 / max by (namespace, model, version, batch_size)'],
 }
 

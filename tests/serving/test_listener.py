@@ -200,3 +200,20 @@ def test_paths_reach_dispatch_without_query(path):
         status, _, body = await response(reader)
         assert status == 200 and orjson.loads(body)["path"] == path
     run(t)
+
+
+def test_a_failure_of_the_listener_itself_is_a_500_not_the_clients_fault():
+    async def main():
+        def broken():
+            raise RuntimeError("no config yet")
+        srv = L.Listener(Recorder(), broken, "127.0.0.1", free_port())
+        await srv.start()
+        try:
+            r, w = await asyncio.open_connection("127.0.0.1", srv.port)
+            w.write(post("/a", b"1"))
+            status, _, body = await asyncio.wait_for(response(r), 5)
+            assert status == 500 and orjson.loads(body) == {"error": "internal error"}
+            w.close()
+        finally:
+            await srv.stop(0.1)
+    asyncio.run(main())
