@@ -46,7 +46,38 @@ so its requests carry it and optiserve's don't: the bodies differ by that only. 
 70 s per server and round (optiserve's start and settling included): 3 rounds of Triton, optiserve
 and one --optiserve-flags configuration took 632 s.
 
-Measured 2026-12-01 on this machine (2 cores, no GPU, load generators on the same cores),
+Measured 2026-12-01 after the gateway got its own HTTP listener (the default; ``--proxy haproxy``
+is Serve's ingress), the batcher's per-request timer and Serve's controller at 0.5 s, same
+machine and model, `--rounds 3 --seconds 8 --optiserve-flags "--proxy haproxy"`, medians:
+
+    server                   max sent/s  p99@max  p99@70%  CPU ms/req@max  @70%  idle cores
+    triton                        476.3   43.6 ms  792 ms            3.50  4.82        0.00
+    optiserve (listener)          405.3  126.3 ms  272 ms            4.48  5.04        0.19
+    optiserve --proxy haproxy     355.9  148.7 ms 2299 ms            5.15  6.34        0.21
+    optiserve / triton             0.85      2.90     0.34           1.28  1.05
+
+    CPU ms/request at max    optiserve: model replica 3.36, gateway 0.73 (1.15 behind HAProxy,
+                             plus HAProxy and its manager 0.28), the rest of Ray 0.40
+                             triton: python stub (tokenize + ORT) 3.26, tritonserver 0.24
+
+What each structural option gave (same machine, ratios within one run):
+- the gateway's own listener instead of HAProxy + Serve's direct ingress: gateway 1.15 -> 0.73 ms
+  per request, HAProxy's 0.28 gone, max rate x1.14 (356 -> 405 sent/s); py-spy had put half of
+  the gateway's CPU in Serve's ingress machinery (uvicorn, two ASGI middlewares, the request
+  wrapper, Starlette request/response objects, disconnect-watch tasks);
+- several gateway replicas (benchmarks/gateway_scaleout.py): no gain on 2 cores (one more process
+  competing for the same CPU: 1 -> 2 replicas 297 -> 246 req/s at 16 connections, 334 = 334 at
+  64), batches stay full (mean 6.0 of 8 rows at 64 connections for 1, 2 and 3 replicas);
+- thread layout: 1 replica x 2 threads vs 2 replicas x 1 thread within noise (299 vs 309 req/s,
+  benchmarks/serving_minilm.py), both far above 1 x 1 (272) — the sizing rule takes 1 x 2;
+- the model colocated with the gateway (no hop): not built. The hop is the gateway's handle call
+  per batch (router + gRPC, ~15 % of the gateway's profile, ~0.11 ms per request) and the model
+  replica's Serve side (~2 % of its 3.36 ms): at most ~5 % here, while the per-version
+  applications are what rollouts deploy, route, drain and retire;
+- binary responses (OIP binary extension, what tritonclient asks for with ``binary_data=True``)
+  were already served; this load asks for JSON on both servers.
+
+Earlier measurement, before the listener (same machine, 2026-12-01),
 minilm:1 (onnx-int8-dynamic, max_batch_size 8), `--rounds 3 --seconds 8 --optiserve-flags
 "--replicas 2"`, medians (CPU per request of the server's processes, load generator excluded):
 
