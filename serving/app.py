@@ -72,10 +72,20 @@ class GatewayDeployment:
         from .listener import Listener
 
         host, _, port = address.rpartition(":")
-        self.listener = Listener(self._dispatch, lambda: self.gateway.config.max_body_bytes,
-                                 host.strip("[]"), int(port))
-        listener = self.listener
-        self._loop.call_soon_threadsafe(lambda: self._loop.create_task(listener.start()))
+        listener = Listener(self._dispatch, lambda: self.gateway.config.max_body_bytes,
+                            host.strip("[]"), int(port))
+        # bound here, synchronously: a port that cannot be had fails the deployment with the
+        # reason in Serve's status (the first config) instead of a replica serving nothing
+        listener.bind()
+        self.listener = listener
+        self._listening = asyncio.run_coroutine_threadsafe(listener.start(), self._loop) \
+            if not _on_loop(self._loop) else self._loop.create_task(listener.start())
+
+    async def check_health(self) -> None:
+        """Serve's health check: also fails when the listener could not start serving."""
+        task = getattr(self, "_listening", None)
+        if task is not None and task.done() and task.exception() is not None:
+            raise RuntimeError(f"the HTTP listener failed: {task.exception()}")
 
     def _handle(self, model: str, version: int):
         key = (model, version)
@@ -195,6 +205,13 @@ class ModelVersionDeployment:
 
     async def ready(self) -> bool:
         return self.runtime is not None
+
+
+def _on_loop(loop) -> bool:
+    try:
+        return asyncio.get_running_loop() is loop
+    except RuntimeError:
+        return False
 
 
 def _reserved_cpus() -> int:

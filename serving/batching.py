@@ -195,7 +195,12 @@ class AdaptiveBatcher:
     def _abandon(self, item: _Item) -> None:
         # a result nobody waits for any more (timed out, client gone) is still retrieved
         item.future.add_done_callback(_retrieve)
-        if item.dispatched or item.abandoned:
+        if not item.dispatched:
+            self._release(item)
+
+    def _release(self, item: _Item) -> None:
+        """Give back the rows of a request that leaves the queue unanswered (once)."""
+        if item.abandoned:
             return
         item.abandoned = True
         if item.shadow:
@@ -260,8 +265,10 @@ class AdaptiveBatcher:
         for q, shadow in ((self._queue, False), (self._shadow, True)):
             while q:
                 item = q[0]
-                if item.abandoned:
+                if item.abandoned or item.future.done():
+                    # cancelled or timed out, its submit() not yet resumed to say so
                     q.popleft()
+                    self._release(item)
                     continue
                 if batch and rows + item.rows > max_rows:
                     break

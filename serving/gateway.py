@@ -499,7 +499,9 @@ class Gateway:
         scores = agreement(served.manifest.task, served_out[primary], out[primary])
         for s in scores:
             self.recorder.observe(M.SHADOW_AGREEMENT, tags, float(s))
-        self.recorder.inc(M.SHADOW_AGREEMENT_SUM, tags, float(np.sum(scores)))
+        # the exact sum takes scores below 0 (anti-correlated embeddings) as 0, like the
+        # histogram's lowest bucket does for the quantiles
+        self.recorder.inc(M.SHADOW_AGREEMENT_SUM, tags, float(np.clip(scores, 0, None).sum()))
         self.recorder.inc(M.SHADOW_REQUESTS, {**tags, "outcome": "compared"})
 
     async def close(self) -> None:

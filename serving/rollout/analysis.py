@@ -71,7 +71,10 @@ class Queries:
         return f"max by (batch_size) ({M.PREDICTED_COMPUTE.prom}{{{sel}}})"
 
     def agreement(self) -> str:
-        return (f"sum(increase({M.SHADOW_AGREEMENT_SUM.prom}{{{self._pair()}}}[{self.w}])) / "
+        # a canary that never agrees has no score series at all (Ray records no zero
+        # increments): that is a mean of 0, not missing data
+        return (f"(sum(increase({M.SHADOW_AGREEMENT_SUM.prom}{{{self._pair()}}}[{self.w}])) "
+                f"or vector(0)) / "
                 f"sum(increase({M.SHADOW_AGREEMENT.prom}_count{{{self._pair()}}}[{self.w}]))")
 
 

@@ -34,6 +34,8 @@ class Recorder:
             body = await read_body(LIMIT)
         except PayloadTooLarge as e:
             return 413, orjson.dumps({"error": str(e)}), {"content-type": "application/json"}
+        if path == "/big":
+            return 200, b"x" * 1_000_000, {}
         if path == "/wait":
             try:
                 await self.release.wait()
@@ -216,4 +218,98 @@ def test_a_failure_of_the_listener_itself_is_a_500_not_the_clients_fault():
             w.close()
         finally:
             await srv.stop(0.1)
+    asyncio.run(main())
+
+
+def test_one_endless_header_gets_431_without_being_read_whole():
+    async def t(rec, reader, writer, srv):
+        writer.write(b"GET /x HTTP/1.1\r\nhost: x\r\nx-a: ")
+        try:
+            for _ in range(64):  # up to 4 MiB, never ending the header
+                writer.write(b"a" * 65536)
+                await writer.drain()
+        except ConnectionError:
+            pass
+        status, _, body = await response(reader)
+        assert status == 431
+        assert rec.calls == []
+    run(t)
+
+
+def test_head_has_no_body_and_http10_keep_alive_is_confirmed():
+    async def t(rec, reader, writer, srv):
+        writer.write(b"HEAD /v2 HTTP/1.1\r\nhost: x\r\n\r\n" + post("/a", b"1"))
+        head = await reader.readuntil(b"\r\n\r\n")
+        assert int(head.split(b"content-length: ")[1].split(b"\r\n")[0]) > 0
+        # the next answer starts right after the head
+        assert await reader.readexactly(8) == b"HTTP/1.1"
+        rest = await reader.readuntil(b"\r\n\r\n")
+        assert b" 200 " in rest.split(b"\r\n")[0]
+        r2, w2 = await asyncio.open_connection("127.0.0.1", srv.port)
+        w2.write(b"GET /b HTTP/1.0\r\nconnection: keep-alive\r\n\r\n")
+        status, headers, _ = await response(r2)
+        assert status == 200 and headers["connection"] == "keep-alive"
+        w2.close()
+    run(t)
+
+
+def test_after_a_closing_request_nothing_is_read_and_its_answer_arrives():
+    async def t(rec, reader, writer, srv):
+        writer.write(b"GET /a HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n"
+                     b"GET /b HTTP/1.1\r\nhost: x\r\n\r\nGARBAGE")
+        status, headers, body = await response(reader)
+        assert status == 200 and orjson.loads(body)["path"] == "/a"
+        assert headers["connection"] == "close" and await reader.read() == b""
+        r2, w2 = await asyncio.open_connection("127.0.0.1", srv.port)
+        w2.write(b"GET /c HTTP/1.1\r\nhost: x\r\nconnection: upgrade\r\nupgrade: h2c\r\n\r\n")
+        status, headers, body = await response(r2)  # answered over HTTP/1.1, then closed
+        assert status == 200 and headers["connection"] == "close"
+        w2.close()
+    run(t)
+
+
+def test_a_malformed_request_behind_a_good_one_is_answered_after_it():
+    async def t(rec, reader, writer, srv):
+        writer.write(post("/wait", b"") + b"BROKEN\x00 / HTTP/1.1\r\n\r\n")
+        while not rec.calls:
+            await asyncio.sleep(0.01)
+        rec.release.set()
+        first, second = await response(reader), await response(reader)
+        assert first[0] == 200 and second[0] == 400
+        assert rec.cancelled.is_set() is False
+    run(t)
+
+
+def test_a_client_that_never_reads_its_answers_is_cut_off(monkeypatch):
+    monkeypatch.setattr(L, "WRITE_TIMEOUT_S", 0.5)
+
+    async def t(rec, reader, writer, srv):
+        writer.write(b"GET /big HTTP/1.1\r\nhost: x\r\n\r\n" * 20)  # 20 MB of answers
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        while srv.connections and loop.time() - t0 < 10:
+            await asyncio.sleep(0.1)
+        assert not srv.connections, "the connection was kept with its answers buffered"
+        assert len(rec.calls) < 20  # it stopped answering once the client stopped reading
+    run(t)
+
+
+def test_stop_closes_idle_connections_and_marks_the_last_answers():
+    async def main():
+        rec = Recorder()
+        srv = L.Listener(rec, lambda: LIMIT, "127.0.0.1", free_port())
+        await srv.start()
+        idle_r, idle_w = await asyncio.open_connection("127.0.0.1", srv.port)
+        busy_r, busy_w = await asyncio.open_connection("127.0.0.1", srv.port)
+        busy_w.write(post("/wait", b""))
+        while not rec.calls:
+            await asyncio.sleep(0.01)
+        stopping = asyncio.create_task(srv.stop(drain_s=5))
+        assert await asyncio.wait_for(idle_r.read(), 2) == b""  # closed at once
+        rec.release.set()
+        status, headers, _ = await asyncio.wait_for(response(busy_r), 5)
+        assert status == 200 and headers["connection"] == "close"
+        await stopping
+        idle_w.close()
+        busy_w.close()
     asyncio.run(main())
