@@ -900,11 +900,13 @@ def _latency_series(p99_fast: bool) -> list[dict]:
     return out
 
 
-def _request_series(error_share: float) -> list[dict]:
+def _request_series(share: float, outcome: str = "server_error", code: str = "500"
+                    ) -> list[dict]:
+    """600 requests a minute, ``share`` of them with ``outcome``/``code``, the rest successes."""
     lb = {"namespace": "prod", "model": "minilm", "version": "2"}
-    ok = 600 * (1 - error_share)
+    ok = 600 * (1 - share)
     return [_s(M.REQUESTS.prom, {**lb, "outcome": "success", "code": "200"}, f"0+{ok:g}x30"),
-            _s(M.REQUESTS.prom, {**lb, "outcome": "server_error", "code": "500"},
+            _s(M.REQUESTS.prom, {**lb, "outcome": outcome, "code": code},
                f"0+{600 - ok:g}x30")]
 
 
@@ -965,14 +967,6 @@ def _replica_series(healthy: int, status: int = 6) -> list[dict]:
         _s(RAY_DEPLOYMENT_STATUS, dep, f"{status}x20")]
 
 
-def _outcome_series(overloaded_share: float) -> list[dict]:
-    lb = {"namespace": "prod", "model": "minilm", "version": "2"}
-    ok = 600 * (1 - overloaded_share)
-    return [_s(M.REQUESTS.prom, {**lb, "outcome": "success", "code": "200"}, f"0+{ok:g}x30"),
-            _s(M.REQUESTS.prom, {**lb, "outcome": "overloaded", "code": "503"},
-               f"0+{600 - ok:g}x30")]
-
-
 def _up_series(up: int, **labels: str) -> list[dict]:
     return [_s("up", {"namespace": "prod", **labels}, f"{up}x20")]
 
@@ -999,7 +993,8 @@ def rule_tests(rules_file: str) -> dict:
          {**mv, "severity": "warning"}),
         ("OptiserveErrorRateHigh", _request_series(0.2), _request_series(0.01), "20m",
          {"namespace": "prod", "model": "minilm", "severity": "critical"}),
-        ("OptiserveOverloaded", _outcome_series(0.05), _outcome_series(0.002), "20m",
+        ("OptiserveOverloaded", _request_series(0.05, "overloaded", "503"),
+         _request_series(0.002, "overloaded", "503"), "20m",
          {"namespace": "prod", "model": "minilm", "severity": "warning"}),
         ("OptiserveTargetDown", _ray_target(0), _ray_target(1), "10m",
          {"namespace": "prod", "pod": "osv-optiserve-raycluster-x-cpu-worker-a",

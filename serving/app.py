@@ -37,6 +37,7 @@ class GatewayDeployment:
         self.gateway = Gateway(repository, self._backend, self.recorder, self._ready_probe)
         self._handles = {}
         self.listener = None
+        self._listening = None  # the listener's start (a task or a thread-safe future)
         self._listen = os.environ.get(LISTEN_ENV)
         self._loop = asyncio.get_event_loop()  # the replica's loop (reconfigure may run in a
         # thread of Serve's pool)
@@ -83,7 +84,7 @@ class GatewayDeployment:
 
     async def check_health(self) -> None:
         """Serve's health check: also fails when the listener could not start serving."""
-        task = getattr(self, "_listening", None)
+        task = self._listening
         if task is not None and task.done() and task.exception() is not None:
             raise RuntimeError(f"the HTTP listener failed: {task.exception()}")
 

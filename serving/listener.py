@@ -110,14 +110,13 @@ class _Connection(asyncio.Protocol):
             return
         if self.closed or self._no_more:
             return
-        counting = self._in_message and not self._head_done
         try:
             self.parser.feed_data(data)
         except (httptools.HttpParserError, httptools.HttpParserUpgrade) as e:
             if not self._last_queued:  # bytes after a closing request (or an upgrade): ignored
                 self._parse_failed(e)
             return
-        self._count_head(counting, len(data))
+        self._count_head(len(data))
 
     def _parse_failed(self, e: Exception) -> None:
         if isinstance(e, httptools.HttpParserCallbackError):
@@ -136,12 +135,12 @@ class _Connection(asyncio.Protocol):
         else:
             self._fail(400, f"malformed HTTP request: {e}")
 
-    def _count_head(self, counting: bool, n: int) -> None:
-        if counting or (self._in_message and not self._head_done):
+    def _count_head(self, n: int) -> None:
+        if self._in_message and not self._head_done:
             # httptools hands a header over only once it ends: one endless header is stopped
             # here, by the bytes received while the head is incomplete
             self._head_bytes += n
-            if not self._head_done and self._head_bytes > MAX_HEADER_BYTES:
+            if self._head_bytes > MAX_HEADER_BYTES:
                 self._fail(431, f"request line and headers exceed {MAX_HEADER_BYTES} bytes")
 
     # No eof_received: a client's FIN closes the connection and cancels its request, as with

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 
-def _is_number(text: str) -> bool:
+def is_number(text: str) -> bool:
     try:
         float(text)
     except ValueError:
@@ -34,7 +34,7 @@ def read_csv(path: Path, features: int | None = None) -> tuple[np.ndarray, list[
     except (OSError, csv.Error) as e:
         raise ValueError(f"cannot read {path}: {getattr(e, 'strerror', None) or e}") from None
     header = None
-    if lines and not all(_is_number(c) for c in lines[0][1]):
+    if lines and not all(is_number(c) for c in lines[0][1]):
         header = [c.strip() for c in lines[0][1]]
         lines = lines[1:]
     if not lines:
@@ -51,7 +51,7 @@ def read_csv(path: Path, features: int | None = None) -> tuple[np.ndarray, list[
         try:
             rows[i] = [float(c) for c in cells]
         except ValueError:
-            bad = next(c for c in cells if not _is_number(c))
+            bad = next(c for c in cells if not is_number(c))
             raise ValueError(f"{path}:{n}: {bad.strip()[:40]!r} is not a number") from None
     return rows, header
 

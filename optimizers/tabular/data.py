@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from serving.rows import read_rows
+from serving.rows import is_number, read_rows
 
 from ..errors import ValidationDataError
 
@@ -82,7 +82,7 @@ def read_class_labels(path: str | Path, rows: int, classes: list, rows_from: str
         else:
             lines = [x.split(",")[0].strip() for x in p.read_text().splitlines() if x.strip()]
             known = {str(c) for c in classes}
-            if lines and lines[0] not in known and not _numeric(lines[0]):
+            if lines and lines[0] not in known and not is_number(lines[0]):
                 lines = lines[1:]  # a header
             values = np.array(lines, dtype=object)
     except ValidationDataError:
@@ -94,14 +94,6 @@ def read_class_labels(path: str | Path, rows: int, classes: list, rows_from: str
         raise ValidationDataError(f"labels {p} has {len(values)} labels for the {rows} rows of "
                                   f"{rows_from}; expected one per row")
     return class_indices(values, classes, f"labels {p}")
-
-
-def _numeric(text: str) -> bool:
-    try:
-        float(text)
-    except ValueError:
-        return False
-    return True
 
 
 @dataclass
