@@ -39,6 +39,10 @@ def optimize_command(
     min_agreement: float = typer.Option(
         0.99, "--min-agreement", help="Classifiers: pass if top-1 agreement >= this."),
     max_f1_drop: float = typer.Option(0.01, "--max-f1-drop", help="With labels: allowed F1 drop."),
+    held_out: float = typer.Option(
+        0.5, "--held-out", help="Share of validation rows held out (seeded split) to judge "
+                                "fidelity; calibration and tuning use only the others."),
+    split_seed: int = typer.Option(0, "--split-seed", help="Seed of the held-out split."),
     publish: str = typer.Option("best", "--publish", help="best | all | none."),
     report: Optional[str] = typer.Option(None, "--report", help="Write the report into this dir."),
     batch_sizes: str = typer.Option("1,8,32", "--batch-sizes", help="Batch sizes to benchmark."),
@@ -85,6 +89,8 @@ def optimize_command(
         fail(f"--max-cosine-drop must be in [0, 1) (got {max_cosine_drop})")
     if not 0 < min_agreement <= 1:
         fail(f"--min-agreement must be in (0, 1] (got {min_agreement})")
+    if not 0 < held_out < 1:
+        fail(f"--held-out must be a fraction between 0 and 1, e.g. 0.5 (got {held_out})")
     opts = OptimizeOptions(
         source=source, name=name,
         variants=[v.strip() for v in variants.split(",") if v.strip()] if variants else None,
@@ -98,6 +104,7 @@ def optimize_command(
         keep_build=keep_build, trust=trust,
         trusted_types=[t.strip() for t in (trust_types or "").split(",") if t.strip()],
         select_features=select_features, train_data=train_data, selector=selector,
+        held_out=held_out, split_seed=split_seed,
     )
     try:
         with progress_bars(not quiet) as progress:
@@ -113,7 +120,8 @@ def print_result(result) -> None:
     from optimizers.selection import best_throughput
 
     table = Table(title=f"{result.source.name}: variants")
-    for col in ("variant", "status", "fidelity", "best rows/s", "p99 ms @ batch", "notes"):
+    for col in ("variant", "status", "fidelity (held-out)", "best rows/s", "p99 ms @ batch",
+                "notes"):
         table.add_column(col)
     for o in result.outcomes:
         if o.status != "ok":
