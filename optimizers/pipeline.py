@@ -26,7 +26,7 @@ from .fidelity import FidelityBudget, compare
 from .measure import measure_in_subprocess
 from .selection import best_throughput, fidelity_score, pareto_front, recommend_batching
 from .sources import SourceModel, resolve_source
-from .validation import ValidationSet, load_validation
+from .validation import Split, ValidationSet, load_validation, split_validation
 from .variants import VARIANTS, BuildContext, VariantBuild, VariantSkipped, default_variants
 
 OPTISERVE_VERSION = "0.1.0"
@@ -81,6 +81,10 @@ class OptimizeOptions:
     select_features: str | None = None
     train_data: str | None = None
     selector: str = "f_classif"
+    #: Share of the validation rows held out to judge fidelity (seeded split); builders tune
+    #: and calibrate on the rest only.
+    held_out: float = 0.5
+    split_seed: int = 0
 
 
 @dataclass
@@ -202,12 +206,16 @@ def optimize(opts: OptimizeOptions, progress: Progress | None = None) -> Optimiz
     for b in vset.batches:
         ref_batches.append(src.reference(b))
         progress.advance()
-    reference = vset.gather(ref_batches)
+    split = split_validation(vset, opts.held_out, opts.split_seed)
+    vset.notes.append(split.note)
+    tuning_reference, held_out_reference = split.reference(vset.gather(ref_batches))
 
     with tempfile.TemporaryDirectory(prefix="optiserve-build-") as tmp:
         work = Path(opts.keep_build) if opts.keep_build else Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
-        ctx = BuildContext(source=src, validation=vset, reference=reference, budget=opts.budget,
+        # builders see the tuning rows only; every variant is judged on the held-out rows
+        ctx = BuildContext(source=src, validation=split.tuning, reference=tuning_reference,
+                           held_out_reference=held_out_reference, budget=opts.budget,
                            # checking fidelity may use every CPU; measuring uses serving's threads
                            workdir=work, threads=available_cpus(), status=progress.status,
                            tune_seconds=opts.tune_seconds)
@@ -216,7 +224,7 @@ def optimize(opts: OptimizeOptions, progress: Progress | None = None) -> Optimiz
         progress.phase("variants", total=len(names))
         for name in names:
             progress.status(f"{name}: building")
-            outcomes.append(_build_and_measure(name, VARIANTS[name].build, ctx, vset, bench,
+            outcomes.append(_build_and_measure(name, VARIANTS[name].build, ctx, split, bench,
                                                opts.threads, opts, work))
             progress.advance()
         sweep = None
@@ -225,7 +233,7 @@ def optimize(opts: OptimizeOptions, progress: Progress | None = None) -> Optimiz
 
             sweep, selected = run(selection, ctx, progress,
                                   lambda name, build, judge: _build_and_measure(
-                                      name, build, ctx, vset, bench, opts.threads, opts, work,
+                                      name, build, ctx, split, bench, opts.threads, opts, work,
                                       judge))
             outcomes += selected
 
@@ -269,7 +277,7 @@ def _check_selection_options(opts: OptimizeOptions) -> None:
                             "of --train-data; drop --validation-data")
 
 
-def _build_and_measure(name: str, builder, ctx: BuildContext, vset: ValidationSet, bench,
+def _build_and_measure(name: str, builder, ctx: BuildContext, split: Split, bench,
                        threads: int, opts: OptimizeOptions, work: Path, judge=None
                        ) -> VariantOutcome:
     src = ctx.source
@@ -283,17 +291,24 @@ def _build_and_measure(name: str, builder, ctx: BuildContext, vset: ValidationSe
         cdir = _candidate_dir(work, src, build)
         draft = _draft_manifest(src, build, cdir, None, None, build.notes)
         ctx.status(f"{name}: measuring")
-        m = measure_in_subprocess(draft, cdir, vset.batches, bench, threads,
+        held, tune = split.held_out, split.tuning
+        m = measure_in_subprocess(draft, cdir, held.batches + tune.batches, bench, threads,
                                   min_time_s=opts.min_time_s)
     except Exception as e:
         return VariantOutcome(name, "failed", reason=_error_text(e), build=build)
-    outputs = vset.gather(m.outputs)
-    fidelity = compare(src.task, ctx.reference, outputs, opts.budget, vset.labels)
+    judged = held.gather(m.outputs[:len(held.batches)])
+    seen = tune.gather(m.outputs[len(held.batches):])
+    fidelity = compare(src.task, ctx.held_out_reference, judged, opts.budget, held.labels)
+    tuning = compare(src.task, ctx.reference, seen, opts.budget, tune.labels)
     if judge is not None:  # variants judged on their own terms (feature selection)
-        fidelity = judge(fidelity, outputs)
+        fidelity = judge(fidelity, judged, held)
+        tuning = judge(tuning, seen, tune)
+    fidelity = fidelity.model_copy(update={"rows": "held-out", "split": split.note})
+    tuning = tuning.model_copy(update={"rows": "tuning", "split": split.note})
     size = sum(p.stat().st_size for p in cdir.rglob("*") if p.is_file())
     measurements = Measurements(
-        fidelity=fidelity, latency=m.latency, peak_rss_mb=round(m.peak_rss_mb, 1),
+        fidelity=fidelity, tuning_fidelity=tuning, latency=m.latency,
+        peak_rss_mb=round(m.peak_rss_mb, 1),
         load_time_s=round(m.load_time_s, 4), size_bytes=size, intra_op_threads=m.threads,
         host=m.host,
     )

@@ -53,12 +53,16 @@ class ValidationSet:
         return merged
 
     def subset(self, rows: np.ndarray) -> ValidationSet:
-        """A smaller set with only these rows (for quick sensitivity checks)."""
+        """A smaller set with only these rows (in ascending order), labels included."""
         rows = np.sort(rows)
         if self.token_rows is not None:
-            return _text_set([self.texts[i] for i in rows] if self.texts else None,
-                             [self.token_rows[i] for i in rows], self.encoder)
-        return _tensor_set({k: v[rows] for k, v in self.tensors.items()})
+            out = _text_set([self.texts[i] for i in rows] if self.texts else None,
+                            [self.token_rows[i] for i in rows], self.encoder)
+        else:
+            out = _tensor_set({k: v[rows] for k, v in self.tensors.items()})
+        out.labels = self.labels[rows] if self.labels is not None else None
+        out.notes = list(self.notes)
+        return out
 
     def bench_batch(self, batch_size: int, index: int) -> dict[str, np.ndarray]:
         """A realistic batch: for text, ``batch_size`` rows of neighbouring lengths (as length
@@ -71,6 +75,64 @@ class ValidationSet:
         start = (index * batch_size) % self.rows
         idx = (np.arange(batch_size) + start) % self.rows
         return {k: v[idx] for k, v in self.tensors.items()}
+
+
+#: Fewest rows a split leaves on either side.
+MIN_SPLIT_ROWS = 2
+
+
+@dataclass
+class Split:
+    """Validation rows split in two disjoint parts, seeded: ``tuning`` rows are all that variant
+    builders see (calibration, choosing which nodes stay fp32, accuracy control), ``held_out``
+    rows judge every variant. Row indices refer to the full set."""
+
+    tuning: ValidationSet
+    held_out: ValidationSet
+    tuning_rows: np.ndarray
+    held_out_rows: np.ndarray
+    seed: int
+
+    @property
+    def note(self) -> str:
+        total = len(self.tuning_rows) + len(self.held_out_rows)
+        return (f"split (seed {self.seed}): {len(self.held_out_rows)} of {total} rows held out "
+                f"to judge fidelity; the other {len(self.tuning_rows)} tune and calibrate")
+
+    def reference(self, full: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray],
+                                                              dict[str, np.ndarray]]:
+        """Full-set outputs cut into (tuning, held-out) parts, in each part's row order."""
+        return ({k: v[self.tuning_rows] for k, v in full.items()},
+                {k: v[self.held_out_rows] for k, v in full.items()})
+
+
+def split_validation(vset: ValidationSet, held_out: float = 0.5, seed: int = 0) -> Split:
+    """Split ``vset`` at random (seeded) into tuning and held-out rows; with labels, each
+    class is split in the same proportion so both parts see every class."""
+    if not 0.0 < held_out < 1.0:
+        raise ValidationDataError(f"--held-out must be a fraction between 0 and 1 (got "
+                                  f"{held_out})")
+    n = vset.rows
+    if n < 2 * MIN_SPLIT_ROWS:
+        raise ValidationDataError(
+            f"validation data holds {n} rows; at least {2 * MIN_SPLIT_ROWS} are needed so that "
+            "fidelity is judged on rows that tuning and calibration never saw")
+    rng = np.random.default_rng(seed)
+    k = min(n - MIN_SPLIT_ROWS, max(MIN_SPLIT_ROWS, int(round(n * held_out))))
+    if vset.labels is None:
+        judged = rng.permutation(n)[:k]
+    else:
+        # each class's rows in random order, ranked by their place within the class: taking
+        # the k lowest ranks holds out every class in proportion
+        rank = np.empty(n)
+        for c in np.unique(vset.labels):
+            rows = rng.permutation(np.flatnonzero(vset.labels == c))
+            rank[rows] = (np.arange(len(rows)) + rng.random()) / len(rows)
+        judged = np.argsort(rank, kind="stable")[:k]
+    rest = np.setdiff1d(np.arange(n), judged)
+    held, tune = np.sort(judged), np.sort(rest)
+    return Split(tuning=vset.subset(tune), held_out=vset.subset(held), tuning_rows=tune,
+                 held_out_rows=held, seed=seed)
 
 
 def _text_set(texts, token_rows, encoder) -> ValidationSet:

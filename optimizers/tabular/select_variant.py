@@ -10,6 +10,7 @@ import numpy as np
 from serving.repository import Fidelity
 
 from ..fidelity import compare
+from ..validation import ValidationSet
 from ..variants.base import BuildContext, VariantBuild
 from ..variants.onnx_variants import ort_optimize
 from .convert import sklearn_outputs, to_onnx
@@ -40,14 +41,15 @@ def builder(point: KPoint, sel: SelectionResult) -> Callable[[BuildContext], Var
     return build
 
 
-def judge(point: KPoint, ctx: BuildContext) -> Callable[[Fidelity, dict], Fidelity]:
+def judge(point: KPoint, ctx: BuildContext
+          ) -> Callable[[Fidelity, dict, ValidationSet], Fidelity]:
     """A retrained model is a different model: its top-1 agreement with the reference is
     reported, not required. It passes on F1 (labels) within ``max_f1_drop`` of the
     reference's, and when its graph agrees with its own scikit-learn pipeline."""
 
-    def decide(fid: Fidelity, outputs: dict[str, np.ndarray]) -> Fidelity:
+    def decide(fid: Fidelity, outputs: dict[str, np.ndarray], rows: ValidationSet) -> Fidelity:
         budget = ctx.budget
-        x = ctx.validation.tensors[ctx.source.model_signature.inputs[0].name]
+        x = rows.tensors[ctx.source.model_signature.inputs[0].name]
         own = sklearn_outputs(point.pipeline, x, list(outputs))
         conv = compare("classification", own, outputs, budget)
         passed = (fid.f1 is not None and fid.f1 >= fid.reference_f1 - budget.max_f1_drop

@@ -35,7 +35,13 @@ class VariantBuild:
 
 @dataclass
 class BuildContext:
-    """What builders share: the source, validation data, its reference outputs, a scratch dir."""
+    """What builders share: the source, the tuning rows of the validation data and their
+    reference outputs, a scratch dir.
+
+    ``validation``/``reference`` are the *tuning* rows only: calibration, choosing which nodes
+    stay fp32 and any accuracy control use them. The held-out rows that judge a variant are not
+    for builders; their reference outputs ride along for the pipeline only.
+    """
 
     source: SourceModel
     validation: ValidationSet
@@ -47,6 +53,8 @@ class BuildContext:
     #: Intermediate files by key ("onnx-export", "onnx-fp32", ...), built once, reused.
     cache: dict[str, Path] = field(default_factory=dict)
     tune_seconds: float = 300.0
+    #: Reference outputs of the held-out rows (the pipeline judges with them; builders must not).
+    held_out_reference: dict[str, np.ndarray] | None = None
 
     def scratch(self, name: str) -> Path:
         d = self.workdir / name

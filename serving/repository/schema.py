@@ -37,7 +37,7 @@ Datatype = Literal[
     "FP16", "FP32", "FP64", "BYTES",
 ]
 Task = Literal["embedding", "classification", "generic"]
-Runtime = Literal["onnxruntime", "torch", "sklearn"]
+Runtime = Literal["onnxruntime", "openvino", "torch", "sklearn"]
 Device = Literal["cpu", "cuda"]
 
 _NAME_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}$")
@@ -132,6 +132,12 @@ class Fidelity(_Strict):
     reference_roc_auc: float | None = Field(None, description="The reference's ROC AUC.")
     passed: bool = Field(description="Whether the variant is within the fidelity budget.")
     budget: str = Field(description="The budget it was judged against, in words.")
+    rows: Literal["held-out", "tuning"] | None = Field(
+        None, description="Which validation rows: 'held-out' (disjoint from every row used to "
+        "tune or calibrate; what the variant is judged on) or 'tuning' (the rows builders saw); "
+        "absent in versions built before the split, judged on all rows.")
+    split: str | None = Field(None, description="How the rows were split, in words (seed, "
+                              "counts).")
 
 
 class LatencyPoint(_Strict):
@@ -149,7 +155,11 @@ class LatencyPoint(_Strict):
 class Measurements(_Strict):
     """Everything the optimizer measured for this variant."""
 
-    fidelity: Fidelity
+    fidelity: Fidelity = Field(description="Fidelity on the held-out rows: what the variant "
+                               "was judged and chosen on.")
+    tuning_fidelity: Fidelity | None = Field(
+        None, description="Fidelity on the tuning rows (those calibration and node choice "
+        "saw), for comparison: optimistic by construction.")
     latency: list[LatencyPoint] = Field(default_factory=list)
     peak_rss_mb: float | None = Field(None, description="Peak resident memory while benchmarked.")
     load_time_s: float | None = Field(None, description="Time to load the artifact.")

@@ -58,7 +58,10 @@ def test_tiny_classifier_is_optimized_verified_and_published(tiny_optimized, tin
     assert best.measurements.fidelity.passed
     for m in manifests:
         f = m.measurements.fidelity
-        assert f.samples == 200 and f.top1_agreement >= 0.99
+        # judged on the 100 held-out rows; the 100 tuning rows are reported beside them
+        assert f.samples == 100 and f.top1_agreement >= 0.99 and f.rows == "held-out"
+        t = m.measurements.tuning_fidelity
+        assert t.samples == 100 and t.rows == "tuning" and "seed 0" in t.split
         assert f.f1 is not None and f.reference_f1 is not None and f.roc_auc is not None
         assert abs(f.reference_f1 - f.f1) <= 0.01
         assert [p.batch_size for p in m.measurements.latency] == [1, 8]
@@ -74,20 +77,30 @@ def test_tiny_classifier_is_optimized_verified_and_published(tiny_optimized, tin
 def test_published_variant_answers_like_the_source(tiny_optimized, tiny_data):
     import torch
 
+    from optimizers.validation import _tensor_set, split_validation
+
     out, _ = tiny_optimized
     repo = ModelRepository(out / "repo")
     x = np.load(tiny_data / "val.npz")["x"]
+    labels = np.array([int(v) for v in (tiny_data / "labels.txt").read_text().split()])
+    vset = _tensor_set({"x": x})
+    vset.labels = labels
+    split = split_validation(vset, 0.5, seed=0)  # the optimizer's defaults
+    assert not set(split.held_out_rows) & set(split.tuning_rows)
     with torch.inference_mode():
         ref = classifier()(torch.from_numpy(x)).numpy()
     for v in repo.versions("tiny"):
         ref_v = repo.open("tiny", v)
         runtime = load_runtime(ref_v.manifest, ref_v.path)
-        # batches of 32, as the optimizer evaluated them: the manifest's claim must reproduce
-        got = np.concatenate([runtime.run({"x": x[i:i + 32]})["output"]
-                              for i in range(0, len(x), 32)])
-        agreement = (got.argmax(1) == ref.argmax(1)).mean()
-        assert agreement >= 0.99, ref_v.manifest.variant
-        assert agreement == pytest.approx(ref_v.manifest.measurements.fidelity.top1_agreement)
+        m = ref_v.manifest.measurements
+        # each part in batches of 32, as the optimizer evaluated it: the claims must reproduce
+        for rows, claim in ((split.held_out_rows, m.fidelity), (split.tuning_rows,
+                                                                 m.tuning_fidelity)):
+            got = np.concatenate([runtime.run({"x": x[rows[i:i + 32]]})["output"]
+                                  for i in range(0, len(rows), 32)])
+            agreement = (got.argmax(1) == ref[rows].argmax(1)).mean()
+            assert agreement >= 0.99, ref_v.manifest.variant
+            assert agreement == pytest.approx(claim.top1_agreement)
 
 
 def test_report_has_markdown_charts_and_gpu_skip_reasons(tiny_optimized):
