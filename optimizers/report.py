@@ -7,6 +7,7 @@ from pathlib import Path
 from serving.repository import VersionRef
 
 from .selection import best_throughput, fidelity_score
+from .tradeoff import best_per_budget, front, points, verdict
 
 
 def _fid_cell(f) -> str:
@@ -40,11 +41,14 @@ def _charts(result, out: Path, opts) -> list[str]:
                    color="tab:green" if o.name == result.chosen else
                    ("tab:blue" if o.passed else "tab:red"))
         ax.annotate(o.name, (x, y), textcoords="offset points", xytext=(5, 5), fontsize=8)
-    bound = (opts.budget.min_top1 if result.source.task == "classification"
-             else opts.budget.min_cosine)
+    bound = _bound(result, opts)
+    two_d = [p for p in points(ok) if p.name in result.pareto]
+    two_d.sort(key=lambda p: p.fidelity)
+    if len(two_d) > 1:
+        ax.plot([p.fidelity for p in two_d], [p.throughput for p in two_d], color="tab:green",
+                alpha=0.4, linestyle="-", label="Pareto front (speed, fidelity)")
     ax.axvline(bound, color="grey", linestyle="--", label=f"budget ({bound})")
-    ax.set_xlabel("fidelity (cosine min)" if result.source.task != "classification"
-                  else "fidelity (top-1 agreement)")
+    ax.set_xlabel(f"held-out fidelity ({_metric(result)})")
     ax.set_ylabel("best throughput (rows/s)")
     ax.set_title(f"{result.source.name}: throughput vs fidelity")
     ax.legend(loc="lower left")
@@ -69,7 +73,81 @@ def _charts(result, out: Path, opts) -> list[str]:
     fig.tight_layout()
     fig.savefig(out / "latency_vs_batch.png", dpi=110)
     plt.close(fig)
-    return ["throughput_vs_fidelity.png", "latency_vs_batch.png"]
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    full = {p.name for p in front(points(ok))}
+    for p in points(ok):
+        ax.scatter(p.size_bytes / 1e6, p.throughput, s=max(20.0, p.peak_rss_mb / 4),
+                   marker="o" if p.passed else "x",
+                   color="tab:green" if p.name == result.chosen else
+                   ("tab:blue" if p.name in full else "tab:grey"))
+        ax.annotate(p.name, (p.size_bytes / 1e6, p.throughput), textcoords="offset points",
+                    xytext=(5, 5), fontsize=8)
+    ax.set_xscale("log")
+    ax.set_xlabel("artifact size (MB, log); marker area ~ peak RSS")
+    ax.set_ylabel("best throughput (rows/s)")
+    ax.set_title(f"{result.source.name}: speed vs size (blue: on the Pareto front, x: over "
+                 "budget)", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(out / "throughput_vs_size.png", dpi=110)
+    plt.close(fig)
+    return ["throughput_vs_fidelity.png", "latency_vs_batch.png", "throughput_vs_size.png"]
+
+
+def _mb(size_bytes: int) -> str:
+    return f"{size_bytes / 1e6:.3g}"
+
+
+def _bound(result, opts) -> float:
+    return (opts.budget.min_top1 if result.source.task == "classification"
+            else opts.budget.min_cosine)
+
+
+def _metric(result) -> str:
+    return "top-1 agreement" if result.source.task == "classification" else "cosine min"
+
+
+def _reference_name(result) -> str:
+    return "sklearn" if result.source.tabular is not None else "torch-fp32"
+
+
+def tradeoff_section(result, opts) -> list[str]:
+    """Which method won and why, the fastest variant per budget, the Pareto front."""
+    pts = points(result.outcomes)
+    if not pts:
+        return []
+    ref_name = _reference_name(result)
+    ref = next((p for p in pts if p.name == ref_name), None)
+    metric = _metric(result)
+    rule = ("feature selection keeps the fewest features within budget"
+            if result.selection is not None else None)
+    lines = ["## Trade-off", "", verdict(pts, result.chosen, ref_name, _bound(result, opts),
+                                         metric, rule), ""]
+
+    def speedup(p):
+        return f"{p.throughput / ref.throughput:.2f}x" if ref and ref.throughput else ""
+
+    lines += [f"Fastest variant for each budget ({metric} on the held-out rows):", "",
+              f"| budget | variant | method | rows/s | ×{ref_name} | {metric} | size MB |",
+              "|---|---|---|---|---|---|---|"]
+    for b, p in best_per_budget(pts):
+        if p is None:
+            lines.append(f"| ≥ {b} | none reaches it | | | | | |")
+            continue
+        mark = " (chosen)" if p.name == result.chosen else ""
+        lines.append(f"| ≥ {b} | `{p.name}`{mark} | {p.method} | {p.throughput:.1f} | "
+                     f"{speedup(p)} | {p.fidelity:.4f} | {_mb(p.size_bytes)} |")
+    lines += ["", "Pareto front over every method (no other variant is at least as fast, as "
+              "faithful, as small and as lean, and better on one):", "",
+              f"| variant | method | rows/s | {metric} | size MB | peak RSS MB |",
+              "|---|---|---|---|---|---|"]
+    for p in front(pts):
+        mark = " (chosen)" if p.name == result.chosen else ""
+        lines.append(f"| `{p.name}`{mark} | {p.method} | {p.throughput:.1f} | "
+                     f"{p.fidelity:.4f} | {_mb(p.size_bytes)} | {p.peak_rss_mb:.0f} |")
+    lines += ["", f"Pareto front of speed vs fidelity only: {', '.join(result.pareto) or 'none'}",
+              ""]
+    return lines
 
 
 def write_report(result, out: Path, opts) -> Path:
@@ -91,7 +169,7 @@ def write_report(result, out: Path, opts) -> Path:
     lines.append("")
     if result.chosen:
         c = result.outcome(result.chosen)
-        ref_name = "sklearn" if src.tabular is not None else "torch-fp32"
+        ref_name = _reference_name(result)
         ref = next((o for o in result.outcomes if o.name == ref_name and o.status == "ok"),
                    None)
         speedup = (f", {c.throughput / ref.throughput:.2f}x {ref_name}" if ref and ref.throughput
@@ -105,13 +183,14 @@ def write_report(result, out: Path, opts) -> Path:
                   f"- why: {b.reason}", "- written into the manifest as serving's default", ""]
     else:
         lines += ["**No variant is within the fidelity budget; nothing was chosen.**", ""]
+    lines += tradeoff_section(result, opts)
     if result.selection is not None:
         from .tabular.report import selection_section
 
         lines += selection_section(result.selection, sizes, result.chosen)
     lines += ["## Variants", ""]
-    head = ["variant", "status", "fidelity"] + [f"b{s} rows/s (p99 ms)" for s in sizes] + [
-        "size MB", "peak RSS MB", "load s"]
+    head = ["variant", "status", "fidelity (held-out)", "tuning rows"] + [
+        f"b{s} rows/s (p99 ms)" for s in sizes] + ["size MB", "peak RSS MB", "load s"]
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for o in result.outcomes:
         if o.status != "ok":
@@ -121,11 +200,13 @@ def write_report(result, out: Path, opts) -> Path:
         by = {p.batch_size: p for p in m.latency}
         cells = [f"{by[s].throughput:.1f} ({by[s].p99_ms:.1f})" if s in by else "" for s in sizes]
         status = "chosen" if o.name == result.chosen else ("ok" if o.passed else "over budget")
-        lines.append("| " + " | ".join([o.name, status, _fid_cell(m.fidelity), *cells,
-                                        f"{m.size_bytes / 1e6:.1f}", f"{m.peak_rss_mb:.0f}",
+        seen = _fid_cell(m.tuning_fidelity) if m.tuning_fidelity else ""
+        lines.append("| " + " | ".join([o.name, status, _fid_cell(m.fidelity), seen, *cells,
+                                        _mb(m.size_bytes), f"{m.peak_rss_mb:.0f}",
                                         f"{m.load_time_s:.2f}"]) + " |")
-    lines += ["", f"Pareto front (throughput vs fidelity): {', '.join(result.pareto) or 'none'}",
-              ""]
+    lines += ["", "Fidelity is judged on the held-out rows, which no build step saw; the tuning "
+              "rows (calibration, fp32 node choice, accuracy control) are shown for comparison "
+              "and flatter the variants tuned on them.", ""]
     notes = [(o.name, n) for o in result.outcomes if o.build for n in o.build.notes]
     if notes:
         lines += ["## Build notes", ""] + [f"- `{v}`: {n}" for v, n in notes] + [""]

@@ -110,7 +110,15 @@ def test_report_has_markdown_charts_and_gpu_skip_reasons(tiny_optimized):
     assert "**Chosen:" in text and "## Recommended batching" in text
     assert "| onnx-fp16-cuda | skipped |" in text and "| tensorrt-fp16 | skipped |" in text
     assert "Published" in text
-    for png in ("throughput_vs_fidelity.png", "latency_vs_batch.png"):
+    # the trade-off: one sentence naming the winner, the fastest variant per budget, the front
+    trade = text[text.index("## Trade-off"):]
+    chosen = text.split("**Chosen: `", 1)[1].split("`", 1)[0]
+    assert trade.splitlines()[2].count(f"(`{chosen}`) won:") == 1
+    for budget in ("≥ 0.95 |", "≥ 0.98 |", "≥ 0.995 |"):
+        assert budget in trade
+    assert "Pareto front over every method" in trade and f"`{chosen}` (chosen)" in trade
+    assert "fidelity (held-out) | tuning rows" in text
+    for png in ("throughput_vs_fidelity.png", "latency_vs_batch.png", "throughput_vs_size.png"):
         data = (out / "report" / png).read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000
 
