@@ -65,8 +65,22 @@ def optimize_command(
         None, "--select-features", help="scikit-learn models: try keeping the k best features "
                                         "for each k, e.g. 5,10,20 (SelectKBest, refitted)."),
     train_data: Optional[str] = typer.Option(
-        None, "--train-data", help="Labelled rows (.csv/.npy, labels in --labels) feature "
-                                   "selection fits on three quarters of and measures on the rest."),
+        None, "--train-data", help="With --select-features: labelled rows (.csv/.npy, labels in "
+                                   "--labels) feature selection fits on three quarters of and "
+                                   "measures on the rest. Text models: unlabeled text (.txt, "
+                                   "one sentence per line, or .jsonl) students are distilled "
+                                   "on [default: the built-in corpus]."),
+    students: Optional[str] = typer.Option(
+        None, "--students", help="Transformer encoders: distil smaller students and put each "
+                                 "through the same variants and budget, e.g. l3 (3 layers), "
+                                 "l4-h25 (4 layers, a quarter of the heads pruned), "
+                                 "l3-h25-f50 (and half the FFN channels) [default with "
+                                 "--train-data: half the teacher's layers]."),
+    distill_steps: int = typer.Option(800, "--distill-steps", help="Training steps per student."),
+    distill_time: float = typer.Option(
+        300.0, "--distill-time", help="Seconds of training per student at most."),
+    distill_lr: float = typer.Option(2e-4, "--distill-lr", help="Students' learning rate."),
+    distill_seed: int = typer.Option(0, "--distill-seed", help="Seed of students' training."),
     selector: str = typer.Option("f_classif", "--selector", help="f_classif | mutual_info."),
     trust: bool = typer.Option(
         False, "--trust", help="Load a joblib/pickle model file: it runs the code it names; "
@@ -106,6 +120,18 @@ def optimize_command(
         select_features=select_features, train_data=train_data, selector=selector,
         held_out=held_out, split_seed=split_seed,
     )
+    if students or (train_data and not select_features):
+        from optimizers.distill import DistillOptions, parse_students
+
+        try:
+            distill = DistillOptions(
+                students=parse_students(students) if students else None,
+                train_data=None if select_features else train_data, steps=distill_steps,
+                time_limit_s=distill_time, lr=distill_lr, seed=distill_seed)
+            distill.check()
+        except OptimizeError as e:
+            fail(str(e))
+        opts.distill = distill
     try:
         with progress_bars(not quiet) as progress:
             result = optimize(opts, progress)
