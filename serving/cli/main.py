@@ -13,6 +13,7 @@ from . import repo, rollout  # noqa: E402
 from .bench import bench_command  # noqa: E402
 from .optimize import optimize_command  # noqa: E402
 from .serve import serve_command  # noqa: E402
+from .tune import tune_command  # noqa: E402
 
 app = typer.Typer(
     name="optiserve",
@@ -32,6 +33,7 @@ app.command("serve", help=(
     serve_command)
 app.command("bench")(bench_command)
 app.add_typer(rollout.app, name="rollout")
+app.command("tune")(tune_command)
 
 
 def main() -> None:

@@ -1,0 +1,295 @@
+"""optiserve tune without a server: space validation, strategies, scoring, pruning, the study
+file and resuming after an interruption. Trials are measured by a deterministic closed-loop
+queueing model (Little's law over a capacity that depends on the configuration), so every
+strategy's choices and every score can be checked exactly."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from serving.tune.runner import (
+    LoadPlan, TuneOptions, Tuner, fragment, reservation, trial_doc,
+)
+from serving.tune.scoring import (
+    Step, Trial, best_trial, closest_trial, finish, score, sustained, trials_to_reach,
+)
+from serving.tune.space import SpaceError, SearchSpace, config_key, grid, load_space, parse_space
+from serving.tune.strategies import BayesStrategy, make_strategy
+from serving.tune.study import StudyError, StudyFile
+
+SLO = 50.0
+DEFAULTS = {"max_batch_size": 8, "max_delay_ms": 1.0, "replicas": 1, "threads": 1,
+            "gateway_replicas": 1}
+SPACE = SearchSpace(max_batch_size=[1, 2, 4, 8, 16, 32], max_delay_ms=[0, 1, 2, 5],
+                    replicas=[1, 2], threads=[1, 2])
+HEADER = {"model": "m", "version": 1, "slo_p99_ms": SLO, "strategy": "grid",
+          "load": "concurrency", "space": {}, "seed": 0}
+
+
+def capacity(c: dict) -> float:
+    """Requests/s a configuration sustains in the model: batching helps up to 16 rows, a second
+    replica helps, waiting for batch-mates costs a little."""
+    return (150.0 * min(c["max_batch_size"], 16) ** 0.5 * (1 + 0.6 * (c["replicas"] - 1))
+            * (1 + 0.1 * (c["threads"] - 1)) / (1 + 0.03 * c["max_delay_ms"]))
+
+
+def queue_model(config: dict, level: float) -> Step:
+    """A closed-loop step: latency at light load 4 ms + delay, then Little's law."""
+    light = 4.0 + config["max_delay_ms"]
+    thr = min(level * 1000.0 / light, capacity(config))
+    mean = level * 1000.0 / thr
+    return Step(load=level, throughput=thr, p50_ms=mean, p95_ms=1.6 * mean, p99_ms=2.0 * mean,
+                errors=0, requests=int(thr * 2), mode="closed")
+
+
+class Sim:
+    """apply/measure for the Tuner over the queueing model; counts what it was asked."""
+
+    def __init__(self, interrupt_at: tuple[int, int] | None = None):
+        self.applied: list[dict] = []
+        self.steps = 0
+        self.interrupt_at = interrupt_at  # (trial index in this run, step) -> KeyboardInterrupt
+
+    def apply(self, config):
+        same = bool(self.applied) and all(self.applied[-1][k] == config[k]
+                                          for k in ("replicas", "threads", "gateway_replicas"))
+        self.applied.append(config)
+        return "in place" if same else "redeployed"
+
+    def measure(self, level):
+        if self.interrupt_at and (len(self.applied) - 1, self.steps) >= self.interrupt_at:
+            raise KeyboardInterrupt
+        self.steps += 1
+        return queue_model(self.applied[-1], level)
+
+
+def tune(strategy_name, path, trials, sim=None, seed=0, slo=SLO, space=SPACE):
+    study = StudyFile(path)
+    history = study.open({**HEADER, "strategy": strategy_name, "slo_p99_ms": slo, "seed": seed})
+    strat = make_strategy(strategy_name, space, DEFAULTS, 4.0, slo, seed=seed, history=history)
+    sim = sim or Sim()
+    plan = LoadPlan(mode="concurrency", max_steps=8)
+    tuner = Tuner(strat, sim.apply, sim.measure, study, TuneOptions(slo_ms=slo, trials=trials),
+                  plan)
+    return tuner.run(), strat, sim
+
+
+# ---- the space file --------------------------------------------------------------------------
+
+@pytest.mark.parametrize("text, field", [
+    ("max_batch: [1, 8]", "max_batch: Extra inputs"),
+    ("max_batch_size: [0, 8]", "max_batch_size[0]: 0 is not a positive integer"),
+    ("replicas: [1, 2.5]", "replicas[1]: 2.5 is not a positive integer"),
+    ("max_delay_ms: {low: 5, high: 1}", "max_delay_ms: high (1) must be greater than low (5)"),
+    ("max_delay_ms: {low: 0, high: 4, step: 1}", "max_delay_ms.step: Extra inputs"),
+    ("threads: []", "threads: give at least one value"),
+    ("gateway_replicas: {low: 0, high: 2}", "gateway_replicas.low: must be >= 1"),
+    ("max_delay_ms: [1, fast]", "max_delay_ms[1]: Input should be a valid number"),
+    ("[1, 2]", "expected a mapping"),
+])
+def test_space_file_errors_name_the_field(tmp_path, text, field):
+    f = tmp_path / "space.yaml"
+    f.write_text(text + "\n")
+    with pytest.raises(SpaceError) as e:
+        load_space(f)
+    assert field in str(e.value), str(e.value)
+    assert str(f) in str(e.value)
+
+
+def test_space_ranges_and_grid_order():
+    space = parse_space({"max_batch_size": {"low": 1, "high": 64, "log": True, "points": 4},
+                         "max_delay_ms": {"low": 0, "high": 6, "points": 3},
+                         "replicas": [1, 2, 4], "threads": [1, 2]})
+    assert space.grid_values("max_batch_size", DEFAULTS) == [1, 4, 16, 64]
+    assert space.grid_values("max_delay_ms", DEFAULTS) == [0.0, 3.0, 6.0]
+    configs = grid(space, DEFAULTS, cpus=4)
+    # 4 x 3 batching points for each feasible layout (replicas x threads <= 4 CPUs: not 4x2)
+    assert len(configs) == 12 * 5
+    assert all(c["replicas"] * c["threads"] <= 4 for c in configs)
+    # layouts outermost: the layout changes only every 12 trials
+    layouts = [(c["replicas"], c["threads"], c["gateway_replicas"]) for c in configs]
+    changes = sum(1 for a, b in zip(layouts, layouts[1:]) if a != b)
+    assert changes == 4
+    # parameters the space leaves out take the defaults
+    assert {c["gateway_replicas"] for c in configs} == {1}
+
+
+# ---- scoring ---------------------------------------------------------------------------------
+
+def test_sustained_needs_no_errors_p99_within_slo_and_keeping_up():
+    ok = Step(load=8, throughput=500, p50_ms=10, p95_ms=20, p99_ms=49.9)
+    assert sustained(ok, SLO)
+    assert not sustained(Step(**{**ok.__dict__, "p99_ms": 50.1}), SLO)
+    assert not sustained(Step(**{**ok.__dict__, "errors": 1}), SLO)
+    assert not sustained(Step(**{**ok.__dict__, "p99_ms": None, "throughput": 0}), SLO)
+    # open loop: 400 req/s offered, 300 served: the server did not keep up
+    assert not sustained(Step(load=400, throughput=300, p50_ms=5, p95_ms=9, p99_ms=20,
+                              mode="open"), SLO)
+    assert sustained(Step(load=400, throughput=395, p50_ms=5, p95_ms=9, p99_ms=20,
+                          mode="open"), SLO)
+
+
+def test_score_takes_the_best_sustained_step_and_closest_trial_when_none():
+    steps = [Step(1, 100, 5, 8, 10), Step(2, 300, 6, 9, 30), Step(4, 350, 10, 40, 70),
+             Step(8, 320, 9, 20, 40, errors=3)]
+    assert score(steps, SLO) == (300, 1)
+    t = finish(Trial(0, dict(DEFAULTS), "complete", steps=steps), SLO)
+    assert (t.state, t.value, t.best.load) == ("complete", 300, 2)
+    broken = [finish(Trial(i, dict(DEFAULTS), "complete", steps=[Step(1, 90, 60, 70, p)]), SLO)
+              for i, p in enumerate([80.0, 55.0, 65.0])]
+    assert all(b.state == "slo_broken" and b.value is None for b in broken)
+    assert best_trial(broken) is None
+    trial, step = closest_trial(broken, SLO)
+    assert trial.number == 1 and step.p99_ms == 55.0
+    assert best_trial(broken + [t]).number == 0
+
+
+# ---- strategies ------------------------------------------------------------------------------
+
+def test_grid_measures_every_configuration_and_finds_the_optimum(tmp_path):
+    trials, strat, sim = tune("grid", tmp_path / "s.jsonl", trials=1000)
+    configs = grid(SPACE, DEFAULTS, 4.0)
+    assert [config_key(t.config) for t in trials] == [config_key(c) for c in configs]
+    best = best_trial(trials)
+    # the model's optimum within p99 <= 50 ms: 2 replicas x 2 threads, no delay, batch >= 16
+    assert best.config["replicas"] == 2 and best.config["threads"] == 2
+    assert best.config["max_delay_ms"] == 0 and best.config["max_batch_size"] >= 16
+    # batching-only changes in place, one redeploy per layout
+    assert [t.applied for t in trials].count("redeployed") == 4
+
+
+def test_random_is_seeded_and_without_repeats(tmp_path):
+    a, _, _ = tune("random", tmp_path / "a.jsonl", trials=10, seed=3)
+    b, _, _ = tune("random", tmp_path / "b.jsonl", trials=10, seed=3)
+    c, _, _ = tune("random", tmp_path / "c.jsonl", trials=10, seed=4)
+    keys = [config_key(t.config) for t in a]
+    assert keys == [config_key(t.config) for t in b]
+    assert keys != [config_key(t.config) for t in c]
+    assert len(set(keys)) == 10
+
+
+def test_bayes_is_seeded_and_reaches_the_grid_best_in_fewer_trials(tmp_path):
+    grid_trials, _, _ = tune("grid", tmp_path / "g.jsonl", trials=1000)
+    target = 0.95 * best_trial(grid_trials).value
+    a, strat, _ = tune("bayes", tmp_path / "a.jsonl", trials=24, seed=0)
+    b, _, _ = tune("bayes", tmp_path / "b.jsonl", trials=24, seed=0)
+    assert [config_key(t.config) for t in a] == [config_key(t.config) for t in b]
+    assert len({config_key(t.config) for t in a}) == 24  # never measures a point twice
+    need = trials_to_reach(a, target)
+    assert need is not None and need < len(grid_trials), (need, len(grid_trials))
+    assert set(strat.importances()) <= set(SPACE.model_dump(exclude_none=True))
+
+
+def test_bayes_prunes_a_trial_once_its_p99_breaks_the_slo(tmp_path):
+    """With an SLO only light load meets, a trial whose first step breaks it is pruned after
+    that one step, and optuna records it as pruned."""
+    import optuna
+
+    space = SearchSpace(max_batch_size=[1, 8], max_delay_ms=[0, 30], replicas=[1],
+                        threads=[1])
+    # light-load p99 = 2 x (4 + delay) ms: 8 ms without delay, 68 ms with 30 ms of delay
+    trials, strat, sim = tune("bayes", tmp_path / "p.jsonl", trials=4, slo=20.0, space=space)
+    slow = [t for t in trials if t.config["max_delay_ms"] == 30]
+    fast = [t for t in trials if t.config["max_delay_ms"] == 0]
+    assert slow and fast
+    for t in slow:
+        assert t.state == "slo_broken" and len(t.steps) == 1
+    for t in fast:
+        assert t.state == "complete" and len(t.steps) > 1
+    states = [ot.state for ot in strat.study.trials]
+    assert states.count(optuna.trial.TrialState.PRUNED) >= len(slow)
+    assert sim.steps == sum(len(t.steps) for t in trials)
+
+
+def test_strategies_stop_when_the_space_is_exhausted(tmp_path):
+    space = SearchSpace(max_batch_size=[1, 8], max_delay_ms=[0], replicas=[1], threads=[1])
+    for name in ("grid", "random", "bayes"):
+        trials, _, _ = tune(name, tmp_path / f"{name}.jsonl", trials=10, space=space)
+        assert len(trials) == 2, name
+
+
+# ---- the study file and resuming ------------------------------------------------------------
+
+@pytest.mark.parametrize("name", ["grid", "random", "bayes"])
+def test_an_interrupted_tune_continues_where_it_stopped(tmp_path, name):
+    path = tmp_path / "study.jsonl"
+    full, _, _ = tune(name, tmp_path / "full.jsonl", trials=8)
+    # interrupted in the middle of the 4th trial's second load step
+    sim = Sim(interrupt_at=(3, 1))
+    with pytest.raises(KeyboardInterrupt):
+        tune(name, path, trials=8, sim=sim)
+    recorded = StudyFile(path)
+    assert len(recorded.open({**HEADER, "strategy": name})) == 3
+    # a kill while appending leaves a torn last line: dropped, that trial runs again
+    with open(path, "a") as f:
+        f.write('{"kind": "trial", "number": 3, "conf')
+    again = Sim()
+    trials, _, _ = tune(name, path, trials=8, sim=again)
+    assert len(trials) == 8 and [t.number for t in trials] == list(range(8))
+    # the three recorded trials were not measured again
+    assert len(again.applied) == 5
+    done = {config_key(t.config) for t in trials[:3]}
+    assert not done & {config_key(c) for c in again.applied}
+    assert len({config_key(t.config) for t in trials}) == 8
+    if name != "bayes":  # the same sequence as an uninterrupted tune
+        assert [config_key(t.config) for t in trials] == [config_key(t.config) for t in full]
+    lines = path.read_text().splitlines()
+    assert len(lines) == 9 and all(json.loads(line) for line in lines)
+
+
+def test_bayes_resumed_is_told_the_recorded_trials(tmp_path):
+    path = tmp_path / "study.jsonl"
+    tune("bayes", path, trials=6)
+    study = StudyFile(path)
+    history = study.open({**HEADER, "strategy": "bayes"})
+    strat = BayesStrategy(SPACE, DEFAULTS, 4.0, SLO, seed=0, history=history)
+    assert len(strat.study.trials) == 6
+    values = sorted(t.value for t in strat.study.trials if t.value is not None)
+    assert values == sorted(t.value for t in history if t.value is not None)
+
+
+def test_a_study_of_another_tune_is_refused(tmp_path):
+    path = tmp_path / "study.jsonl"
+    tune("grid", path, trials=1)
+    with pytest.raises(StudyError, match="slo_p99_ms"):
+        StudyFile(path).open({**HEADER, "slo_p99_ms": 10.0})
+    path.write_text("not json\n{}\n")
+    with pytest.raises(StudyError, match="not JSON"):
+        StudyFile(path).open(HEADER)
+
+
+# ---- serve config of a trial -----------------------------------------------------------------
+
+def test_trial_doc_changes_batching_and_only_the_tuned_version():
+    from serving.config import build_serve_config, gateway_user_config, validate_serve_config
+
+    base = build_serve_config("/repo", [("m", 1), ("m", 2)], version_cpus=0.5,
+                              gateway_cpus=0.25)
+    config = {"max_batch_size": 16, "max_delay_ms": 2.0, "replicas": 2, "threads": 2,
+              "gateway_replicas": 2}
+    limits = {"replicas": 2, "threads": 2, "gateway_replicas": 2}
+    per_replica = reservation(base, "m", 1, limits, total_cpus=4.0)
+    doc = trial_doc(base, "m", 1, config, per_replica)
+    validate_serve_config(doc, repository_check=False)
+    v1 = gateway_user_config(doc)["models"]["m"]["versions"][1]
+    assert (v1["max_batch_size"], v1["max_delay_ms"], v1["max_inflight_batches"]) == (16, 2.0, 4)
+    apps = {a["name"]: a for a in doc["applications"]}
+    dep = apps["m-v1"]["deployments"][0]
+    assert dep["num_replicas"] == 2 and dep["user_config"] == {"intra_op_threads": 2}
+    # 4 CPUs - 2 gateways x 0.25 - m-v2's 0.5 = 3 CPUs for 2 replicas: 1.5 each, capped at 2
+    assert dep["ray_actor_options"]["num_cpus"] == 1.5
+    assert apps["m-v2"] == {a["name"]: a for a in base["applications"]}["m-v2"]
+    assert apps["optiserve"]["deployments"][0]["num_replicas"] == 2
+    frag = fragment(doc, "m", 1)
+    assert [a["name"] for a in frag["applications"]] == ["optiserve", "m-v1"]
+
+
+def test_budget_parsing():
+    from serving.cli.tune import parse_duration
+
+    assert parse_duration("90") == 90 and parse_duration("10m") == 600
+    assert parse_duration("1h30m") == 5400 and parse_duration("45s") == 45
+    with pytest.raises(ValueError, match="--budget"):
+        parse_duration("ten minutes")
