@@ -203,8 +203,9 @@ def tune_command(
         from ..tune.apply import write_serve_config
 
         doc = target.doc_for(best.config)
-        doc["http_options"] = (target.original.get("http_options")
-                               or {"host": "127.0.0.1", "port": 8000})
+        # the attached server's address; a server started for the tune had a passing port
+        doc["http_options"] = (target.original.get("http_options") if server is None else None
+                               ) or {"host": "127.0.0.1", "port": 8000}
         try:
             write_serve_config(write_config, doc)
         except (ConfigError, OSError) as e:

@@ -267,7 +267,9 @@ class BayesStrategy(Strategy):
         if len(complete) < 3 or not self.distributions:
             return {}
         try:
-            return dict(self.optuna.importance.get_param_importances(self.study, seed=0))
+            evaluator = self.optuna.importance.FanovaImportanceEvaluator(seed=0)
+            return dict(self.optuna.importance.get_param_importances(self.study,
+                                                                     evaluator=evaluator))
         except Exception:
             return {}
 

@@ -179,7 +179,9 @@ def test_bayes_is_seeded_and_reaches_the_grid_best_in_fewer_trials(tmp_path):
     assert len({config_key(t.config) for t in a}) == 24  # never measures a point twice
     need = trials_to_reach(a, target)
     assert need is not None and need < len(grid_trials), (need, len(grid_trials))
-    assert set(strat.importances()) <= set(SPACE.model_dump(exclude_none=True))
+    importances = strat.importances()
+    assert set(importances) == set(SPACE.model_dump(exclude_none=True))
+    assert abs(sum(importances.values()) - 1) < 1e-6
 
 
 def test_bayes_prunes_a_trial_once_its_p99_breaks_the_slo(tmp_path):
