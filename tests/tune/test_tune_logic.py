@@ -295,3 +295,17 @@ def test_budget_parsing():
     assert parse_duration("1h30m") == 5400 and parse_duration("45s") == 45
     with pytest.raises(ValueError, match="--budget"):
         parse_duration("ten minutes")
+
+
+@pytest.mark.parametrize("name", ["random", "bayes"])
+def test_ranges_are_sampled_inside_and_typed(tmp_path, name):
+    space = parse_space({"max_batch_size": {"low": 1, "high": 64, "log": True},
+                         "max_delay_ms": {"low": 0.5, "high": 4}, "replicas": [1, 2],
+                         "threads": [1, 2, 4]})
+    trials, strat, _ = tune(name, tmp_path / "r.jsonl", trials=12, space=space)
+    assert strat.size() is None and len(trials) == 12
+    for t in trials:
+        c = t.config
+        assert isinstance(c["max_batch_size"], int) and 1 <= c["max_batch_size"] <= 64
+        assert 0.5 <= c["max_delay_ms"] <= 4
+        assert c["replicas"] * c["threads"] <= 4  # feasible on the 4 CPUs of the test
