@@ -10,6 +10,12 @@ from .onnx_variants import (
     build_onnx_int8_dynamic,
     build_onnx_int8_static,
 )
+from .openvino_variants import (
+    build_openvino_bf16,
+    build_openvino_fp32,
+    build_openvino_int8,
+    openvino_installed,
+)
 from .sklearn_variant import build_sklearn
 from .torch_variants import build_torch_fp32, build_torch_int8_dynamic
 
@@ -22,12 +28,21 @@ VARIANTS: dict[str, Variant] = {v.name: v for v in [
             build_onnx_int8_dynamic),
     Variant("onnx-int8-static", "ONNX Runtime, INT8 static (calibrated QDQ)",
             build_onnx_int8_static),
+    Variant("openvino-fp32", "OpenVINO, fp32", build_openvino_fp32),
+    Variant("openvino-bf16", "OpenVINO, bf16 compute (CPUs with AVX-512 BF16 or AMX)",
+            build_openvino_bf16),
+    Variant("openvino-int8", "OpenVINO, INT8 (NNCF, accuracy control against the budget)",
+            build_openvino_int8),
     Variant("onnx-fp16-cuda", "ONNX Runtime CUDA, fp16", build_onnx_fp16_cuda, device="cuda"),
     Variant("tensorrt-fp16", "ONNX Runtime TensorRT, fp16", build_tensorrt_fp16, device="cuda"),
 ]}
 
 __all__ = ["VARIANTS", "BuildContext", "Variant", "VariantBuild", "VariantSkipped",
-           "QuantizationFailed", "probe_provider", "TABULAR_VARIANTS", "default_variants"]
+           "QuantizationFailed", "probe_provider", "TABULAR_VARIANTS", "OPENVINO_VARIANTS",
+           "default_variants"]
+
+#: Defaults only where ``openvino`` imports (the ``openvino`` extra).
+OPENVINO_VARIANTS = ["openvino-fp32", "openvino-bf16", "openvino-int8"]
 
 #: What a scikit-learn source builds when no --variants are named (the others never apply).
 TABULAR_VARIANTS = ["sklearn", "onnx-fp32", "onnx-int8-dynamic", "onnx-int8-static"]
@@ -37,4 +52,7 @@ def default_variants(source) -> list[str]:
     """Every variant that can apply to this source, in build order."""
     if source.tabular is not None:
         return list(TABULAR_VARIANTS)
-    return [n for n in VARIANTS if n != "sklearn"]
+    names = [n for n in VARIANTS if n != "sklearn"]
+    if not openvino_installed():  # named explicitly they are skipped, saying how to install
+        names = [n for n in names if n not in OPENVINO_VARIANTS]
+    return names

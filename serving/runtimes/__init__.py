@@ -1,5 +1,5 @@
-"""Runtimes chosen by a version's manifest (ONNX Runtime, TorchScript, scikit-learn), plus text
-preprocessing."""
+"""Runtimes chosen by a version's manifest (ONNX Runtime, OpenVINO, TorchScript, scikit-learn),
+plus text preprocessing."""
 
 from __future__ import annotations
 
@@ -18,6 +18,10 @@ def load_runtime(manifest: Manifest, version_dir: Path, options: RuntimeOptions 
         from .onnx import OnnxRuntime
 
         return OnnxRuntime(manifest, Path(version_dir), options)
+    if manifest.runtime == "openvino":
+        from .openvino import OpenVinoRuntime
+
+        return OpenVinoRuntime(manifest, Path(version_dir), options)
     if manifest.runtime == "torch":
         from .torch import TorchRuntime
 
