@@ -309,3 +309,22 @@ def test_ranges_are_sampled_inside_and_typed(tmp_path, name):
         assert isinstance(c["max_batch_size"], int) and 1 <= c["max_batch_size"] <= 64
         assert 0.5 <= c["max_delay_ms"] <= 4
         assert c["replicas"] * c["threads"] <= 4  # feasible on the 4 CPUs of the test
+
+
+def test_the_time_budget_stops_new_trials(tmp_path):
+    import time as _time
+
+    class SlowSim(Sim):
+        def measure(self, level):
+            _time.sleep(0.05)
+            return super().measure(level)
+
+    study = StudyFile(tmp_path / "b.jsonl")
+    study.open(HEADER)
+    strat = make_strategy("grid", SPACE, DEFAULTS, 4.0, SLO)
+    sim = SlowSim()
+    trials = Tuner(strat, sim.apply, sim.measure, study,
+                   TuneOptions(slo_ms=SLO, trials=1000, budget_s=0.3),
+                   LoadPlan(max_steps=8)).run()
+    # each trial takes >= 0.1 s (two or more steps); no trial starts once 0.3 s are spent
+    assert 1 <= len(trials) <= 4
