@@ -292,9 +292,8 @@ def build_openvino_int8(ctx: BuildContext) -> VariantBuild:
                      "the tuning rows)")
     else:
         notes.append(f"openvino-int8: NNCF's accuracy control kept {total - kept} of {total} "
-                     "quantizable operations in fp32 to reach "
-                     f"{metric.target:.4f} on the tuning rows, a margin above the budget "
-                     f"({fid_text})")
+                     f"quantizable operations in fp32, aiming at {metric.target:.4f} on the "
+                     f"tuning rows, a margin above the budget ({fid_text})")
     return _save(ctx, quantized, "openvino-int8", "f32", notes)
 
 
