@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 from ..errors import OptimizeError
 from ..sources import SourceModel
-from .corpus import load_corpus
+from .corpus import augment, load_corpus, vocabulary_words
 from .student import CannotPrune, StudentSpec, build_student, find_encoder
 from .train import TrainConfig, TrainResult, distill
 
@@ -36,12 +36,17 @@ class DistillOptions:
     #: Training threads (results are reproducible for a seed and a thread count); None: all.
     threads: int | None = None
     token_weight: float = 1.0
+    #: Extra generated sentences per corpus sentence (splices, random vocabulary words,
+    #: dropped words; see ``corpus.augment``); 0: the corpus alone.
+    augment: float = 1.0
 
     def check(self) -> None:
         if self.steps < 1:
             raise OptimizeError(f"--distill-steps must be >= 1 (got {self.steps})")
         if self.time_limit_s <= 0:
             raise OptimizeError(f"--distill-time must be > 0 seconds (got {self.time_limit_s})")
+        if self.augment < 0:
+            raise OptimizeError(f"augment must be >= 0 (got {self.augment})")
         if not 0 < self.lr < 1:
             raise OptimizeError(f"--distill-lr must be in (0, 1) (got {self.lr})")
 
@@ -106,6 +111,12 @@ def student_sources(src: SourceModel, opts: DistillOptions, progress=None,
     held = set(held_out)
     train = [t for t in texts if t not in held]
     dropped = len(texts) - len(train)
+    tokenizer = src.extra_files[src.preprocessing.tokenizer_file]
+    if opts.augment and len(train) >= 2:
+        extra = [t for t in augment(train, vocabulary_words(tokenizer), opts.augment, opts.seed)
+                 if t not in held]
+        origin += f" + {len(extra):,} generated from it"
+        train += extra
     if len(train) < 2:
         return [StudentSkipped(f"student-{s.name}", f"--train-data {opts.train_data}: every "
                                "sentence is also a validation sentence; nothing left to train on")
@@ -113,7 +124,7 @@ def student_sources(src: SourceModel, opts: DistillOptions, progress=None,
 
     from serving.runtimes import TextEncoder, available_cpus
 
-    encoder = TextEncoder(src.extra_files[src.preprocessing.tokenizer_file], src.preprocessing)
+    encoder = TextEncoder(tokenizer, src.preprocessing)
     progress.phase(f"distillation: tokenizing {len(train)} sentences")
     rows = encoder.encode(train)
     names = [i.name for i in src.model_signature.inputs]

@@ -172,7 +172,9 @@ def test_training_reduces_the_loss_is_deterministic_and_bounded(teacher, corpus)
     (c,) = student_sources(teacher, opts, None, held_out=load_corpus(corpus)[0][:10])
     assert isinstance(a, Student) and a.name == "student-l2"
     assert a.training.steps == 25 and a.training.stopped_by == "steps"
-    assert a.training.sentences == 150  # the ten validation sentences were left out
+    # the ten validation sentences were left out; as many sentences again were generated
+    assert a.training.sentences == 300 and "160 sentences from train.txt + 150 generated" in (
+        a.description)
     assert "10 training sentences that are also validation sentences left out" in a.description
     assert a.training.last_loss < 0.8 * a.training.first_loss
     init, _ = build_student(teacher.torch_module, StudentSpec(2))
@@ -259,6 +261,20 @@ def test_a_model_that_is_no_transformer_encoder_cannot_be_pruned():
     src.torch_module = None
     (out,) = student_sources(src, DistillOptions())
     assert "not a torch model" in out.reason
+
+
+def test_augmented_text_is_seeded_and_made_of_the_corpus_and_whole_vocabulary_words(teacher):
+    from optimizers.distill.corpus import augment, vocabulary_words
+
+    words = vocabulary_words(teacher.extra_files["tokenizer.json"])
+    assert len(words) > 10_000 and "zurich" in words
+    assert not any(w.startswith("##") or w.startswith("[") or len(w) < 3 for w in words)
+    texts = ["The cat sat on the warm mat today.", "Prices rose sharply in the city last year."]
+    a = augment(texts, words, 5.0, seed=3)
+    assert len(a) == 10 and a == augment(texts, words, 5.0, seed=3)
+    assert a != augment(texts, words, 5.0, seed=4)
+    known = set(" ".join(texts).split()) | set(words)
+    assert all(w in known for t in a for w in t.split())
 
 
 def test_the_built_in_corpus_is_large_varied_and_disjoint_from_validation():
