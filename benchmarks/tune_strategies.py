@@ -3,21 +3,34 @@ live server. Which finds the best throughput under the p99 SLO, and in how many 
 
 It starts one real ``optiserve serve`` (the tiny tensor classifier of the tests unless
 ``--repository``/``--model`` say otherwise), then runs each strategy as ``optiserve tune`` does
-(same space, same SLO, same load plan: closed loop, doubling concurrency, a few 1.5 s steps per
-trial), each with its own study, the server's configuration restored between strategies. Grid
-measures the whole space; its best is the reference. For every strategy it prints the best
-throughput under the SLO, the trial that found it, and how many trials it needed to come within
-5 % of the grid's best. Bounded: every trial has at most ``--max-steps`` steps and each strategy
-at most ``--budget-s`` seconds.
+(same space, same SLO, same load plan: closed loop, doubling concurrency, at most 4 steps of
+1 s per trial), each with its own study, the server's configuration restored between
+strategies. Grid measures the whole space; its best is the reference. For every strategy it
+prints the best throughput under the SLO, the trial that found it, and how many trials it needed
+to come within 5 % of the grid's best. Bounded: every trial has at most ``--max-steps`` steps
+and each strategy at most ``--budget-s`` seconds.
 
     python benchmarks/tune_strategies.py [--repository R --model M] [--slo-p99-ms 50]
-        [--trials 24] [--seeds 0] [--budget-s 420]
+        [--trials 24] [--seeds 0] [--budget-s 200]
 
-Measured (2-core shared VM, no GPU, tiny classifier, SLO p99 <= 50 ms, space max_batch_size
-[1, 8, 32] x max_delay_ms [0, 2] x replicas [1, 2] x gateway_replicas [1, 2] = 24
-configurations, 24 trials each):
+Measured once (2-core VM shared with other jobs, load average ~2.5 during the run; no GPU;
+tiny classifier; SLO p99 <= 50 ms; space max_batch_size [1, 8, 32] x max_delay_ms [0, 2] x
+replicas [1, 2] x gateway_replicas [1, 2] = 24 configurations; 24 trials each; seed 0):
 
-    (filled in below from the run)
+    strategy   best req/s  found at trial  trials to 95 % of grid's best  seconds
+    grid           1726.0               6                              6      122
+    random         1659.0              15                             15      164
+    bayes           791.0              20                          never      186
+
+All three best points but bayes's are the same configuration (max_batch_size 32, max_delay_ms 2,
+1 replica, 1 gateway replica). Bayes did *not* come within 5 % of the grid's best in fewer trials
+in this run: it measured that same configuration at trial 21 and saw its p99 break the SLO, and
+every trial of its run served 2-5x less than the same configurations had under grid, so the
+machine's other load, not the sampler, decided this comparison. Grid's fixed order (the 1x1
+layout first) happens to reach the best point early in this space. On the deterministic queueing
+model of the unit tests (96 configurations) bayes reaches 95 % of the grid's best in 3-20 trials
+over seeds 0-4, random in 8 to never; on a quiet machine this benchmark is the measurement to
+repeat (``--seeds 0,1,2`` for a spread).
 """
 
 from __future__ import annotations
@@ -78,9 +91,9 @@ def main() -> None:
     ap.add_argument("--slo-p99-ms", type=float, default=50.0)
     ap.add_argument("--trials", type=int, default=24)
     ap.add_argument("--seeds", default="0", help="Seeds of random and bayes, comma-separated.")
-    ap.add_argument("--step-s", type=float, default=1.5)
-    ap.add_argument("--max-steps", type=int, default=5)
-    ap.add_argument("--budget-s", type=float, default=420.0, help="Per strategy and seed.")
+    ap.add_argument("--step-s", type=float, default=1.0)
+    ap.add_argument("--max-steps", type=int, default=4)
+    ap.add_argument("--budget-s", type=float, default=200.0, help="Per strategy and seed.")
     args = ap.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="tune-bench-"))
