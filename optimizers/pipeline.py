@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 import tempfile
 import traceback
@@ -81,6 +82,9 @@ class OptimizeOptions:
     select_features: str | None = None
     train_data: str | None = None
     selector: str = "f_classif"
+    #: Distilled students of a transformer encoder (``optimizers.distill.DistillOptions``:
+    #: --students, text --train-data); None: no students.
+    distill: object | None = None
     #: Share of the validation rows held out to judge fidelity (seeded split); builders tune
     #: and calibrate on the rest only.
     held_out: float = 0.5
@@ -236,6 +240,8 @@ def optimize(opts: OptimizeOptions, progress: Progress | None = None) -> Optimiz
                                       name, build, ctx, split, bench, opts.threads, opts, work,
                                       judge))
             outcomes += selected
+        elif opts.distill is not None:
+            outcomes += _students(src, names, ctx, vset, split, bench, opts, work, progress)
 
         passing = {o.name: o for o in outcomes if o.passed}
         points = {o.name: (o.throughput, fidelity_score(o.measurements.fidelity))
@@ -269,12 +275,40 @@ def optimize(opts: OptimizeOptions, progress: Progress | None = None) -> Optimiz
 
 def _check_selection_options(opts: OptimizeOptions) -> None:
     """Option combinations that cannot work, refused before anything is loaded or built."""
-    if opts.train_data and not opts.select_features:
+    if opts.train_data and not opts.select_features and opts.distill is None:
         raise OptimizeError("--train-data is the labelled data --select-features fits on; "
                             "pass --select-features k1,k2,... too (or drop --train-data)")
     if opts.select_features and opts.validation_data:
         raise OptimizeError("--select-features measures every variant on the held-out quarter "
                             "of --train-data; drop --validation-data")
+
+
+def _students(src: SourceModel, names: list[str], ctx: BuildContext, vset: ValidationSet,
+              split: Split, bench, opts: OptimizeOptions, work: Path, progress: Progress
+              ) -> list[VariantOutcome]:
+    """Distilled students, each through the teacher's variants and judged like them on the
+    teacher's held-out reference; a student that cannot be made is one skipped outcome."""
+    from .distill import Student, own_fidelity, student_builder, student_sources, student_variants
+
+    outcomes = []
+    # no validation sentence, tuning or held-out, is trained on
+    for st in student_sources(src, opts.distill, progress, held_out=vset.texts or ()):
+        if not isinstance(st, Student):
+            outcomes.append(VariantOutcome(st.name, "skipped", reason=st.reason))
+            continue
+        sctx = dataclasses.replace(ctx, source=st.source, workdir=work / st.name, cache={})
+        # whether the student is worth quantizing is a build decision: tuning rows only
+        own = own_fidelity(st, split.tuning, ctx.reference, opts.budget)
+        snames = student_variants(names)
+        progress.phase(f"{st.name} variants", total=len(snames))
+        for name in snames:
+            full = f"{st.name}/{name}"
+            progress.status(f"{full}: building")
+            outcomes.append(_build_and_measure(
+                full, student_builder(st, name, VARIANTS[name].build, own), sctx, split, bench,
+                opts.threads, opts, work))
+            progress.advance()
+    return outcomes
 
 
 def _build_and_measure(name: str, builder, ctx: BuildContext, split: Split, bench,
