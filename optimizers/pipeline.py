@@ -198,6 +198,10 @@ def optimize(opts: OptimizeOptions, progress: Progress | None = None) -> Optimiz
                          outputs=opts.outputs, trust=opts.trust,
                          trusted_types=opts.trusted_types)
     names = names or default_variants(src)
+    if (opts.distill is not None and src.tabular is not None and opts.train_data
+            and getattr(opts.distill, "students", None) is None):
+        # --train-data alone means distillation text only for text models
+        raise OptimizeError(TRAIN_DATA_NEEDS_SELECTION)
     selection = None
     if opts.select_features:
         from .tabular.selection_setup import prepare
@@ -240,7 +244,7 @@ def optimize(opts: OptimizeOptions, progress: Progress | None = None) -> Optimiz
                                       name, build, ctx, split, bench, opts.threads, opts, work,
                                       judge))
             outcomes += selected
-        elif opts.distill is not None:
+        if opts.distill is not None:
             outcomes += _students(src, names, ctx, vset, split, bench, opts, work, progress)
 
         passing = {o.name: o for o in outcomes if o.passed}
@@ -273,11 +277,14 @@ def optimize(opts: OptimizeOptions, progress: Progress | None = None) -> Optimiz
     return result
 
 
+TRAIN_DATA_NEEDS_SELECTION = ("--train-data is the labelled data --select-features fits on; "
+                              "pass --select-features k1,k2,... too (or drop --train-data)")
+
+
 def _check_selection_options(opts: OptimizeOptions) -> None:
     """Option combinations that cannot work, refused before anything is loaded or built."""
     if opts.train_data and not opts.select_features and opts.distill is None:
-        raise OptimizeError("--train-data is the labelled data --select-features fits on; "
-                            "pass --select-features k1,k2,... too (or drop --train-data)")
+        raise OptimizeError(TRAIN_DATA_NEEDS_SELECTION)
     if opts.select_features and opts.validation_data:
         raise OptimizeError("--select-features measures every variant on the held-out quarter "
                             "of --train-data; drop --validation-data")

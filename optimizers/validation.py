@@ -108,7 +108,8 @@ class Split:
 
 def split_validation(vset: ValidationSet, held_out: float = 0.5, seed: int = 0) -> Split:
     """Split ``vset`` at random (seeded) into tuning and held-out rows; with labels, each
-    class is split in the same proportion so both parts see every class."""
+    class is split in the same proportion (a class of a single row lands on one side only).
+    Rows are split by position: a row the file holds twice can land on both sides."""
     if not 0.0 < held_out < 1.0:
         raise ValidationDataError(f"--held-out must be a fraction between 0 and 1 (got "
                                   f"{held_out})")

@@ -20,6 +20,11 @@ from .student import CannotPrune, StudentSpec, build_student, find_encoder
 from .train import TrainConfig, TrainResult, distill
 
 
+#: Most training sentences a student is trained on (each keeps the teacher's token states in
+#: memory: ~40 tokens x hidden size floats per sentence, about 1.2 GB for minilm at this cap).
+MAX_SENTENCES = 20_000
+
+
 @dataclass
 class DistillOptions:
     """What ``--students``, ``--train-data`` (text models) and ``--distill-*`` ask for."""
@@ -75,6 +80,10 @@ def parse_students(text: str) -> list[StudentSpec]:
     specs = [StudentSpec.parse(t) for t in text.split(",") if t.strip()]
     if not specs:
         raise OptimizeError(f"--students needs at least one spec like l3 (got {text!r})")
+    names = [s.name for s in specs]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise OptimizeError(f"--students names {', '.join(twice)} more than once (got {text!r})")
     return specs
 
 
@@ -117,6 +126,10 @@ def student_sources(src: SourceModel, opts: DistillOptions, progress=None,
                  if t not in held]
         origin += f" + {len(extra):,} generated from it"
         train += extra
+    if len(train) > MAX_SENTENCES:
+        # the teacher's token states of every sentence are kept for training: bound the memory
+        origin += f", the first {MAX_SENTENCES:,} of {len(train):,} sentences"
+        train = train[:MAX_SENTENCES]
     if len(train) < 2:
         return [StudentSkipped(f"student-{s.name}", f"--train-data {opts.train_data}: every "
                                "sentence is also a validation sentence; nothing left to train on")
@@ -134,18 +147,20 @@ def student_sources(src: SourceModel, opts: DistillOptions, progress=None,
         label = f"student-{spec.name}"
         try:
             student, info = build_student(src.torch_module, spec)
+            cfg = TrainConfig(steps=opts.steps, time_limit_s=opts.time_limit_s, lr=opts.lr,
+                              batch_size=opts.batch_size, seed=opts.seed, threads=threads,
+                              token_weight=opts.token_weight)
+            t0 = time.monotonic()
+            result = distill(student, src.torch_module, rows, encoder.pad, names, cfg, progress,
+                             label=label)
+            desc = _describe(src, spec, info, result, origin, dropped, opts,
+                             time.monotonic() - t0)
+            out.append(Student(label, spec, _student_source(src, student, info, desc), desc,
+                               result, info))
         except OptimizeError as e:
             out.append(StudentSkipped(label, str(e)))
-            continue
-        cfg = TrainConfig(steps=opts.steps, time_limit_s=opts.time_limit_s, lr=opts.lr,
-                          batch_size=opts.batch_size, seed=opts.seed, threads=threads,
-                          token_weight=opts.token_weight)
-        t0 = time.monotonic()
-        result = distill(student, src.torch_module, rows, encoder.pad, names, cfg, progress,
-                         label=label)
-        desc = _describe(src, spec, info, result, origin, dropped, opts, time.monotonic() - t0)
-        out.append(Student(label, spec, _student_source(src, student, info, desc), desc, result,
-                           info))
+        except Exception as e:  # a student that fails is reported; the teacher's run goes on
+            out.append(StudentSkipped(label, f"training failed: {type(e).__name__}: {e}"[:500]))
     return out
 
 
@@ -197,13 +212,15 @@ def student_builder(student: Student, variant: str, build, fidelity=None):
     and its notes start with the student's description. When the student itself (``fidelity``,
     from ``own_fidelity``) already misses the budget, its INT8 variants are skipped: quantizing
     only loses more, and the search for nodes to keep in fp32 would spend its whole time."""
+    from ..selection import fidelity_score
     from ..variants import VariantSkipped
 
     def builder(ctx):
         if fidelity is not None and not fidelity.passed and "int8" in variant:
             raise VariantSkipped(
-                f"{student.name} itself misses the budget ({fidelity.budget}): cosine min "
-                f"{fidelity.cosine_min:.4f} in torch fp32; more steps or layers may reach it")
+                f"{student.name} itself misses the budget ({fidelity.budget}): "
+                f"{fidelity_score(fidelity):.4f} in torch fp32; more steps or layers may reach "
+                "it")
         b = build(ctx)
         return dataclasses.replace(b, variant=f"{student.name}/{b.variant}",
                                    notes=[student.description, *b.notes])

@@ -59,3 +59,29 @@ def test_a_student_that_cannot_be_made_is_skipped_and_the_run_goes_on(tiny_text_
     skipped = result.outcome("student-l2")
     assert skipped.status == "skipped" and "empty.txt" in skipped.reason
     assert result.outcome("onnx-fp32").status == "ok" and result.chosen == "onnx-fp32"
+
+
+def test_a_student_whose_training_fails_is_skipped_and_the_run_goes_on(tiny_text_run,
+                                                                       monkeypatch):
+    import optimizers.distill.stage as stage
+
+    def out_of_memory(*a, **k):  # what a student too large for the machine meets
+        raise RuntimeError("DefaultCPUAllocator: not enough memory")
+
+    monkeypatch.setattr(stage, "distill", out_of_memory)
+    d = tiny_text_run
+    result = optimize(OptimizeOptions(
+        source="tiny", variants=["onnx-fp32"], validation_data=str(d / "val.txt"),
+        publish="none", batch_sizes=[8], min_time_s=0.05,
+        distill=DistillOptions(students=parse_students("l2"), train_data=str(d / "train.txt"),
+                               steps=5, threads=1, augment=0)))
+    skipped = result.outcome("student-l2")
+    assert skipped.status == "skipped" and "not enough memory" in skipped.reason
+    assert result.chosen == "onnx-fp32"
+
+
+def test_the_same_student_twice_is_refused():
+    from optimizers.errors import OptimizeError
+
+    with pytest.raises(OptimizeError, match="names l3 more than once"):
+        parse_students("l3,l3-h0")

@@ -71,6 +71,10 @@ def test_select_features_options_checked_first(files):
     err = _refused(files, f"sklearn:{files / 'model.skops'}", "--select-features", "9",
                    "--train-data", str(files / "x.csv"), "--labels", str(files / "y.csv"))
     assert "k must be between 1 and 7" in err
+    # --train-data alone is distillation text for text models; a tabular model is told why not
+    err = _refused(files, f"sklearn:{files / 'model.skops'}", "--train-data",
+                   str(files / "x.csv"), "--labels", str(files / "y.csv"))
+    assert "--train-data is the labelled data --select-features fits on" in err
 
 
 def test_fp64_rows_accepted_for_an_fp32_input_and_cast():
