@@ -8,7 +8,7 @@ import tempfile
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, Protocol
+from typing import Literal
 
 from serving.repository import (
     Artifact,
@@ -25,29 +25,13 @@ from serving.runtimes import available_cpus
 from .errors import OptimizeError
 from .fidelity import FidelityBudget, compare
 from .measure import measure_in_subprocess
+from .progress import Progress, Silent
 from .selection import best_throughput, fidelity_score, pareto_front, recommend_batching
 from .sources import SourceModel, resolve_source
 from .validation import Split, ValidationSet, load_validation, split_validation
 from .variants import VARIANTS, BuildContext, VariantBuild, VariantSkipped, default_variants
 
 OPTISERVE_VERSION = "0.1.0"
-
-
-class Progress(Protocol):
-    def phase(self, description: str, total: int | None = None) -> None: ...
-    def status(self, text: str) -> None: ...
-    def advance(self) -> None: ...
-
-
-class _Silent:
-    def phase(self, description: str, total: int | None = None) -> None:
-        pass
-
-    def status(self, text: str) -> None:
-        pass
-
-    def advance(self) -> None:
-        pass
 
 
 @dataclass
@@ -176,7 +160,7 @@ def _candidate_dir(work: Path, src: SourceModel, build: VariantBuild) -> Path:
 
 def optimize(opts: OptimizeOptions, progress: Progress | None = None) -> OptimizationResult:
     """Build, verify, measure and choose variants; publish and report as asked."""
-    progress = progress or _Silent()
+    progress = progress or Silent()
     names = opts.variants
     unknown = [n for n in names or [] if n not in VARIANTS]
     if unknown:

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from ..errors import OptimizeError
+from ..progress import Silent
 from ..sources import SourceModel
 from .corpus import augment, load_corpus, vocabulary_words
 from .student import CannotPrune, StudentSpec, build_student, find_encoder
@@ -100,9 +101,7 @@ def student_sources(src: SourceModel, opts: DistillOptions, progress=None,
     ``held_out``: sentences fidelity is judged on (the validation texts); they are removed from
     the training text so a student is never judged on what it was trained on.
     """
-    from ..pipeline import _Silent
-
-    progress = progress or _Silent()
+    progress = progress or Silent()
     opts.check()
     try:
         if not src.is_text:

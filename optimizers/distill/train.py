@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..progress import Silent
 from .student import find_encoder
 
 
@@ -120,7 +121,7 @@ def distill(student, teacher, rows: Sequence[np.ndarray], pad: Callable, names: 
     """Train ``student`` in place to match ``teacher`` on token ``rows``."""
     import torch
 
-    progress = progress or _NoProgress()
+    progress = progress or Silent()
     with deterministic(cfg.seed, cfg.threads):
         progress.phase(f"{label}: teacher outputs on {len(rows)} sentences")
         t_out, t_states = teacher_targets(teacher, rows, pad, names, status=progress.status)
@@ -181,14 +182,3 @@ def distill(student, teacher, rows: Sequence[np.ndarray], pad: Callable, names: 
             p.requires_grad_(False)
         return TrainResult(steps=len(losses), seconds=time.monotonic() - start,
                            sentences=len(rows), stopped_by=stopped, losses=losses)
-
-
-class _NoProgress:
-    def phase(self, description: str, total: int | None = None) -> None:
-        pass
-
-    def status(self, text: str) -> None:
-        pass
-
-    def advance(self) -> None:
-        pass
