@@ -40,7 +40,9 @@ def tune_command(
     repository: Optional[str] = RepositoryOption,
     slo_p99_ms: float = typer.Option(100.0, "--slo-p99-ms", help="p99 latency objective (ms)."),
     strategy: str = typer.Option("bayes", "--strategy", help="grid, random or bayes (optuna "
-                                                             "TPE with SLO pruning)."),
+                                                             "TPE with SLO pruning; needs "
+                                                             "optuna: pip install "
+                                                             "'optiserve[tune]')."),
     trials: int = typer.Option(20, "--trials", min=1, help="Trials in the study in all (a "
                                                            "resumed study counts its own)."),
     budget: Optional[str] = typer.Option(None, "--budget", help="Wall time for this run, e.g. "
@@ -64,8 +66,12 @@ def tune_command(
     study_path: Optional[Path] = typer.Option(
         None, "--study", help="Study file (JSON lines); an existing one is continued "
                               "[default: tune-MODEL-vVERSION-STRATEGY.jsonl in --report or .]."),
-    url: Optional[str] = typer.Option(None, "--url", help="Attach to this running optiserve "
-                                                          "serve instead of starting one."),
+    url: Optional[str] = typer.Option(
+        None, "--url", help="Attach to this running optiserve serve instead of starting one; "
+                            "its configuration, as it was when the study began, is put back at "
+                            "the end. When the space's largest layout does not fit in the CPUs "
+                            "the version's replicas reserve, the version is redeployed once at "
+                            "the start and once at the restore (brief downtime of it)."),
     serve_api: str = typer.Option("http://127.0.0.1:8265", "--serve-api",
                                   help="The attached server's Serve REST API (Ray dashboard)."),
     print_config: bool = typer.Option(False, "--print-config",
@@ -95,6 +101,9 @@ def tune_command(
 
     if strategy not in STRATEGIES:
         fail(f"--strategy must be one of {', '.join(STRATEGIES)} (got {strategy!r})")
+    if strategy == "bayes" and not _importable("optuna"):
+        fail("--strategy bayes needs optuna: pip install 'optiserve[tune]' (or --strategy "
+             "grid|random)")
     if load not in ("concurrency", "rate"):
         fail(f"--load must be concurrency or rate (got {load!r})")
     if slo_p99_ms <= 0 or step_s <= 0 or warmup_s < 0:
@@ -117,13 +126,27 @@ def tune_command(
     space_doc = space.model_dump(exclude_none=True)
     lim = limits(space, defaults)
     study_path = study_path or (report or Path(".")) / f"tune-{name}-v{version}-{strategy}.jsonl"
+    header = {"model": name, "version": version, "slo_p99_ms": slo_p99_ms,
+              "strategy": strategy, "load": load, "space": space_doc, "seed": seed,
+              "defaults": defaults}
+    deployed = None
+    if url is not None:
+        # the attached server's configuration before the tune, kept in a new study's header: a
+        # tune killed mid-trial and run again restores this one, not the trial's
+        from ..serve_api import ServeAPI
+
+        try:
+            deployed = ServeAPI(serve_api, timeout_s=30).deployed_config()
+        except Exception as e:
+            fail(f"cannot tune {name}:{version} at {url}: {e}")
+        header["attached"] = {"url": url, "deployed_config": deployed}
     study = StudyFile(study_path)
     try:
-        history = study.open({"model": name, "version": version, "slo_p99_ms": slo_p99_ms,
-                              "strategy": strategy, "load": load, "space": space_doc,
-                              "seed": seed, "defaults": defaults})
+        history = study.open(header)
     except (StudyError, OSError) as e:
         fail(str(e))
+    if url is not None:
+        deployed = study.original_config(url, deployed)
     strat = make_strategy(strategy, space, defaults, cpus, slo_p99_ms, seed=seed,
                           history=history)
     size = strat.size()
@@ -148,7 +171,7 @@ def tune_command(
         else:
             url_, api = url, serve_api
         try:
-            target = _target(url_, api, name, version, server, lim)
+            target = _target(url_, api, name, version, server, lim, base=deployed)
         except Exception as e:
             fail(f"cannot tune {name}:{version} at {url_}: {e}")
         trials_done = _run(strat, target, study, name, version, trials, budget_s, slo_p99_ms,
@@ -157,6 +180,11 @@ def tune_command(
         err_console.print(f"[yellow]interrupted[/]: {len(study.trials)} trials recorded in "
                           f"{study_path}; run the same command to continue", highlight=False)
         raise typer.Exit(130)
+    except typer.Exit:
+        raise
+    except RuntimeError as e:  # the server went away, a Serve API error outside a trial
+        fail(f"tune stopped: {str(e)[-2000:]}; {len(study.trials)} trials recorded in "
+             f"{study_path}; run the same command to continue")
     finally:
         if target is not None and server is None:
             try:
@@ -236,7 +264,7 @@ def _start_server(repo, name: str, version: int, layout, lim: dict):
     doc = build_serve_config(root, [(name, version)], gateway_cpus=layout.gateway_cpus,
                              threads=layout.threads)
     # the reservation every trial keeps (see serving.tune.runner.reservation), from the start
-    per = reservation(doc, name, version, lim, float(os.cpu_count() or 1))
+    per = reservation(doc, name, version, lim, float(os.cpu_count() or 1), keep_own=False)
     doc = build_serve_config(root, [(name, version)], version_cpus=per,
                              gateway_cpus=layout.gateway_cpus, threads=layout.threads)
     tmp = tempfile.TemporaryDirectory(prefix="optiserve-tune-")
@@ -248,16 +276,33 @@ def _start_server(repo, name: str, version: int, layout, lim: dict):
         except RuntimeError as e:
             tmp.cleanup()
             fail(f"could not start optiserve serve: {str(e)[-2000:]}")
+        except BaseException:
+            # Ctrl-C / SIGTERM while it starts: the server runs in its own session and would
+            # outlive the tune; stop it by its PID (SIGTERM, then its process group)
+            try:
+                server.stop()
+            finally:
+                tmp.cleanup()
+            raise
     err_console.print(f"serving at {server.url} in {time.perf_counter() - t0:.1f} s "
                       f"(Serve API {server.serve_api})", highlight=False)
     return server, tmp
 
 
-def _target(url: str, api: str, name: str, version: int, server, lim: dict):
+def _target(url: str, api: str, name: str, version: int, server, lim: dict, base=None):
     from ..tune.runner import Target
 
     alive = (lambda: server.proc.poll() is None) if server is not None else (lambda: True)
-    return Target(url, api, name, version, lim, alive=alive)
+    return Target(url, api, name, version, lim, base=base, alive=alive)
+
+
+def _importable(module: str) -> bool:
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        return False
 
 
 def _run(strat, target, study, name, version, trials, budget_s, slo, load, input_file, rows,

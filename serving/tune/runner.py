@@ -50,13 +50,18 @@ def _deployment(app: dict, name: str) -> dict:
     raise TuneError(f"application {app.get('name')!r} has no deployment {name!r}")
 
 
-def reservation(doc: dict, model: str, version: int, limits: dict, total_cpus: float) -> float:
-    """CPUs each model replica reserves from Ray, the same in every trial: the share of what the
-    gateway and the other served versions leave at the space's largest layout (``limits``:
-    most replicas, gateway replicas and threads), so every layout fits in Ray. Changing the
-    replica count then only adds or stops replicas, and a replica restarts for nothing: a
-    reservation that changed would need old and new replicas side by side during the rollout,
-    which a small machine cannot hold."""
+def reservation(doc: dict, model: str, version: int, limits: dict, total_cpus: float,
+                keep_own: bool = True) -> float:
+    """CPUs each model replica reserves from Ray, the same in every trial, so that changing the
+    replica count only adds or stops replicas and a replica restarts for nothing (a reservation
+    that changed would need old and new replicas side by side during the rollout, which a small
+    machine cannot hold).
+
+    With ``keep_own``, the version's own reservation in ``doc`` when the space's largest layout
+    (``limits``: most replicas, gateway replicas and threads) fits in Ray with it: no trial nor
+    the restore then redeploys the version. Otherwise the share of what the gateway and the
+    other served versions leave at that layout, so every layout fits in Ray; an attached
+    server's version is then redeployed once at the first trial and once at the restore."""
     gw = _deployment(_app(doc, GATEWAY_APP), GATEWAY_DEPLOYMENT)
     gw_cpus = float((gw.get("ray_actor_options") or {}).get("num_cpus", 1))
     others = 0.0
@@ -69,6 +74,13 @@ def reservation(doc: dict, model: str, version: int, limits: dict, total_cpus: f
             others += (1 if n == "auto" else float(n)) * float(
                 (dep.get("ray_actor_options") or {}).get("num_cpus", 1))
     spare = total_cpus - limits["gateway_replicas"] * gw_cpus - others
+    # the version's own reservation when the largest layout fits in it: no trial (nor the
+    # restore) then changes what its replicas reserve, so none redeploys it (no downtime)
+    dep = _deployment(_app(doc, target), target)
+    own = (dep.get("ray_actor_options") or {}).get("num_cpus")
+    if keep_own and own is not None and 0 < float(own) and \
+            limits["replicas"] * float(own) <= spare + 1e-9:
+        return float(own)
     share = max(spare, 0.1 * limits["replicas"]) / limits["replicas"]
     return max(0.01, math.floor(min(float(limits["threads"]), share) * 100) / 100)
 
@@ -388,10 +400,13 @@ class Tuner:
         try:
             trial.applied = self.apply(config)
             trial.replicas = self.replicas()
-        except TuneError as e:
-            if "exited" in str(e):
+        except (RuntimeError, OSError) as e:
+            # a configuration Serve refused or that did not come up, or a Serve API error
+            # (ServeAPIError): this trial failed, the tune goes on
+            if isinstance(e, TuneError) and "exited" in str(e):
                 raise
-            trial.state, trial.error = "failed", str(e)
+            error = str(e) if isinstance(e, TuneError) else f"{type(e).__name__}: {e}"
+            trial.state, trial.error = "failed", error
             trial.seconds = time.monotonic() - t0
             return trial
         best = best_trial(self.trials)

@@ -78,6 +78,8 @@ class GridStrategy(Strategy):
 
 class RandomStrategy(Strategy):
     name = "random"
+    #: draws in a row that repeat earlier ones after which a space of ranges counts as exhausted
+    MAX_REPEATS = 2000
 
     def __init__(self, *a, **kw):
         super().__init__(*a, **kw)
@@ -89,6 +91,7 @@ class RandomStrategy(Strategy):
         # the sequence is a function of the seed alone: a resumed tune replays it, skipping
         # what the study already measured
         self.position = 0
+        self.drawn: set[str] = set()  # configurations the sequence has drawn so far
 
     def _draw(self) -> dict | None:
         params = self.space.params(self.defaults)
@@ -110,6 +113,7 @@ class RandomStrategy(Strategy):
         return None
 
     def propose(self) -> Proposal | None:
+        repeats = 0
         while True:
             if self.discrete:
                 if self.position >= len(self.order):
@@ -119,6 +123,18 @@ class RandomStrategy(Strategy):
                 c = self._draw()
                 if c is None:
                     return None
+                # ranges of integers (or of delays, rounded) hold finitely many configurations:
+                # this many draws in a row that the sequence drew before mean none is left.
+                # A draw recorded by a resumed study is new to the replayed sequence, so the
+                # count (and where the sequence stops) does not depend on resuming.
+                key = config_key(c)
+                if key in self.drawn:
+                    repeats += 1
+                    if repeats >= self.MAX_REPEATS:
+                        return None
+                else:
+                    repeats = 0
+                    self.drawn.add(key)
             self.position += 1
             if config_key(c) not in self.done:
                 return Proposal(c)

@@ -1,11 +1,12 @@
 """The study file: every trial of a tune, one JSON object per line, appended as each trial ends.
 
-The first line describes the study (model, version, SLO, strategy, load, space, seed); each
-following line is a finished trial. A tune started again on the same file reads it, checks that
-it describes the same study, and continues: the configurations already measured are not measured
-again (grid and random pick up where they stopped, bayes is told every recorded trial before it
-samples the next). A trial cut short by an interruption was never written, so it runs again.
-A torn last line (the process killed mid-write) is ignored.
+The first line describes the study (model, version, SLO, strategy, load, space, seed; attached
+to a running server, also that server's configuration before the tune, which a resumed tune
+puts back at the end); each following line is a finished trial. A tune started again on the
+same file reads it, checks that it describes the same study, and continues: the configurations
+already measured are not measured again (grid and random pick up where they stopped, bayes is
+told every recorded trial before it samples the next). A trial cut short by an interruption was
+never written, so it runs again. A torn last line (the process killed mid-write) is ignored.
 """
 
 from __future__ import annotations
@@ -48,6 +49,16 @@ class StudyFile:
         self.header = header
         self._append({"kind": "study", **header})
         return []
+
+    def original_config(self, url: str, current: dict) -> dict:
+        """The configuration an attached server had when this study began (its header's
+        ``attached``, outside the identity fields), so that a tune killed mid-trial and run
+        again restores that one and not the killed trial's; ``current`` when the study was
+        begun on another server (or by a tune that started its own)."""
+        attached = (self.header or {}).get("attached") or {}
+        if attached.get("url") == url and attached.get("deployed_config"):
+            return attached["deployed_config"]
+        return current
 
     def _read(self) -> None:
         raw = self.path.read_bytes()

@@ -58,6 +58,8 @@ def test_tune_interrupted_resumed_applied_end_to_end(server, tiny_repo, tmp_path
     space.write_text(SPACE)
     study, report, cfg = tmp_path / "study.jsonl", tmp_path / "report", tmp_path / "tuned.yaml"
     v1_manifest = (tiny_repo / "tiny" / "1" / "manifest.json").read_bytes()
+    gateway_before = gateway_user_config(server)
+    assert gateway_before["models"]["tiny"]["versions"]
     args = ["tune", "tiny:1", "-r", str(tiny_repo), "--url", server.url, "--serve-api",
             server.serve_api, "--strategy", "grid", "--trials", "4", "--space", str(space),
             "--slo-p99-ms", "1000", "--study", str(study), *SHORT]
@@ -117,8 +119,10 @@ def test_tune_interrupted_resumed_applied_end_to_end(server, tiny_repo, tmp_path
     assert served["tiny-v1"]["deployments"][0]["num_replicas"] == best["config"]["replicas"]
     md = (report / "tune.md").read_text()
     assert "Best: trial" in md and (report / "tune.png").stat().st_size > 10_000
-    # the attached server got its own configuration back
+    # the attached server got its own configuration back: its replicas and, exactly, the
+    # gateway's batching (user_config)
     assert len(server_replicas(server)) == 1
+    assert gateway_user_config(server, want=gateway_before) == gateway_before
 
 
 def server_replicas(server) -> list[str]:
@@ -131,6 +135,22 @@ def server_replicas(server) -> list[str]:
                 if r["state"] == "RUNNING"]
         if len(reps) == 1 or time.monotonic() > deadline:
             return reps
+        time.sleep(0.5)
+
+
+def gateway_user_config(server, want: dict | None = None) -> dict:
+    """The gateway's user_config as Serve runs it; with ``want``, waited for (a minute at
+    most) to become that."""
+    from serving.config import GATEWAY_APP, GATEWAY_DEPLOYMENT
+    from serving.serve_api import ServeAPI
+
+    deadline = time.monotonic() + 60
+    while True:
+        app = ServeAPI(server.serve_api).details()["applications"][GATEWAY_APP]
+        dep = app["deployments"][GATEWAY_DEPLOYMENT]
+        got = (dep.get("deployment_config") or {}).get("user_config")
+        if want is None or got == want or time.monotonic() > deadline:
+            return got
         time.sleep(0.5)
 
 

@@ -272,7 +272,7 @@ def test_trial_doc_changes_batching_and_only_the_tuned_version():
     config = {"max_batch_size": 16, "max_delay_ms": 2.0, "replicas": 2, "threads": 2,
               "gateway_replicas": 2}
     limits = {"replicas": 2, "threads": 2, "gateway_replicas": 2}
-    per_replica = reservation(base, "m", 1, limits, total_cpus=4.0)
+    per_replica = reservation(base, "m", 1, limits, total_cpus=4.0, keep_own=False)
     doc = trial_doc(base, "m", 1, config, per_replica)
     validate_serve_config(doc, repository_check=False)
     v1 = gateway_user_config(doc)["models"]["m"]["versions"][1]
@@ -328,3 +328,258 @@ def test_the_time_budget_stops_new_trials(tmp_path):
                    LoadPlan(max_steps=8)).run()
     # each trial takes >= 0.1 s (two or more steps); no trial starts once 0.3 s are spent
     assert 1 <= len(trials) <= 4
+
+
+def test_an_attached_versions_reservation_is_kept_when_every_layout_fits_in_it():
+    """Keeping it, no trial (nor the restore) changes what the version's replicas reserve, so
+    none deletes and redeploys the version (downtime)."""
+    from serving.config import build_serve_config
+
+    base = build_serve_config("/repo", [("m", 1), ("m", 2)], version_cpus=0.5,
+                              gateway_cpus=0.25)
+    limits = {"replicas": 2, "threads": 2, "gateway_replicas": 2}
+    # 2 replicas x 0.5 + 2 gateways x 0.25 + m-v2's 0.5 = 2 CPUs <= 4: kept
+    assert reservation(base, "m", 1, limits, total_cpus=4.0) == 0.5
+    # the gateways and m-v2 leave 3 CPUs: 4 replicas x 0.5 fit in them, 8 x 0.5 do not (then
+    # the share: 3 / 8 = 0.375 each)
+    assert reservation(base, "m", 1, {**limits, "replicas": 4}, total_cpus=4.0) == 0.5
+    assert reservation(base, "m", 1, {**limits, "replicas": 8}, total_cpus=4.0) == 0.37
+    doc = trial_doc(base, "m", 1, {"max_batch_size": 4, "max_delay_ms": 0, "replicas": 2,
+                                   "threads": 1, "gateway_replicas": 1},
+                    reservation(base, "m", 1, limits, total_cpus=4.0))
+    apps = {a["name"]: a for a in doc["applications"]}
+    assert apps["m-v1"]["deployments"][0]["ray_actor_options"] == {"num_cpus": 0.5}
+
+
+# ---- failures, interruptions and missing extras ----------------------------------------------
+
+def test_ctrl_c_while_the_tunes_server_starts_stops_it(monkeypatch, tmp_path):
+    """The server runs in a session of its own (Ctrl-C does not reach it): interrupted while
+    it starts, the tune stops it by its PID and removes its directory."""
+    import subprocess
+    import sys
+    import types
+
+    from serving import harness
+    from serving.cli import tune as cli
+
+    started = []
+
+    class Starting(harness.ServeProcess):
+        def start(self, timeout=180):
+            self._log = open(self.log_path, "w")
+            self.proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"],
+                                         start_new_session=True)
+            started.append(self)
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(harness, "ServeProcess", Starting)
+    repo = types.SimpleNamespace(root=tmp_path)
+    layout = types.SimpleNamespace(gateway_cpus=0.25, threads=1)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            cli._start_server(repo, "m", 1, layout, {"replicas": 1, "threads": 1,
+                                                     "gateway_replicas": 1})
+        assert len(started) == 1
+        assert started[0].proc.poll() is not None, "the server was left running"
+        assert not started[0].config_path.parent.exists()
+    finally:
+        for s in started:
+            if s.proc.poll() is None:
+                s.proc.kill()
+                s.proc.wait()
+
+
+def test_random_gives_up_once_a_range_of_integers_is_exhausted(tmp_path):
+    space = parse_space({"max_batch_size": {"low": 1, "high": 2}, "max_delay_ms": [0],
+                         "replicas": [1], "threads": [1], "gateway_replicas": [1]})
+    strat = make_strategy("random", space, DEFAULTS, 4.0, SLO, seed=0)
+    assert strat.size() is None  # a range: not enumerated
+    draws = 0
+    draw = strat._draw
+
+    def counted():
+        nonlocal draws
+        draws += 1
+        if draws > 10 * strat.MAX_REPEATS:  # a propose() that would never return
+            raise AssertionError("random keeps drawing an exhausted space")
+        return draw()
+
+    strat._draw = counted
+    seen = []
+    for _ in range(3):
+        p = strat.propose()
+        if p is None:
+            break
+        seen.append(p.config["max_batch_size"])
+        strat.tell(p, Trial(len(seen) - 1, p.config, "complete"))
+    assert sorted(seen) == [1, 2] and p is None
+    # through the tune loop: 2 trials, then "space exhausted"
+    trials, _, _ = tune("random", tmp_path / "r.jsonl", trials=10, space=space)
+    assert sorted(t.config["max_batch_size"] for t in trials) == [1, 2]
+
+
+def test_a_serve_api_error_fails_that_trial_and_the_tune_goes_on(tmp_path):
+    from serving.serve_api import ServeAPIError
+
+    class Flaky(Sim):
+        def apply(self, config):
+            if config["max_batch_size"] == 2:
+                raise ServeAPIError("PUT /api/serve/applications/: HTTP 500")
+            return super().apply(config)
+
+    replicas_calls = []
+
+    def replicas():
+        replicas_calls.append(1)
+        if len(replicas_calls) == 2:  # the trial after the refused one
+            raise ServeAPIError("GET /api/serve/applications/: connection refused")
+        return {"model": [], "gateway": []}
+
+    study = StudyFile(tmp_path / "f.jsonl")
+    study.open(HEADER)
+    space = SearchSpace(max_batch_size=[1, 2, 4, 8], max_delay_ms=[0], replicas=[1],
+                        threads=[1])
+    strat = make_strategy("grid", space, DEFAULTS, 4.0, SLO)
+    sim = Flaky()
+    trials = Tuner(strat, sim.apply, sim.measure, study, TuneOptions(slo_ms=SLO, trials=10),
+                   LoadPlan(max_steps=8), replicas=replicas).run()
+    assert [t.config["max_batch_size"] for t in trials] == [1, 2, 4, 8]
+    assert [t.state for t in trials] == ["complete", "failed", "failed", "complete"]
+    assert trials[1].error == "ServeAPIError: PUT /api/serve/applications/: HTTP 500"
+    assert "connection refused" in trials[2].error
+    assert [len(t.steps) for t in trials][1:3] == [0, 0]
+    # recorded as failed: a resumed tune does not try them again
+    assert [t.state for t in StudyFile(tmp_path / "f.jsonl").open(HEADER)][1:3] == \
+        ["failed", "failed"]
+
+
+class _Cli:
+    """``optiserve tune`` in process, attached (--url) to a server that is not there: the
+    repository, the Serve API and the trials are stand-ins."""
+
+    def __init__(self, monkeypatch, tmp_path):
+        import types
+
+        from serving import repository, serve_api
+        from serving.cli import tune as cli
+        from serving.tune import space as space_mod
+
+        self.deployed = {"applications": [{"name": "before"}]}
+        self.bases, self.restored = [], []
+        self.run = lambda: []
+        cli_ = self
+
+        class Repo:
+            def __init__(self, root=None):
+                pass
+
+            def get(self, name, version):
+                return types.SimpleNamespace(version=1, manifest=types.SimpleNamespace(
+                    variant="onnx-fp32"))
+
+        class Target:
+            url = "http://127.0.0.1:9"
+            original = {}
+
+            def restore(self):
+                cli_.restored.append(1)
+
+        def target(url, api, name, version, server, lim, base=None):
+            self.bases.append(base)
+            return Target()
+
+        monkeypatch.setattr(repository, "ModelRepository", Repo)
+        monkeypatch.setattr(space_mod, "defaults_from", lambda manifest, layout: dict(DEFAULTS))
+        monkeypatch.setattr(serve_api.ServeAPI, "deployed_config", lambda _self: self.deployed)
+        monkeypatch.setattr(cli, "_target", target)
+        monkeypatch.setattr(cli, "_run", lambda *a: self.run())
+        self.space = tmp_path / "space.yaml"
+        self.space.write_text("max_batch_size: [1, 8]\n")
+        self.study = tmp_path / "study.jsonl"
+
+    def __call__(self):
+        from typer.testing import CliRunner
+
+        from serving.cli.main import app
+
+        return CliRunner().invoke(app, [
+            "tune", "m:1", "--url", "http://127.0.0.1:9", "--serve-api", "http://127.0.0.1:9",
+            "--strategy", "grid", "--space", str(self.space), "--study", str(self.study)])
+
+
+def test_a_serve_api_error_outside_a_trial_is_a_clear_error_and_restores(monkeypatch,
+                                                                         tmp_path):
+    from serving.serve_api import ServeAPIError
+
+    cli = _Cli(monkeypatch, tmp_path)
+
+    def run():
+        raise ServeAPIError("GET http://127.0.0.1:9/api/serve/applications/: refused")
+
+    cli.run = run
+    result = cli()
+    assert result.exit_code == 1, result.output
+    assert not isinstance(result.exception, ServeAPIError)
+    out = " ".join(result.output.split())
+    assert "tune stopped: GET http://127.0.0.1:9/api/serve/applications/: refused" in out, out
+    assert "run the same command to continue" in out
+    assert cli.restored == [1]
+
+
+def test_a_resumed_attached_tune_restores_the_configuration_before_the_study(monkeypatch,
+                                                                           tmp_path):
+    """Killed (kill -9: no restore) mid-trial, the server keeps that trial's configuration; the
+    tune run again restores the one recorded when the study began."""
+    cli = _Cli(monkeypatch, tmp_path)
+
+    def killed():
+        raise KeyboardInterrupt
+
+    cli.run = killed
+    assert cli().exit_code == 130
+    assert cli.bases == [{"applications": [{"name": "before"}]}]
+    cli.deployed = {"applications": [{"name": "the killed trial's"}]}
+    cli()
+    assert cli.bases[1] == {"applications": [{"name": "before"}]}
+    header = json.loads(cli.study.read_text().splitlines()[0])
+    assert header["attached"]["url"] == "http://127.0.0.1:9"
+
+
+def test_the_study_header_keeps_the_attached_servers_configuration(tmp_path):
+    path = tmp_path / "s.jsonl"
+    before = {"applications": [{"name": "optiserve", "deployments": [{"name": "gateway"}]}]}
+    trial = {"applications": [{"name": "trial 3"}]}
+    study = StudyFile(path)
+    study.open({**HEADER, "attached": {"url": "http://a:8000", "deployed_config": before}})
+    assert study.original_config("http://a:8000", before) == before
+    # run again after a kill: the server now has a trial's configuration; the header is not
+    # part of the study's identity, the first one is kept
+    again = StudyFile(path)
+    again.open({**HEADER, "attached": {"url": "http://a:8000", "deployed_config": trial}})
+    assert again.original_config("http://a:8000", trial) == before
+    assert again.original_config("http://b:8000", trial) == trial
+    plain = StudyFile(tmp_path / "p.jsonl")
+    plain.open(HEADER)
+    assert plain.original_config("http://a:8000", trial) == trial
+
+
+def test_bayes_without_optuna_says_what_to_install(tmp_path):
+    import subprocess
+    import sys
+
+    from tests.helpers import ROOT
+
+    code = ("import sys; sys.modules['optuna'] = None\n"
+            "from serving.cli.main import app\n"
+            "app(['tune', 'm', '-r', sys.argv[1]], prog_name='optiserve')\n")
+    result = subprocess.run([sys.executable, "-c", code, str(tmp_path / "repo")],
+                            capture_output=True, text=True, cwd=tmp_path, timeout=120,
+                            env={**__import__("os").environ, "COLUMNS": "200",
+                                 "PYTHONPATH": str(ROOT)})
+    err = " ".join(result.stderr.split())
+    assert result.returncode == 1, result.stderr
+    assert "--strategy bayes needs optuna: pip install 'optiserve[tune]' (or --strategy " \
+        "grid|random)" in err, err
+    assert "Traceback" not in result.stderr
+    assert not list(tmp_path.glob("*.jsonl"))  # no study file begun
