@@ -190,15 +190,16 @@ def optimize(opts: OptimizeOptions, progress: Progress | None = None) -> Optimiz
     if opts.select_features:
         from .tabular.selection_setup import prepare
 
-        selection, vset = prepare(src, opts)
+        selection, vset, split = prepare(src, opts)
     else:
         vset = load_validation(src, opts.validation_data, opts.labels)
+        split = None
     progress.phase("reference outputs", total=len(vset.batches))
     ref_batches = []
     for b in vset.batches:
         ref_batches.append(src.reference(b))
         progress.advance()
-    split = split_validation(vset, opts.held_out, opts.split_seed)
+    split = split or split_validation(vset, opts.held_out, opts.split_seed)
     vset.notes.append(split.note)
     tuning_reference, held_out_reference = split.reference(vset.gather(ref_batches))
 

@@ -92,9 +92,13 @@ class Split:
     tuning_rows: np.ndarray
     held_out_rows: np.ndarray
     seed: int
+    #: The split in words when it is not a seeded random one.
+    described: str | None = None
 
     @property
     def note(self) -> str:
+        if self.described:
+            return self.described
         total = len(self.tuning_rows) + len(self.held_out_rows)
         return (f"split (seed {self.seed}): {len(self.held_out_rows)} of {total} rows held out "
                 f"to judge fidelity; the other {len(self.tuning_rows)} tune and calibrate")

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
+
 from ..errors import OptimizeError
-from ..validation import ValidationSet, tabular_set
+from ..validation import Split, ValidationSet, tabular_set
 from .data import TrainingData, load_training
 from .feature_selection import SELECTORS, SelectionResult, parse_ks, sweep
 from .select_variant import builder, judge, variant_name
@@ -19,9 +21,11 @@ class SelectionSetup:
     data: TrainingData
 
 
-def prepare(src, opts) -> tuple[SelectionSetup, ValidationSet]:
-    """Check the options and read the training data; the validation set is its held-out split
-    (with labels), so every variant, reduced or not, is measured on rows no refit saw."""
+def prepare(src, opts) -> tuple[SelectionSetup, ValidationSet, Split]:
+    """Check the options and read the training data. Every variant, reduced or not, is judged
+    on the held-out quarter (with labels), rows no refit saw; what builders tune and calibrate
+    on are training rows (as many as held out), so the judged rows stay whole: halving them
+    would judge feature selection's F1 on other rows than its sweep."""
     if src.tabular is None:
         raise OptimizeError("--select-features applies to scikit-learn models (sklearn:FILE or "
                             "the built-in breast-cancer)")
@@ -30,10 +34,18 @@ def prepare(src, opts) -> tuple[SelectionSetup, ValidationSet]:
                             f"(got {opts.selector!r})")
     ks = parse_ks(opts.select_features, src.tabular.n_features)
     data = load_training(src, opts.train_data, opts.labels)
-    vset = tabular_set(src, data.x[data.held_out], data.y[data.held_out],
+    tune = data.train[: len(data.held_out)]
+    rows = np.concatenate([tune, data.held_out])
+    vset = tabular_set(src, data.x[rows], data.y[rows],
                        f"validation: the {len(data.held_out)} held-out rows of {data.origin} "
                        f"(feature selection fits on the other {len(data.train)})")
-    return SelectionSetup(ks, opts.selector, data), vset
+    n = len(tune)
+    tuning_rows, held_rows = np.arange(n), np.arange(n, len(rows))
+    split = Split(tuning=vset.subset(tuning_rows), held_out=vset.subset(held_rows),
+                  tuning_rows=tuning_rows, held_out_rows=held_rows, seed=0,
+                  described=f"{len(held_rows)} held-out rows judge fidelity; {n} of the "
+                            f"training rows tune and calibrate")
+    return SelectionSetup(ks, opts.selector, data), vset, split
 
 
 def run(setup: SelectionSetup, ctx, progress, measure) -> tuple[SelectionResult, list]:

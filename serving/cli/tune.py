@@ -159,7 +159,10 @@ def tune_command(
     def _term(signum, _frame):
         raise KeyboardInterrupt
 
+    # SIGINT too: with Python's default handler asyncio.run (the load generator) takes SIGINT
+    # over and only cancels its task, so a Ctrl-C during a measurement would be lost
     signal.signal(signal.SIGTERM, _term)
+    signal.signal(signal.SIGINT, _term)
     server = None
     target = None
     tmp = None

@@ -360,6 +360,12 @@ class TuneOptions:
     saturation_gain: float = 0.05
 
 
+#: How a trial whose configuration could not be applied begins its error.
+APPLY_FAILED = "not applied: "
+#: Trials in a row that could not be applied before the tune stops.
+MAX_FAILED_APPLIES = 3
+
+
 class Tuner:
     """Propose, apply, measure, score, record; until the trials, the budget or the space end."""
 
@@ -376,6 +382,7 @@ class Tuner:
 
     def run(self) -> list[Trial]:
         t0 = time.monotonic()
+        failed_applies = 0
         while len(self.trials) < self.opts.trials:
             if self.opts.budget_s is not None and time.monotonic() - t0 >= self.opts.budget_s:
                 self.events.stopped("time budget spent")
@@ -385,6 +392,15 @@ class Tuner:
                 self.events.stopped("space exhausted")
                 break
             trial = self.run_trial(len(self.trials), proposal)
+            if trial.error is not None and trial.error.startswith(APPLY_FAILED):
+                failed_applies += 1
+                if failed_applies >= MAX_FAILED_APPLIES:
+                    # a server that is gone fails every apply: stop instead of recording every
+                    # remaining configuration as failed (a resumed run retries this one)
+                    raise TuneError(f"{MAX_FAILED_APPLIES} configurations in a row could not be "
+                                    f"applied (last: {trial.error}); is the server up?")
+            else:
+                failed_applies = 0
             self.study.record(trial)
             self.strategy.tell(proposal, trial)
             self.events.trial_done(trial)
@@ -406,7 +422,7 @@ class Tuner:
             if isinstance(e, TuneError) and "exited" in str(e):
                 raise
             error = str(e) if isinstance(e, TuneError) else f"{type(e).__name__}: {e}"
-            trial.state, trial.error = "failed", error
+            trial.state, trial.error = "failed", f"{APPLY_FAILED}{error}"
             trial.seconds = time.monotonic() - t0
             return trial
         best = best_trial(self.trials)

@@ -446,7 +446,7 @@ def test_a_serve_api_error_fails_that_trial_and_the_tune_goes_on(tmp_path):
                    LoadPlan(max_steps=8), replicas=replicas).run()
     assert [t.config["max_batch_size"] for t in trials] == [1, 2, 4, 8]
     assert [t.state for t in trials] == ["complete", "failed", "failed", "complete"]
-    assert trials[1].error == "ServeAPIError: PUT /api/serve/applications/: HTTP 500"
+    assert trials[1].error == "not applied: ServeAPIError: PUT /api/serve/applications/: HTTP 500"
     assert "connection refused" in trials[2].error
     assert [len(t.steps) for t in trials][1:3] == [0, 0]
     # recorded as failed: a resumed tune does not try them again
@@ -583,3 +583,26 @@ def test_bayes_without_optuna_says_what_to_install(tmp_path):
         "grid|random)" in err, err
     assert "Traceback" not in result.stderr
     assert not list(tmp_path.glob("*.jsonl"))  # no study file begun
+
+
+def test_a_server_that_is_gone_stops_the_tune_after_three_failed_applies(tmp_path):
+    from serving.serve_api import ServeAPIError
+    from serving.tune.runner import TuneError
+
+    class Gone(Sim):
+        def apply(self, config):
+            if config["max_batch_size"] > 1:
+                raise ServeAPIError("PUT /api/serve/applications/: connection refused")
+            return super().apply(config)
+
+    study = StudyFile(tmp_path / "f.jsonl")
+    study.open(HEADER)
+    space = SearchSpace(max_batch_size=[1, 2, 4, 8, 16, 32], max_delay_ms=[0], replicas=[1],
+                        threads=[1])
+    sim = Gone()
+    tuner = Tuner(make_strategy("grid", space, DEFAULTS, 4.0, SLO), sim.apply, sim.measure,
+                  study, TuneOptions(slo_ms=SLO, trials=10), LoadPlan(max_steps=8))
+    with pytest.raises(TuneError, match="3 configurations in a row could not be applied"):
+        tuner.run()
+    # the two failures before the stop are recorded; the third is retried by a resumed run
+    assert [t.state for t in study.trials] == ["complete", "failed", "failed"]
