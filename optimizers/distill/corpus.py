@@ -1,8 +1,9 @@
 """The unlabeled text a student is distilled on: ``--train-data FILE`` or the built-in corpus.
 
-The built-in corpus, ``optimizers/data/distill_corpus.txt``, ships with optiserve (see
-``make_corpus`` for how it was generated from installed documentation; nothing is downloaded).
-It shares no sentence with ``minilm_validation.txt``, the sentences fidelity is judged on.
+The built-in corpus is generated at first use from what is installed (``make_corpus``: the
+standard library's docstrings and composed sentences; nothing is downloaded) and cached under
+``$OPTISERVE_CACHE`` (default ``~/.cache/optiserve``). It shares no sentence with
+``minilm_validation.txt``, the sentences fidelity is judged on.
 """
 
 from __future__ import annotations
@@ -12,7 +13,29 @@ from pathlib import Path
 from ..errors import OptimizeError, ValidationDataError
 from ..validation import read_texts
 
-BUILTIN = Path(__file__).resolve().parent.parent / "data" / "distill_corpus.txt"
+#: Bumped when ``make_corpus`` changes what it generates.
+CORPUS_VERSION = 1
+
+
+def builtin_corpus() -> Path:
+    """The built-in corpus file, generated and cached on first use (one per Python version)."""
+    import os
+    import sys
+    import tempfile
+
+    cache = Path(os.environ.get("OPTISERVE_CACHE") or Path.home() / ".cache" / "optiserve")
+    path = cache / (f"distill-corpus-v{CORPUS_VERSION}-py{sys.version_info[0]}"
+                    f"{sys.version_info[1]}.txt")
+    if path.is_file():
+        return path
+    from .make_corpus import build
+
+    cache.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile("w", dir=cache, delete=False, suffix=".tmp",
+                                     encoding="utf-8") as f:
+        f.write("\n".join(build()) + "\n")
+    os.replace(f.name, path)  # whole or not at all, also with two runs at once
+    return path
 
 
 class TrainDataError(OptimizeError):
@@ -22,7 +45,8 @@ class TrainDataError(OptimizeError):
 def load_corpus(path: str | Path | None) -> tuple[list[str], str]:
     """The training sentences and where they came from (for notes)."""
     if path is None:
-        return read_texts(BUILTIN), f"the built-in corpus ({BUILTIN.name})"
+        path = builtin_corpus()
+        return read_texts(path), f"the built-in corpus ({path.name})"
     p = Path(path)
     if not p.is_file():
         raise TrainDataError(f"--train-data {path} does not exist or is not a file; expected "

@@ -1,17 +1,16 @@
-"""Regenerate ``optimizers/data/distill_corpus.txt``, the built-in distillation corpus.
+"""The built-in distillation corpus, generated on this machine from what is installed (nothing
+is downloaded, nothing is shipped): ``corpus.builtin_corpus`` runs :func:`build` at first use
+and caches the result. Two sources only:
 
-Provenance of the shipped file: nothing was downloaded. It was generated on a development machine
-by ``python -m optimizers.distill.make_corpus`` from two sources only:
-
-- sentences of the docstrings of the Python standard library and of the packages installed beside
-  optiserve (parsed with ``ast``, never imported), cleaned (no code, markup or URLs), filtered by
-  length, deduplicated, plus short lower-case fragments of some of them (search-query style);
+- sentences of the docstrings of this Python's standard library (parsed with ``ast``, never
+  imported), cleaned (no code, markup or URLs), filtered by length, deduplicated, plus short
+  lower-case fragments of some of them (search-query style);
 - sentences this module composes from the small word lists below (questions, requests,
   everyday statements), so the corpus is not only technical prose.
 
 Every line that also appears in ``minilm_validation.txt`` (case and punctuation ignored) is
 dropped: the sentences fidelity is judged on are never trained on. The order is shuffled with a
-fixed seed, so a regeneration on the same installation gives the same file.
+fixed seed, so the same Python gives the same corpus.
 """
 
 from __future__ import annotations
@@ -19,12 +18,10 @@ from __future__ import annotations
 import ast
 import random
 import re
-import sys
 import sysconfig
 from pathlib import Path
 
 DATA = Path(__file__).resolve().parent.parent / "data"
-OUT = DATA / "distill_corpus.txt"
 
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z])")
 _BAD = re.compile(r"[`<>{}\[\]|\\=_*#@~^$%]|::|\.\.|https?:|www\.|\w\.\w+\(|\(\)|\.py\b|--|"
@@ -73,7 +70,7 @@ def _clean_sentences(doc: str):
 def doc_sentences(roots: list[Path]) -> list[str]:
     seen, out = set(), []
     for root in roots:
-        for path in sorted(root.rglob("*.py")):
+        for path in [root] if root.is_file() else sorted(root.rglob("*.py")):
             if "test" in path.parts or "tests" in path.parts:
                 continue
             for doc in _docstrings(path):
@@ -224,9 +221,8 @@ def build(n_docs: int = 3000, n_composed: int = 2000, n_queries: int = 600, seed
           ) -> list[str]:
     rng = random.Random(seed)
     stdlib = Path(sysconfig.get_paths()["stdlib"])
-    site = Path(sysconfig.get_paths()["purelib"])
-    roots = [stdlib] + sorted(p for p in site.iterdir() if p.is_dir() and
-                              not p.name.endswith((".dist-info", "__pycache__")))
+    roots = [p for p in sorted(stdlib.iterdir()) if p.name != "site-packages"
+             and (p.suffix == ".py" or p.is_dir())]
     docs = doc_sentences(roots)
     rng.shuffle(docs)
     docs = docs[:n_docs]
@@ -240,9 +236,3 @@ def build(n_docs: int = 3000, n_composed: int = 2000, n_queries: int = 600, seed
             out.append(s)
     rng.shuffle(out)
     return out
-
-
-if __name__ == "__main__":  # pragma: no cover - run by hand to regenerate the shipped file
-    lines = build()
-    OUT.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    print(f"wrote {len(lines)} lines to {OUT}", file=sys.stderr)

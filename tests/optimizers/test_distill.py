@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from optimizers.distill.corpus import BUILTIN, load_corpus
+from optimizers.distill.corpus import load_corpus
 from optimizers.distill.stage import (
     DistillOptions, Student, StudentSkipped, parse_students, student_sources,
 )
@@ -283,7 +283,9 @@ def test_the_built_in_corpus_is_large_varied_and_disjoint_from_validation():
     texts, origin = load_corpus(None)
     assert "built-in" in origin and len(texts) >= 3000
     assert len({normalise(t) for t in texts}) == len(texts)
-    validation = (BUILTIN.parent / "minilm_validation.txt").read_text().splitlines()
+    from optimizers.distill.make_corpus import DATA
+
+    validation = (DATA / "minilm_validation.txt").read_text().splitlines()
     assert not {normalise(t) for t in texts} & {normalise(v) for v in validation}
     lengths = [len(t.split()) for t in texts]
     assert min(lengths) <= 3 and max(lengths) >= 15
