@@ -18,7 +18,7 @@ from ..progress import Silent
 from ..sources import SourceModel
 from .corpus import augment, load_corpus, vocabulary_words
 from .student import CannotPrune, StudentSpec, build_student, find_encoder
-from .train import TrainConfig, TrainResult, distill
+from .train import TrainConfig, TrainResult, compute_targets, deterministic, distill
 
 
 #: Most training sentences a student is trained on (each keeps the teacher's token states in
@@ -142,6 +142,7 @@ def student_sources(src: SourceModel, opts: DistillOptions, progress=None,
     names = [i.name for i in src.model_signature.inputs]
     threads = opts.threads or available_cpus()
     out: list[Student | StudentSkipped] = []
+    targets = None
     for spec in specs:
         label = f"student-{spec.name}"
         try:
@@ -150,8 +151,12 @@ def student_sources(src: SourceModel, opts: DistillOptions, progress=None,
                               batch_size=opts.batch_size, seed=opts.seed, threads=threads,
                               token_weight=opts.token_weight)
             t0 = time.monotonic()
+            if targets is None:  # once for every student: the teacher's answers are the same
+                with deterministic(opts.seed, threads):
+                    targets = compute_targets(src.torch_module, rows, encoder.pad, names,
+                                              progress)
             result = distill(student, src.torch_module, rows, encoder.pad, names, cfg, progress,
-                             label=label)
+                             label=label, targets=targets)
             desc = _describe(src, spec, info, result, origin, dropped, opts,
                              time.monotonic() - t0)
             out.append(Student(label, spec, _student_source(src, student, info, desc), desc,

@@ -116,15 +116,24 @@ def teacher_targets(teacher, rows: Sequence[np.ndarray], pad: Callable, names: l
     return outputs, states
 
 
+def compute_targets(teacher, rows: Sequence[np.ndarray], pad: Callable, names: list[str],
+                    progress):
+    progress.phase(f"teacher outputs on {len(rows)} sentences")
+    return teacher_targets(teacher, rows, pad, names, status=progress.status)
+
+
 def distill(student, teacher, rows: Sequence[np.ndarray], pad: Callable, names: list[str],
-            cfg: TrainConfig, progress=None, label: str = "student") -> TrainResult:
-    """Train ``student`` in place to match ``teacher`` on token ``rows``."""
+            cfg: TrainConfig, progress=None, label: str = "student", targets=None
+            ) -> TrainResult:
+    """Train ``student`` in place to match ``teacher`` on token ``rows``; ``targets``: the
+    teacher's ``teacher_targets`` on those rows when already computed (several students)."""
     import torch
 
     progress = progress or Silent()
     with deterministic(cfg.seed, cfg.threads):
-        progress.phase(f"{label}: teacher outputs on {len(rows)} sentences")
-        t_out, t_states = teacher_targets(teacher, rows, pad, names, status=progress.status)
+        if targets is None:
+            targets = compute_targets(teacher, rows, pad, names, progress)
+        t_out, t_states = targets
         scale = float(torch.cat(t_states).var()) or 1.0
         rng = np.random.default_rng(cfg.seed)
         hidden = _Hidden(student)
