@@ -12,7 +12,7 @@ rounds interleaved (every N once per round), medians. Per point: requests/s, p99
 size (rows per model call, from the gateway's ``optiserve_batch_size`` histogram on the metrics
 endpoint, before/after), and CPU ms per request of the gateway replicas and of the model replica.
 
-    python benchmarks/gateway_scaleout.py --repository /tmp/work/repo [--version V]
+    python -m benchmarks.gateway_scaleout --repository /tmp/work/repo [--version V]
         [--gateways 1,2,3] [--concurrency 16,64] [--rounds 3] [--seconds 8]
 
 Requires wrk (``apt-get install -y wrk``). Numbers measured here are in the README ("Sizing the
@@ -24,17 +24,15 @@ from __future__ import annotations
 import argparse
 import re
 import statistics
-import sys
 import tempfile
 import time
 import urllib.request
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import serving_vs_triton as vs  # noqa: E402  (its path setup puts the project on sys.path)
+from tests.support import loadgen as vs
 
-from serving.harness import free_port  # noqa: E402
-from serving.repository import ModelRepository  # noqa: E402
+from tests.support.harness import free_port
+from serving.repository import ModelRepository
 
 _SERIES = re.compile(r'^(ray_optiserve_batch_size_(?:sum|count))\{([^}]*)\}\s+([0-9.eE+-]+)$')
 

@@ -4,18 +4,16 @@ Runtime fp32, with each variant's batching gain (best throughput / batch-1 throu
 Needs onnxruntime-gpu (optiserve[gpu]). Variants whose provider doesn't start are listed as
 skipped with the reason.
 
-    python benchmarks/gpu_minilm.py [--out DIR] [--batch-sizes 1,8,32,128]
+    python -m benchmarks.gpu_minilm [--out DIR] [--batch-sizes 1,8,32,128]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
 
 def main() -> None:

@@ -12,7 +12,7 @@ them once alone (baseline) and once while one attacker sends, in turn:
 It prints, per attack: the steady clients' p50/p99 and errors next to the baseline, the
 attacker's status codes, and the gateway replica's peak RSS growth.
 
-    python benchmarks/hostile_clients.py [--repository DIR] [--version V] [--rounds 3] [--seconds 8]
+    python -m benchmarks.hostile_clients [--repository DIR] [--version V] [--rounds 3] [--seconds 8]
 """
 
 from __future__ import annotations
@@ -24,21 +24,20 @@ import json
 import shutil
 import socket
 import statistics
-import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
 
+
+import orjson
+import psutil
+
+from serving.config import build_serve_config, gateway_user_config
+from tests.support.harness import ServeProcess, gateway_replica
+from serving.repository import ModelRepository
+
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-import orjson  # noqa: E402
-import psutil  # noqa: E402
-
-from serving.config import build_serve_config, gateway_user_config  # noqa: E402
-from serving.harness import ServeProcess, gateway_replica  # noqa: E402
-from serving.repository import ModelRepository  # noqa: E402
 
 SENTENCE = {"name": "text", "datatype": "BYTES", "shape": [1],
             "data": ["The weather in Lyon is mild today."]}

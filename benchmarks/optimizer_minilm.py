@@ -9,7 +9,7 @@ Targets: the chosen variant >= 7x torch fp32 at b32 within cosine min >= 0.98 on
 (stretch 9x with a distilled student); `optiserve optimize minilm` with its default variants
 in <= 3 minutes.
 
-    python benchmarks/optimizer_minilm.py [--rounds 5] [--threads N] [--json out.json]
+    python -m benchmarks.optimizer_minilm [--rounds 5] [--threads N] [--json out.json]
                                           [-- extra optiserve optimize options]
 
 It first runs the optimizer (in process, publishing nothing, keeping every candidate) and times
@@ -51,10 +51,10 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
-from serving.runtimes import TextEncoder, available_cpus  # noqa: E402
+from serving.runtimes import TextEncoder, available_cpus
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def inputs(enc: TextEncoder, texts: list[str], batch: int, tokens: int) -> dict[str, np.ndarray]:
@@ -74,7 +74,7 @@ def optimize_args(extra: list[str]):
     """The CLI's own option parsing, so `-- --students l3 ...` means what it means there."""
     import typer.main
 
-    from serving.cli.optimize import optimize_command
+    from optiserve.cli.optimize import optimize_command
 
     captured = {}
 

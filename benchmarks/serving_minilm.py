@@ -10,7 +10,7 @@ interleaved, medians reported):
 (c) start-up: `optiserve serve` launched with a built repository until its first answer.
     Target <= 10 s.
 
-    python benchmarks/serving_minilm.py [--repository DIR] [--rounds 3] [--client optiserve|wrk]
+    python -m benchmarks.serving_minilm [--repository DIR] [--rounds 3] [--client optiserve|wrk]
 
 The load generator runs on the same machine (as it did for the peers compared in the issue):
 `optiserve bench` (Python, aiohttp) or wrk (C) with --client wrk.
@@ -29,15 +29,15 @@ import time
 import urllib.request
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
-from serving.config import build_serve_config, gateway_user_config  # noqa: E402
-from serving.harness import ServeProcess  # noqa: E402
-from serving.repository import ModelRepository  # noqa: E402
-from serving.runtimes import (  # noqa: E402
+from serving.config import build_serve_config, gateway_user_config
+from tests.support.harness import ServeProcess
+from serving.repository import ModelRepository
+from serving.runtimes import (
     RuntimeOptions, TextEncoder, available_cpus, length_groups, load_runtime,
 )
+
+ROOT = Path(__file__).resolve().parent.parent
 
 P99_BOUND_MS = 250.0
 SENTENCES = ROOT / "optimizers" / "data" / "minilm_validation.txt"
@@ -72,7 +72,7 @@ def load(url: str, concurrency: int, seconds: float, client: str, work: Path) ->
     if client == "wrk":
         return wrk(url, concurrency, seconds, work)
     out = subprocess.run(
-        [sys.executable, "-m", "serving.cli.main", "bench", url, "--model", "minilm",
+        [sys.executable, "-m", "optiserve.cli.main", "bench", url, "--model", "minilm",
          "--concurrency", str(concurrency), "--duration", str(seconds), "--warmup", "1",
          "--json"], capture_output=True, text=True, check=True, cwd=ROOT)
     d = json.loads(out.stdout)
@@ -117,8 +117,8 @@ def served(repo: Path, name: str, work: Path, client: str, seconds: float,
         replicas = 2
     elif name == "1x2-threads":
         cpus = 2.0
-    elif name == "sized":  # what `optiserve serve` chooses with no flags (serving.sizing)
-        from serving.sizing import machine_cpus, plan
+    elif name == "sized":  # what `optiserve serve` chooses with no flags (optiserve.sizing)
+        from optiserve.sizing import machine_cpus, plan
 
         lay = plan(machine_cpus())
         replicas, cpus, threads = lay.version_replicas, lay.cpus_per_replica, lay.threads
@@ -140,14 +140,14 @@ def served(repo: Path, name: str, work: Path, client: str, seconds: float,
 
 def startup(repo: Path, work: Path) -> float:
     """Seconds from launching `optiserve serve` until its first 200 answer."""
-    from serving.harness import free_port
+    from tests.support.harness import free_port
 
     port, mport, dport = free_port(), free_port(), free_port()
     body = json.dumps({"inputs": [{"name": "text", "datatype": "BYTES", "shape": [1],
                                    "data": ["hello"]}]}).encode()
     t0 = time.perf_counter()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "serving.cli.main", "serve", "--repository", str(repo),
+        [sys.executable, "-m", "optiserve.cli.main", "serve", "--repository", str(repo),
          "--port", str(port), "--metrics-port", str(mport), "--dashboard-port", str(dport)],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT)
     try:
@@ -184,7 +184,7 @@ def main() -> None:
     if repo is None:
         repo = work / "repo"
         print("optimizing minilm (publish best) ...", flush=True)
-        subprocess.run([sys.executable, "-m", "serving.cli.main", "optimize", "minilm",
+        subprocess.run([sys.executable, "-m", "optiserve.cli.main", "optimize", "minilm",
                         "--repository", str(repo), "-q"], check=True, cwd=work)
     configs = args.configs.split(",")
     concurrencies = [int(c) for c in args.concurrency.split(",")]

@@ -10,7 +10,7 @@ server first starts). Per server and round it measures:
   (``--concurrency``, ``--seconds`` each after a 2 s warm-up), varied sentences rotated by a Lua
   script; the best point with no errors within the bound;
 - p99 at 70 % of Triton's max rate of the same round: open loop (Poisson arrivals, latency from
-  each request's scheduled time) by ``optiserve bench --rate``'s generator (serving.bench, run
+  each request's scheduled time) by ``optiserve bench --rate``'s generator (optiserve.bench, run
   in this process: the CLI's own bodies lack Triton's batch dimension) for both servers;
 - CPU seconds per request of every process of the server's tree (utime + stime from /proc of the
   server process and all its descendants), grouped by process name: for optiserve the
@@ -34,7 +34,7 @@ the machine's CPUs, ``--triton-threads``; no spinning, as optiserve), under
 ``dynamic_batching { max_queue_delay_microseconds: 5000 }`` and the manifest's max_batch_size.
 The ONNX graph pools itself, so both servers return its ``embedding`` output as it is.
 
-    python benchmarks/serving_vs_triton.py --repository /tmp/work/repo [--version V]
+    python -m benchmarks.serving_vs_triton --repository /tmp/work/repo [--version V]
         [--rounds 3] [--seconds 8] [--optiserve-flags "--replicas 2"] [--json out.json]
 
 Requirements: wrk (Debian package ``wrk``: ``apt-get install -y wrk``; without it the sweep falls
@@ -107,338 +107,73 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import resource
-import shlex
 import shutil
 import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+import numpy as np
 
-import numpy as np  # noqa: E402
-
-from serving.harness import free_port  # noqa: E402
-from serving.repository import ModelRepository  # noqa: E402
-from serving.runtimes import available_cpus  # noqa: E402
+from serving.repository import ModelRepository
+from serving.runtimes import available_cpus
+from tests.support.harness import free_port
+from tests.support.loadgen import (
+    Server, infer, measured, min_cosine, optiserve_command, pick_version, settle, texts, wrk,
+    wrk_script,
+)
+from tests.support.triton import triton_command, triton_install, triton_repository
 
 P99_BOUND_MS = 250.0
 OPEN_LOOP_SHARE = 0.7
 WARMUP_S = 2.0
-SENTENCES = ROOT / "optimizers" / "data" / "minilm_validation.txt"
-TRITON_PACKAGES = ["nvidia-pytriton==0.7.0", "numpy<2", "onnxruntime", "tokenizers"]
 MATCH_COSINE = 0.99
 
-TRITON_MODEL_PY = '''\
-"""minilm for Triton's python backend: tokenize the merged requests once, one ORT call."""
-import json
-
-import numpy as np
-import triton_python_backend_utils as pb_utils
 
 
-class TritonPythonModel:
-    def initialize(self, args):
-        import onnxruntime as ort
-        from tokenizers import Tokenizer
-
-        cfg = json.loads(args["model_config"])["parameters"]
-        p = {k: v["string_value"] for k, v in cfg.items()}
-        self.tok = Tokenizer.from_file(p["tokenizer"])
-        self.tok.no_padding()
-        self.tok.enable_truncation(int(p["max_length"]))
-        pad = self.tok.token_to_id("[PAD]")
-        self.pad_id = 0 if pad is None else pad
-        so = ort.SessionOptions()
-        so.intra_op_num_threads = int(p["threads"])
-        so.inter_op_num_threads = 1
-        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        so.add_session_config_entry("session.inter_op.allow_spinning", "0")
-        self.sess = ort.InferenceSession(p["model"], so, providers=["CPUExecutionProvider"])
-        self.ids, self.mask, self.out = p["ids_input"], p["mask_input"], p["output"]
-
-    def execute(self, requests):
-        # an exception escaping here can take the stub down: answer every request instead
-        try:
-            counts, texts = [], []
-            for r in requests:
-                t = pb_utils.get_input_tensor_by_name(r, "text").as_numpy().reshape(-1)
-                counts.append(len(t))
-                texts += [x.decode("utf-8") if isinstance(x, bytes) else str(x) for x in t]
-            rows = [e.ids for e in self.tok.encode_batch(texts)]
-            width = max(len(x) for x in rows)
-            ids = np.full((len(rows), width), self.pad_id, dtype=np.int64)
-            mask = np.zeros((len(rows), width), dtype=np.int64)
-            for i, x in enumerate(rows):
-                ids[i, :len(x)] = x
-                mask[i, :len(x)] = 1
-            feeds = {self.ids: ids}
-            if self.mask:
-                feeds[self.mask] = mask
-            emb = self.sess.run([self.out], feeds)[0]
-            out, i = [], 0
-            for n in counts:
-                out.append(pb_utils.InferenceResponse([pb_utils.Tensor(self.out, emb[i:i + n])]))
-                i += n
-            return out
-        except Exception as e:
-            return [pb_utils.InferenceResponse(error=pb_utils.TritonError(f"minilm: {e}"))
-                    for _ in requests]
-'''
 
 
-def texts() -> list[str]:
-    return [t.strip() for t in SENTENCES.read_text().splitlines() if t.strip()]
 
 
-def oip_body(sentences: list[str], batched: bool) -> bytes:
-    """An OIP JSON request; batched: Triton's batch dimension ([n, 1]), else optiserve's [n]."""
-    shape = [len(sentences), 1] if batched else [len(sentences)]
-    return json.dumps({"inputs": [{"name": "text", "datatype": "BYTES", "shape": shape,
-                                   "data": sentences}]}).encode()
-
-
-def infer(url: str, sentences: list[str], batched: bool, timeout: float = 10) -> np.ndarray:
-    req = urllib.request.Request(f"{url}/v2/models/minilm/infer",
-                                 data=oip_body(sentences, batched),
-                                 headers={"Content-Type": "application/json"}, method="POST")
-    with urllib.request.urlopen(req, timeout=timeout) as r:
-        out = json.loads(r.read())["outputs"][0]
-    return np.asarray(out["data"], dtype=np.float32).reshape(out["shape"])
 
 
 # --- Triton: install, model repository, command ---------------------------------------------
 
-def triton_install(cache: Path) -> tuple[Path, dict]:
-    """Triton's directory (binary, python backend and stub) and the environment it runs with;
-    the venv and the copy out of the wheel are made on first use."""
-    venv = cache / "triton-venv"
-    py = venv / "bin" / "python"
-    if not py.exists():
-        print(f"installing Triton's venv in {venv} ...", flush=True)
-        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
-        subprocess.run([str(py), "-m", "pip", "install", "-q", *TRITON_PACKAGES], check=True)
-    info = json.loads(subprocess.run(
-        [str(py), "-c", ("import json, sys, sysconfig; print(json.dumps(["
-                         "sysconfig.get_paths()['purelib'], sysconfig.get_config_var('LIBDIR'), "
-                         "f'{sys.version_info[0]}.{sys.version_info[1]}']))")],
-        capture_output=True, text=True, check=True).stdout)
-    site, libdir, pyver = Path(info[0]), info[1], info[2]
-    server = cache / "tritonserver"
-    if not (server / "backends" / "python" / "triton_python_backend_stub").exists():
-        shutil.rmtree(server, ignore_errors=True)
-        shutil.copytree(site / "pytriton" / "tritonserver", server)
-        shutil.copy2(server / "python_backend_stubs" / pyver / "triton_python_backend_stub",
-                     server / "backends" / "python" / "triton_python_backend_stub")
-    # the stub embeds Python, which finds its prefix (and so the venv) from python3 on PATH
-    env = {"LD_LIBRARY_PATH": f"{libdir}:{site / 'nvidia_pytriton.libs'}",
-           "PATH": f"{venv / 'bin'}:{os.environ.get('PATH', '')}"}
-    return server, env
 
 
-def triton_repository(work: Path, version_dir: Path, manifest, threads: int,
-                      delay_us: int) -> Path:
-    pre = manifest.preprocessing
-    models = work / "triton-models"
-    (models / "minilm" / "1").mkdir(parents=True, exist_ok=True)
-    (models / "minilm" / "1" / "model.py").write_text(TRITON_MODEL_PY)
-    params = {"model": version_dir / manifest.model_file,
-              "tokenizer": version_dir / pre.tokenizer_file, "max_length": pre.max_length,
-              "threads": threads, "ids_input": pre.ids_input, "mask_input": pre.mask_input or "",
-              "output": manifest.model_signature.outputs[0].name}
-    dim = manifest.signature.outputs[0].shape[-1]
-    (models / "minilm" / "config.pbtxt").write_text(
-        'backend: "python"\n'
-        f"max_batch_size: {manifest.batching.max_batch_size}\n"
-        'input [ { name: "text" data_type: TYPE_STRING dims: [ 1 ] } ]\n'
-        f'output [ {{ name: "embedding" data_type: TYPE_FP32 dims: [ {dim} ] }} ]\n'
-        f"dynamic_batching {{ max_queue_delay_microseconds: {delay_us} }}\n"
-        "instance_group [ { count: 1 kind: KIND_CPU } ]\n"
-        "parameters [\n" + ",\n".join(
-            f'  {{ key: "{k}" value: {{ string_value: "{v}" }} }}' for k, v in params.items())
-        + "\n]\n")
-    return models
 
 
-def triton_command(server: Path, models: Path, port: int) -> list[str]:
-    return [str(server / "bin" / "tritonserver"), f"--model-repository={models}",
-            f"--backend-directory={server / 'backends'}",
-            f"--cache-directory={server / 'caches'}",
-            "--http-address=127.0.0.1", f"--http-port={port}",
-            "--grpc-address=127.0.0.1", f"--grpc-port={free_port()}",
-            "--metrics-address=127.0.0.1", f"--metrics-port={free_port()}",
-            "--exit-timeout-secs=20", "--log-verbose=0"]
 
 
-def optiserve_command(repo: Path, version: int, port: int, flags: str) -> list[str]:
-    return [sys.executable, "-m", "serving.cli.main", "serve", f"minilm:{version}",
-            "--repository", str(repo), "--port", str(port), "--metrics-port", str(free_port()),
-            "--dashboard-port", str(free_port()), *shlex.split(flags)]
 
 
 # --- a server in its own process group --------------------------------------------------------
 
-class Server:
-    """A server command in its own session on a free loopback port; stop() ends its group."""
-
-    def __init__(self, name: str, cmd: list[str], port: int, log: Path, batched: bool,
-                 env: dict | None = None):
-        self.name, self.cmd, self.log_path, self.batched = name, cmd, log, batched
-        self.url = f"http://127.0.0.1:{port}"
-        self.env = {**os.environ, "COLUMNS": "200", **(env or {})}
-        self.proc: subprocess.Popen | None = None
-
-    def start(self, timeout: float = 240) -> Server:
-        self._log = open(self.log_path, "w")  # noqa: SIM115 - closed by stop()
-        self.proc = subprocess.Popen(self.cmd, stdout=self._log, stderr=subprocess.STDOUT,
-                                     env=self.env, cwd=ROOT, start_new_session=True)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"{self.name} exited {self.proc.returncode}:\n"
-                                   + self.log_path.read_text()[-3000:])
-            try:
-                infer(self.url, ["warm"], self.batched, timeout=5)
-                return self
-            except urllib.error.HTTPError as e:
-                if e.code not in (404, 503):  # not a not-yet-ready answer: a wrong request
-                    self.stop()
-                    raise RuntimeError(f"{self.name} answered {e.code}: "
-                                       f"{e.read()[:500]!r}") from None
-                time.sleep(0.3)
-            except OSError:
-                time.sleep(0.3)
-        self.stop()
-        raise RuntimeError(f"{self.name} not ready in {timeout} s:\n"
-                           + self.log_path.read_text()[-3000:])
-
-    def stop(self, timeout: float = 60) -> None:
-        if self.proc is None:
-            return
-        pgid = self.proc.pid  # start_new_session: the leader's PID is the group's id
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)  # the leader shuts its own children down
-            try:
-                self.proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                pass
-        for sig in (signal.SIGTERM, signal.SIGKILL):  # whatever of the group is left
-            try:
-                os.killpg(pgid, sig)
-            except ProcessLookupError:
-                break
-            time.sleep(2)
-        if self.proc.poll() is None:
-            self.proc.wait(timeout=10)
-        self._log.close()
-        self.proc = None
 
 
 # --- CPU of a process tree ---------------------------------------------------------------------
 
-def group_name(pid: int) -> str:
-    """A process's group: Ray's process title (less the method it runs now), the dashboard's
-    module processes, a Python script, module or -c import, or the executable."""
-    argv = [a.decode(errors="replace") for a in
-            Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0") if a]
-    if not argv:
-        return "?"
-    if argv[0].startswith("ray::"):  # e.g. ray::ServeController.listen_for_change
-        return argv[0].split()[0].split(".")[0]
-    if argv[0].startswith("ray-dashboard-"):  # ray-dashboard-JobHead-0 (python -c ...)
-        return "ray-dashboard modules"
-    if "serving.cli.main" in argv:
-        return "optiserve serve (driver)"
-    exe = Path(argv[0]).name
-    if exe.startswith("python"):
-        for i, a in enumerate(argv[1:-1], 1):
-            if a == "-m":
-                return argv[i + 1]
-            if a == "-c":  # multiprocessing's helpers: from multiprocessing.forkserver import..
-                words = argv[i + 1].split()
-                return f"python -c {words[1] if len(words) > 1 else ''}".strip()
-            if a.endswith(".py"):
-                return Path(a).name
-        if argv[-1].endswith(".py"):
-            return Path(argv[-1]).name
-    return exe
 
 
-def tree_cpu(root: int) -> dict[int, tuple[str, float]]:
-    """{pid: (group, utime + stime in s)} of root and all its descendants."""
-    import psutil
-
-    tick = os.sysconf("SC_CLK_TCK")
-    try:
-        pids = [root, *(p.pid for p in psutil.Process(root).children(recursive=True))]
-    except psutil.Error:
-        return {}
-    out = {}
-    for pid in pids:
-        try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-            out[pid] = (group_name(pid), (int(fields[11]) + int(fields[12])) / tick)
-        except (OSError, IndexError, ValueError):
-            continue
-    return out
 
 
-def cpu_per_request(before: dict, after: dict, requests: int) -> dict[str, float]:
-    """CPU seconds per request by group between two tree_cpu readings."""
-    groups: dict[str, float] = {}
-    for pid, (group, t) in after.items():
-        groups[group] = groups.get(group, 0.0) + t - before.get(pid, (group, 0.0))[1]
-    return {g: s / max(requests, 1) for g, s in sorted(groups.items())}
 
 
 # --- load ----------------------------------------------------------------------------------------
 
-def wrk_script(work: Path, batched: bool) -> Path:
-    script = work / f"minilm{'-batched' if batched else ''}.lua"
-    bodies = ",\n".join(f"[==[{oip_body([t], batched).decode()}]==]" for t in texts())
-    script.write_text(
-        f"local bodies = {{\n{bodies}\n}}\nlocal i = 0\nwrk.method = 'POST'\n"
-        "wrk.headers['Content-Type'] = 'application/json'\n"
-        "request = function()\n  i = i % #bodies + 1\n"
-        "  return wrk.format(nil, nil, nil, bodies[i])\nend\n")
-    return script
 
 
-def wrk(url: str, concurrency: int, seconds: float, script: Path) -> dict:
-    out = subprocess.run(["wrk", f"-t{min(2, concurrency)}", f"-c{concurrency}",
-                          f"-d{max(1, round(seconds))}s", "--latency", "--timeout", "10s",
-                          "-s", str(script), f"{url}/v2/models/minilm/infer"],
-                         capture_output=True, text=True, check=True, timeout=seconds + 60).stdout
-    lines = [line.strip() for line in out.splitlines()]
-    rps = float(next(line.split()[1] for line in lines if line.startswith("Requests/sec")))
-    total = int(next(line.split()[0] for line in lines if " requests in " in line))
-    p99 = next(line.split()[1] for line in lines if line.startswith("99%"))
-    scale = {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 6e4}
-    unit = next(u for u in ("us", "ms", "s", "m") if p99.endswith(u))
-    errors = sum(int(line.split()[-1]) for line in lines if line.startswith("Non-2xx"))
-    for line in lines:
-        if line.startswith("Socket errors:"):
-            errors += sum(int(x.strip(",")) for x in line.split()[3::2])
-    return {"rps": rps, "p99_ms": float(p99[:-len(unit)]) * scale[unit], "requests": total,
-            "errors": errors}
 
 
 def bench(server: Server, seconds: float, warmup: float, *, concurrency: int | None = None,
           rate: float | None = None) -> dict:
-    """``optiserve bench``'s load (serving.bench): closed loop (concurrency) or open loop (rate,
+    """``optiserve bench``'s load (optiserve.bench): closed loop (concurrency) or open loop (rate,
     Poisson arrivals), JSON bodies of one sentence each in the server's shape."""
     import asyncio
 
-    from serving.bench import BenchOptions, run_bench
+    from optiserve.bench import BenchOptions, run_bench
 
     shape = (1, 1) if server.batched else (1,)
     inputs = [{"text": np.array([t], dtype=object).reshape(shape)} for t in texts()]
@@ -449,55 +184,14 @@ def bench(server: Server, seconds: float, warmup: float, *, concurrency: int | N
             "errors": sum(d.errors.values())}
 
 
-def client_cpu() -> float:
-    """CPU seconds of this process (optiserve bench's client runs in it) and its reaped
-    children (wrk)."""
-    own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(
-        resource.RUSAGE_CHILDREN)
-    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
 
 
-def machine_cpu() -> tuple[float, float]:
-    """(busy, steal) CPU seconds of the whole machine since boot, from /proc/stat."""
-    f = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
-    tick = os.sysconf("SC_CLK_TCK")
-    user, nice, system, _idle, _iowait, irq, softirq, steal = f
-    return (user + nice + system + irq + softirq) / tick, steal / tick
 
 
-def measured(server: Server, run) -> dict:
-    """A load run with the server tree's CPU per request by process group, the load
-    generator's, and what the rest of the machine used meanwhile (cores; others' work here
-    shows as interference)."""
-    before, c0, m0, t0 = tree_cpu(server.proc.pid), client_cpu(), machine_cpu(), time.monotonic()
-    r = run()
-    after, c1, m1, wall = tree_cpu(server.proc.pid), client_cpu(), machine_cpu(), \
-        time.monotonic() - t0
-    n = max(r["requests"], 1)
-    r["cpu_s_per_request"] = cpu_per_request(before, after, n)
-    r["client_cpu_s_per_request"] = (c1 - c0) / n
-    ours = (c1 - c0) + n * sum(r["cpu_s_per_request"].values())
-    r["other_cores"] = max(0.0, (m1[0] - m0[0] - ours) / wall)
-    r["steal_cores"] = (m1[1] - m0[1]) / wall
-    return r
 
 
-def tree_total(server: Server) -> float:
-    return sum(t for _, t in tree_cpu(server.proc.pid).values())
 
 
-def settle(server: Server, quiet_cores: float = 0.25, timeout: float = 30) -> tuple[float, float]:
-    """Wait until the server's start-up work is done (its tree under quiet_cores for 1 s), then
-    measure what it uses idle for 3 s: (seconds waited, idle cores)."""
-    t0 = time.monotonic()
-    while time.monotonic() - t0 < timeout:
-        a = tree_total(server)
-        time.sleep(1.0)
-        if tree_total(server) - a < quiet_cores:
-            break
-    waited, a = time.monotonic() - t0, tree_total(server)
-    time.sleep(3.0)
-    return waited, (tree_total(server) - a) / 3.0
 
 
 def server_round(server: Server, concurrencies: list[int], seconds: float,
@@ -604,8 +298,6 @@ def answers(server: Server, sentences: list[str]) -> dict[str, np.ndarray]:
             "together": infer(server.url, sentences, server.batched)}
 
 
-def min_cosine(a: np.ndarray, b: np.ndarray) -> float:
-    return float(((a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))).min())
 
 
 def check_outputs(embeddings: dict[str, dict[str, np.ndarray]]) -> dict[str, float]:
@@ -633,14 +325,6 @@ def print_outputs(cosines: dict[str, float], n: int) -> None:
           "longest)")
 
 
-def pick_version(repo: ModelRepository) -> int:
-    """The newest onnx-int8-dynamic version of minilm, else the newest ONNX one."""
-    onnx = [v for v in reversed(repo.versions("minilm"))
-            if repo.get("minilm", v).manifest.runtime == "onnxruntime"]
-    if not onnx:
-        sys.exit(f"minilm has no ONNX version in {repo.root}: Triton's side needs model.onnx")
-    return next((v for v in onnx if repo.get("minilm", v).manifest.variant
-                 == "onnx-int8-dynamic"), onnx[0])
 
 
 def run_rounds(configs: dict[str, list[str] | None], start, concurrencies: list[int],

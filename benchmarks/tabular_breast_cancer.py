@@ -4,7 +4,7 @@ as a replica runs them), measured in one run with the rounds interleaved (refere
 reference, ...), medians of the per-round medians reported, plus the chosen variant's F1 and
 ROC AUC change on the held-out rows (from its manifest).
 
-    python benchmarks/tabular_breast_cancer.py [--rounds 5] [--select-features 5,10,20]
+    python -m benchmarks.tabular_breast_cancer [--rounds 5] [--select-features 5,10,20]
                                                [--json out.json]
 
 It first runs `optiserve optimize breast-cancer --select-features ... --publish all` into a
@@ -38,18 +38,18 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
-from serving.repository import ModelRepository  # noqa: E402
-from serving.runtimes import RuntimeOptions, load_runtime  # noqa: E402
+from serving.repository import ModelRepository
+from serving.runtimes import RuntimeOptions, load_runtime
+
+ROOT = Path(__file__).resolve().parent.parent
 
 MODEL = "breast-cancer"
 
 
 def optimize(work: Path, ks: str) -> tuple[Path, str]:
     repo, report = work / "repo", work / "report"
-    subprocess.run([sys.executable, "-m", "serving.cli.main", "optimize", MODEL,
+    subprocess.run([sys.executable, "-m", "optiserve.cli.main", "optimize", MODEL,
                     "--select-features", ks, "--publish", "all", "--repository", str(repo),
                     "--report", str(report), "--batch-sizes", "1,256", "-q"],
                    check=True, cwd=work, stdout=subprocess.DEVNULL)

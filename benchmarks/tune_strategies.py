@@ -10,7 +10,7 @@ prints the best throughput under the SLO, the trial that found it, and how many 
 to come within 5 % of the grid's best. Bounded: every trial has at most ``--max-steps`` steps
 and each strategy at most ``--budget-s`` seconds.
 
-    python benchmarks/tune_strategies.py [--repository R --model M] [--slo-p99-ms 50]
+    python -m benchmarks.tune_strategies [--repository R --model M] [--slo-p99-ms 50]
         [--trials 24] [--seeds 0] [--budget-s 200]
 
 Measured twice (2-core VM, no GPU; tiny classifier; SLO p99 <= 50 ms; space max_batch_size
@@ -49,21 +49,21 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
-from serving.bench import fetch_metadata, load_inputs  # noqa: E402
-from serving.config import build_serve_config  # noqa: E402
-from serving.harness import ServeProcess  # noqa: E402
-from serving.repository import ModelRepository  # noqa: E402
-from serving.sizing import machine_cpus  # noqa: E402
-from serving.tune.runner import (  # noqa: E402
+from optiserve.bench import fetch_metadata, load_inputs
+from serving.config import build_serve_config
+from tests.support.harness import ServeProcess
+from serving.repository import ModelRepository
+from optiserve.sizing import machine_cpus
+from optiserve.tune.runner import (
     Events, LoadPlan, Measurer, Target, TuneOptions, Tuner, reservation,
 )
-from serving.tune.scoring import best_trial, trials_to_reach  # noqa: E402
-from serving.tune.space import defaults_from, limits, parse_space  # noqa: E402
-from serving.tune.strategies import make_strategy  # noqa: E402
-from serving.tune.study import StudyFile  # noqa: E402
+from optiserve.tune.scoring import best_trial, trials_to_reach
+from optiserve.tune.space import defaults_from, limits, parse_space
+from optiserve.tune.strategies import make_strategy
+from optiserve.tune.study import StudyFile
+
+ROOT = Path(__file__).resolve().parent.parent
 
 SPACE = {"max_batch_size": [1, 8, 32], "max_delay_ms": [0, 2], "replicas": [1, 2],
          "threads": [1], "gateway_replicas": [1, 2]}
@@ -72,7 +72,7 @@ SPACE = {"max_batch_size": [1, 8, 32], "max_delay_ms": [0, 2], "replicas": [1, 2
 def tiny_repository(work: Path) -> Path:
     repo = work / "repo"
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    subprocess.run([sys.executable, "-m", "serving.cli.main", "optimize",
+    subprocess.run([sys.executable, "-m", "optiserve.cli.main", "optimize",
                     "tests.fixtures.tiny_models:classifier", "--input", "x:FP32:-1,16",
                     "--task", "classification", "--name", "tiny", "--variants", "onnx-fp32",
                     "--min-time", "0.1", "--batch-sizes", "1,8", "--repository", str(repo),
@@ -109,7 +109,7 @@ def main() -> None:
     manifest = repo.manifest(args.model, version)
     space = parse_space(SPACE)
     cpus = machine_cpus()
-    from serving.sizing import plan
+    from optiserve.sizing import plan
 
     defaults = defaults_from(manifest, plan(cpus, 0, versions=1))
     lim = limits(space, defaults)

@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from serving.harness import PrometheusProcess, ServeProcess, free_port  # noqa: F401
+from tests.support.harness import PrometheusProcess, ServeProcess, free_port  # noqa: F401
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -18,7 +18,7 @@ def run_cli(*args: str, env: dict | None = None, timeout: float = 900, cwd: Path
     full_env = {**os.environ, "COLUMNS": "200", **(env or {})}
     full_env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), full_env.get("PYTHONPATH")]))
     return subprocess.run(
-        [sys.executable, "-m", "serving.cli.main", *args], capture_output=True, text=True,
+        [sys.executable, "-m", "optiserve", *args], capture_output=True, text=True,
         env=full_env, timeout=timeout, cwd=cwd or ROOT,
     )
 
@@ -42,7 +42,7 @@ def http(method: str, url: str, body: bytes | None = None, headers: dict | None 
 
 def serve_api(base: str, method: str = "GET", doc: dict | None = None) -> dict | None:
     """Ray Serve's declarative REST API, as the rollout controller and KubeRay use it."""
-    from serving.serve_api import ServeAPI
+    from optiserve.serve_api import ServeAPI
 
     api = ServeAPI(base)
     if method == "GET":

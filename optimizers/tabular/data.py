@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from serving.rows import is_number, read_rows
+from optimizers.rows import is_number, read_rows
 
 from ..errors import ValidationDataError
 

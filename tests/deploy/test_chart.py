@@ -238,9 +238,9 @@ def _sized(values: dict) -> tuple:
 @pytest.mark.parametrize("values_file", [None, "production"])
 def test_chart_defaults_follow_the_serving_sizing_rule(values_file):
     """The default layout is what `optiserve serve` chooses for a machine of one worker pod's
-    CPUs (serving.sizing.plan), once per worker pod: the gateway's replicas and CPUs, the model's
+    CPUs (optiserve.sizing.plan), once per worker pod: the gateway's replicas and CPUs, the model's
     replicas, reserved CPUs and intra-op threads."""
-    from serving.sizing import plan
+    from optiserve.sizing import plan
 
     values = yaml.safe_load((CHART / "values.yaml").read_text())
     if values_file:
@@ -258,7 +258,7 @@ def test_chart_defaults_follow_the_serving_sizing_rule(values_file):
 
 
 def test_sizing_check_can_fail():
-    from serving.sizing import plan
+    from optiserve.sizing import plan
 
     values = yaml.safe_load((CHART / "values.yaml").read_text())
     values["workers"]["cpu"]["resources"]["requests"]["cpu"] = "8"
@@ -277,8 +277,8 @@ def _deep_merge(base: dict, over: dict) -> dict:
 
 def test_serve_config_equals_what_the_serving_code_builds(rendered):
     """The defaults map to exactly build_serve_config's layout (gateway + one app per version),
-    sized by serving.sizing.plan for the default worker pod."""
-    from serving.sizing import plan
+    sized by optiserve.sizing.plan for the default worker pod."""
+    from optiserve.sizing import plan
 
     values = yaml.safe_load((CHART / "values.yaml").read_text())
     layout = plan(_worker_cpus(values))
@@ -432,7 +432,7 @@ def test_rollout_controller_least_privilege(rendered):
     assert env["OPTISERVE_ROLLOUT_TARGET"] == "rayservice"
     assert env["OPTISERVE_RAYSERVICE"] == rs_name
     # one state ConfigMap per model, named by the prefix the controller gets
-    from serving.rollout.store import configmap_name
+    from optiserve.rollout.store import configmap_name
 
     assert env["OPTISERVE_ROLLOUT_CONFIGMAP"] == "osv-optiserve-rollout-state"
     assert named["configmaps"] == [configmap_name(env["OPTISERVE_ROLLOUT_CONFIGMAP"], "minilm")]
@@ -452,7 +452,7 @@ def test_rollout_controller_least_privilege(rendered):
     relabels = pm["spec"]["podMetricsEndpoints"][0]["relabelings"]
     assert {"sourceLabels": ["__meta_kubernetes_pod_label_app_kubernetes_io_instance"],
             "targetLabel": "release"} in relabels
-    from serving.rollout import RolloutSpec
+    from optiserve.rollout import RolloutSpec
 
     RolloutSpec(model="m", stable=1, canary=2,
                 prometheus_selector=env["OPTISERVE_PROMETHEUS_SELECTOR"].replace(
@@ -467,9 +467,9 @@ def test_rollout_controller_least_privilege(rendered):
     ["my_model", "bert.", "a-", "x_y_z", "0---", "a..b-"],
 ])
 def test_state_configmap_names_are_the_controllers(helm, tmp_path, models):
-    """The Role names exactly the ConfigMaps serving.rollout.store.configmap_name gives, for
+    """The Role names exactly the ConfigMaps optiserve.rollout.store.configmap_name gives, for
     names that are Kubernetes names as they are and names that are hashed."""
-    from serving.rollout.store import configmap_name
+    from optiserve.rollout.store import configmap_name
 
     values = tmp_path / "values.yaml"
     values.write_text(yaml.safe_dump({"serve": {"models": {

@@ -99,7 +99,7 @@ def test_ray_token_auth_from_a_secret_reaches_kuberay_and_the_controller(helm, t
     env = {e["name"]: e.get("value") for e in c["env"]}
     assert env["RAY_AUTH_TOKEN_PATH"] == f"{mount['mountPath']}/auth_token"
     # the controller's Serve API client reads exactly that file
-    from serving import serve_api
+    from optiserve import serve_api
 
     (tmp_path / "auth_token").write_text("s3cret\n")
     saved = {k: os.environ.pop(k, None) for k in ("RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH")}

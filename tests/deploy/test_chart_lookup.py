@@ -16,8 +16,8 @@ import pytest
 import yaml
 
 from serving.config import validate_serve_config
-from serving.rollout.state import OwnedSplit, RolloutSpec, RolloutState
-from serving.rollout.store import configmap_name
+from optiserve.rollout.state import OwnedSplit, RolloutSpec, RolloutState
+from optiserve.rollout.store import configmap_name
 
 from .conftest import (CHART, CI_VALUES, MONITORING_API, helm_template, rayservice, run,
                        serve_config)

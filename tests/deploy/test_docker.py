@@ -255,7 +255,7 @@ def guarded(name, *a, **k):
     return real(name, *a, **k)
 builtins.__import__ = guarded
 sys.argv = ["optiserve", *sys.argv[2:]]
-from serving.cli.main import main
+from optiserve.cli.main import main
 main()
 '''
 
@@ -306,6 +306,6 @@ def test_repo_verify_runs_without_what_the_init_image_lacks(tmp_path):
     assert bad.returncode != 0 and "not in the init image" not in bad.stderr, bad.stderr
     # and the guard is live: a blocked module cannot be imported
     r = subprocess.run([sys.executable, "-c", _BLOCKING_RUN.replace(
-        "from serving.cli.main import main\nmain()", "import numpy"), "numpy"],
+        "from optiserve.cli.main import main\nmain()", "import numpy"), "numpy"],
         capture_output=True, text=True, timeout=60)
     assert r.returncode != 0 and "not in the init image" in r.stderr

@@ -29,7 +29,7 @@ import yaml
 
 from serving import metrics as M
 from serving.config import build_serve_config, gateway_user_config
-from serving.local import free_port
+from optiserve.local import free_port
 
 from .conftest import ROOT, find_tool, only
 
@@ -103,7 +103,7 @@ def live(minilm_build, tmp_path_factory):
     http, metrics, dashboard, prom, ctl = (free_port() for _ in range(5))
     env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_metrics_report_interval_ms": "1000",
            "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
-    optiserve = [sys.executable, "-m", "serving.cli.main"]
+    optiserve = [sys.executable, "-m", "optiserve.cli.main"]
 
     # two versions: stable takes 70%, the canary 30% and a mirror of half of stable's requests
     doc = build_serve_config(str(repo), [("minilm", stable), ("minilm", canary)], port=http,

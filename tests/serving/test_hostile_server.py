@@ -18,7 +18,7 @@ import psutil
 import pytest
 
 from serving.config import build_serve_config, gateway_user_config
-from serving.harness import gateway_replica
+from tests.support.harness import gateway_replica
 from serving.repository import ModelRepository
 from tests.helpers import PrometheusProcess, ServeProcess, http
 from tests.serving.conftest import version_of

@@ -14,7 +14,7 @@ import orjson
 import pytest
 
 from serving import listener as L
-from serving.local import free_port
+from optiserve.local import free_port
 from serving.protocol import PayloadTooLarge
 
 LIMIT = 1000

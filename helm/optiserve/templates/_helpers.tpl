@@ -44,7 +44,7 @@ app.kubernetes.io/part-of: optiserve
 {{- end -}}
 
 {{/* The ConfigMap holding one model's rollout state; argument: (list $ model). Exactly
-     serving.rollout.store.configmap_name: "<prefix>-<model>" when the model name is a valid
+     optiserve.rollout.store.configmap_name: "<prefix>-<model>" when the model name is a valid
      Kubernetes name as it is, else "<prefix>-<sanitized>-<first 8 hex of sha256(model)>". */}}
 {{- define "optiserve.modelStateConfigMap" -}}
 {{- $prefix := include "optiserve.stateConfigMap" (index . 0) -}}

@@ -8,7 +8,7 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from ..repository import ModelRepository, RepositoryError, parse_ref
+from serving.repository import ModelRepository, RepositoryError, parse_ref
 from .common import RepositoryOption, console, err_console, fail
 
 app = typer.Typer(help="Inspect the model repository.", no_args_is_help=True)

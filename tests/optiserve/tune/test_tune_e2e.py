@@ -65,7 +65,7 @@ def test_tune_interrupted_resumed_applied_end_to_end(server, tiny_repo, tmp_path
             "--slo-p99-ms", "1000", "--study", str(study), *SHORT]
 
     # interrupted (Ctrl-C) once two trials are recorded
-    first = subprocess.Popen([sys.executable, "-m", "serving.cli.main", *args],
+    first = subprocess.Popen([sys.executable, "-m", "optiserve.cli.main", *args],
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                              env=_env(), cwd=ROOT)
     deadline = time.monotonic() + 60
@@ -126,7 +126,7 @@ def test_tune_interrupted_resumed_applied_end_to_end(server, tiny_repo, tmp_path
 
 
 def server_replicas(server) -> list[str]:
-    from serving.serve_api import ServeAPI
+    from optiserve.serve_api import ServeAPI
 
     deadline = time.monotonic() + 60
     while True:
@@ -142,7 +142,7 @@ def gateway_user_config(server, want: dict | None = None) -> dict:
     """The gateway's user_config as Serve runs it; with ``want``, waited for (a minute at
     most) to become that."""
     from serving.config import GATEWAY_APP, GATEWAY_DEPLOYMENT
-    from serving.serve_api import ServeAPI
+    from optiserve.serve_api import ServeAPI
 
     deadline = time.monotonic() + 60
     while True:

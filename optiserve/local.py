@@ -9,7 +9,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from .config import GATEWAY_APP, LISTEN_ENV, validate_serve_config
+from serving.config import GATEWAY_APP, LISTEN_ENV, validate_serve_config
 from .serve_api import ServeAPI
 
 

@@ -1,16 +1,15 @@
-"""Run a real ``optiserve serve`` and a real Prometheus as subprocesses on free loopback ports.
-
-Used by the integration tests and the benchmarks; each is stopped by its own PID.
+"""Test and benchmark harness: a real Prometheus on a free loopback port, the gateway replica's
+process of a running server. (``optiserve serve`` itself is started with the product's own
+:class:`optiserve.server.ServeProcess`, re-exported here.) Each process is stopped by its PID.
 """
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 from pathlib import Path
 
-from .local import free_port  # one port picker, which avoids Ray's default ports
+from optiserve.local import free_port  # one port picker, which avoids Ray's default ports
+from optiserve.server import ServeProcess  # noqa: F401  (re-exported for the tests)
 
 
 def gateway_replica(serve_pid: int):
@@ -24,64 +23,6 @@ def gateway_replica(serve_pid: int):
         except psutil.Error:
             continue
     raise LookupError("no gateway replica process")
-
-
-class ServeProcess:
-    """A real ``optiserve serve --config`` in a subprocess, on free ports; stop() by PID."""
-
-    def __init__(self, config: dict, workdir: Path, env: dict | None = None,
-                 extra_args: list[str] | None = None):
-        import yaml
-
-        self.port, self.metrics_port, self.dashboard_port = free_port(), free_port(), free_port()
-        config = dict(config)
-        config["http_options"] = {"host": "127.0.0.1", "port": self.port}
-        self.config_path = workdir / f"serve-{self.port}.yaml"
-        self.config_path.write_text(yaml.safe_dump(config, sort_keys=False))
-        self.log_path = workdir / f"serve-{self.port}.log"
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.serve_api = f"http://127.0.0.1:{self.dashboard_port}"
-        self.metrics_url = f"http://127.0.0.1:{self.metrics_port}/metrics"
-        self._env = env or {}
-        self._extra = extra_args or []
-        self.proc: subprocess.Popen | None = None
-
-    def start(self, timeout: float = 180) -> ServeProcess:
-        import time
-
-        full_env = {**os.environ, "COLUMNS": "200", **self._env}
-        self._log = open(self.log_path, "w")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "serving.cli.main", "serve", "--config", str(self.config_path),
-             "--metrics-port", str(self.metrics_port), "--dashboard-port",
-             str(self.dashboard_port), *self._extra],
-            stdout=self._log, stderr=subprocess.STDOUT, env=full_env,
-            start_new_session=True,
-        )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            text = self.log_path.read_text()
-            if "Ctrl-C to stop" in text:
-                return self
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"optiserve serve exited {self.proc.returncode}:\n{text}")
-            time.sleep(0.2)
-        self.stop()
-        raise RuntimeError(f"optiserve serve not ready in {timeout} s:\n{self.log_path.read_text()}")
-
-    def stop(self, timeout: float = 90) -> int | None:
-        import signal
-
-        if self.proc is None or self.proc.poll() is not None:
-            return self.proc.returncode if self.proc else None
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            return self.proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            return self.proc.wait(timeout=10)
-        finally:
-            self._log.close()
 
 
 class PrometheusProcess:

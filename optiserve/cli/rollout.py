@@ -55,8 +55,8 @@ def _kube():
 def build(target: str, serve_api: str, namespace: Optional[str], rayservice: Optional[str],
           state_dir: Optional[str], configmap: str, prometheus: str, repository: Optional[str],
           on_event=None):
-    from ..config import gateway_user_config
-    from ..repository import ModelRepository, resolve_root
+    from serving.config import gateway_user_config
+    from serving.repository import ModelRepository, resolve_root
     from ..rollout import (
         ConfigMapStateStore, Controller, FileStateStore, LocalServeTarget, Prometheus,
         RayServiceTarget,

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import yaml
 
-from ..repository import BatchingPolicy, ModelRepository, VersionRef
+from serving.repository import BatchingPolicy, ModelRepository, VersionRef
 from .scoring import Trial
 
 
@@ -45,7 +45,7 @@ def publish_tuned(repo: ModelRepository, model: str, version: int, trial: Trial,
 
 def write_serve_config(path: str | Path, doc: dict) -> Path:
     """Write a serve config (validated first) that ``optiserve serve --config`` runs."""
-    from ..config import validate_serve_config
+    from serving.config import validate_serve_config
 
     validate_serve_config(doc)
     path = Path(path)

@@ -49,9 +49,9 @@ def serve_command(
                                       help="Print the serve config and exit."),
 ) -> None:
     """Serve models over the Open Inference Protocol on an embedded local Ray cluster."""
-    from ..config import ConfigError, build_serve_config, validate_serve_config
+    from serving.config import ConfigError, build_serve_config, validate_serve_config
     from ..local import LocalCluster, LocalOptions
-    from ..repository import ModelRepository, RepositoryError, parse_ref
+    from serving.repository import ModelRepository, RepositoryError, parse_ref
 
     repo = ModelRepository(repository)
     if config is not None:
@@ -123,7 +123,7 @@ def serve_command(
     http = doc.get("http_options") or {}
     url = f"http://{http.get('host', host)}:{http.get('port', port)}"
     console.print(f"[bold green]serving[/] in {time.perf_counter() - t0:.1f} s")
-    from ..config import gateway_user_config
+    from serving.config import gateway_user_config
 
     for name, route in gateway_user_config(doc)["models"].items():
         versions = ", ".join(str(v) for v in route["versions"])

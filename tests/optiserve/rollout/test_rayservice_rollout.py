@@ -17,9 +17,9 @@ import pytest
 import yaml
 
 from serving.config import version_app_name
-from serving.rollout import ConfigMapStateStore, Controller, RayServiceTarget
-from serving.rollout import controller as controller_module
-from serving.rollout.targets import traffic_of
+from optiserve.rollout import ConfigMapStateStore, Controller, RayServiceTarget
+from optiserve.rollout import controller as controller_module
+from optiserve.rollout.targets import traffic_of
 from tests.deploy.conftest import CHART, find_tool, run
 
 from .test_controller import Clock, StandInPrometheus

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from serving.rollout import FileStateStore, RolloutSpec, RolloutState, StaleState
+from optiserve.rollout import FileStateStore, RolloutSpec, RolloutState, StaleState
 
 
 def spec(**kw) -> RolloutSpec:

@@ -17,10 +17,10 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 from serving.config import build_serve_config
-from serving.rollout import FileStateStore
-from serving.rollout import controller as controller_module
-from serving.rollout.controller import Controller, RolloutError
-from serving.rollout.targets import traffic_of, with_split
+from optiserve.rollout import FileStateStore
+from optiserve.rollout import controller as controller_module
+from optiserve.rollout.controller import Controller, RolloutError
+from optiserve.rollout.targets import traffic_of, with_split
 
 
 class Clock:
@@ -301,7 +301,7 @@ def test_a_request_racing_a_running_step_never_applies_two_splits(tmp_path, cloc
     other = Controller(ctl.store, target, prom)  # `rollout abort` in another process
     other.request("m", "abort", by="ops")
     assert target.applied == [(1, 2, 50.0)]  # the CLI recorded, it applied nothing
-    from serving.rollout import StaleState
+    from optiserve.rollout import StaleState
 
     with pytest.raises(StaleState):
         ctl._advance(stale)  # the runner's write-ahead save is refused before it applies
@@ -335,7 +335,7 @@ def test_a_split_reset_behind_the_controllers_back_is_reconciled(tmp_path, clock
     ctl, prom, target = make(tmp_path, rate=5, versions=(1,))
     run_until(ctl, clock, lambda st: st.phase == "progressing" and st.confirmed)
     # a helm upgrade renders the chart's values: v1 only, no canary
-    from serving.rollout.state import Split
+    from optiserve.rollout.state import Split
 
     target.doc = with_split(target.doc, "m", Split(stable=1, routed=(1,), deployed=(1,)))
     target._report()

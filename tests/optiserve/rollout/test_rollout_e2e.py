@@ -15,7 +15,7 @@ import time
 import pytest
 
 from serving.config import build_serve_config, gateway_user_config, version_app_name
-from serving.serve_api import ServeAPI
+from optiserve.serve_api import ServeAPI
 from tests.helpers import ROOT, PrometheusProcess, ServeProcess, free_port, run_cli
 
 pytestmark = pytest.mark.slow
@@ -56,7 +56,7 @@ def traffic(env) -> dict:
 
 def start_load(env, seconds: float, rate: float = 40) -> subprocess.Popen:
     return subprocess.Popen(
-        [sys.executable, "-m", "serving.cli.main", "bench", env.url, "--model", "minilm",
+        [sys.executable, "-m", "optiserve.cli.main", "bench", env.url, "--model", "minilm",
          "--rate", str(rate), "--duration", str(seconds), "--warmup", "0", "--json"],
         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=ROOT,
         env={**os.environ, "PYTHONPATH": str(ROOT)})
@@ -73,8 +73,8 @@ def served_apps(env) -> set[str]:
 
 def reset(env) -> None:
     """Back to the initial versions with fp32 stable and no canary, for the next test."""
-    from serving.rollout.state import Split
-    from serving.rollout.targets import LocalServeTarget
+    from optiserve.rollout.state import Split
+    from optiserve.rollout.targets import LocalServeTarget
 
     api = ServeAPI(env.serve_api)
     initial = tuple(sorted(env.versions[k] for k in INITIAL))
@@ -234,7 +234,7 @@ def test_unreachable_prometheus_never_promotes(env):
 
 def _controller(env) -> subprocess.Popen:
     return subprocess.Popen(
-        [sys.executable, "-m", "serving.cli.main", "rollout", "controller", "--poll", "0.5",
+        [sys.executable, "-m", "optiserve.cli.main", "rollout", "controller", "--poll", "0.5",
          "--metrics-port", str(env.controller_port), "--metrics-host", "127.0.0.1",
          *common(env)], cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
         stdout=open(env.work / "controller.log", "a"), stderr=subprocess.STDOUT)

@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable
 from datetime import timedelta
 
-from .. import metrics as M
+from serving import metrics as M
 from .analysis import analyze, confirmation_queries
 from .prometheus import Prometheus, PrometheusUnavailable
 from .state import (

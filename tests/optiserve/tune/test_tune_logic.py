@@ -9,15 +9,15 @@ import json
 
 import pytest
 
-from serving.tune.runner import (
+from optiserve.tune.runner import (
     LoadPlan, TuneOptions, Tuner, fragment, reservation, trial_doc,
 )
-from serving.tune.scoring import (
+from optiserve.tune.scoring import (
     Step, Trial, best_trial, closest_trial, finish, score, sustained, trials_to_reach,
 )
-from serving.tune.space import SpaceError, SearchSpace, config_key, grid, load_space, parse_space
-from serving.tune.strategies import BayesStrategy, make_strategy
-from serving.tune.study import StudyError, StudyFile
+from optiserve.tune.space import SpaceError, SearchSpace, config_key, grid, load_space, parse_space
+from optiserve.tune.strategies import BayesStrategy, make_strategy
+from optiserve.tune.study import StudyError, StudyFile
 
 SLO = 50.0
 DEFAULTS = {"max_batch_size": 8, "max_delay_ms": 1.0, "replicas": 1, "threads": 1,
@@ -289,7 +289,7 @@ def test_trial_doc_changes_batching_and_only_the_tuned_version():
 
 
 def test_budget_parsing():
-    from serving.cli.tune import parse_duration
+    from optiserve.cli.tune import parse_duration
 
     assert parse_duration("90") == 90 and parse_duration("10m") == 600
     assert parse_duration("1h30m") == 5400 and parse_duration("45s") == 45
@@ -360,12 +360,12 @@ def test_ctrl_c_while_the_tunes_server_starts_stops_it(monkeypatch, tmp_path):
     import sys
     import types
 
-    from serving import harness
-    from serving.cli import tune as cli
+    from optiserve import server
+    from optiserve.cli import tune as cli
 
     started = []
 
-    class Starting(harness.ServeProcess):
+    class Starting(server.ServeProcess):
         def start(self, timeout=180):
             self._log = open(self.log_path, "w")
             self.proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"],
@@ -373,7 +373,7 @@ def test_ctrl_c_while_the_tunes_server_starts_stops_it(monkeypatch, tmp_path):
             started.append(self)
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(harness, "ServeProcess", Starting)
+    monkeypatch.setattr(server, "ServeProcess", Starting)
     repo = types.SimpleNamespace(root=tmp_path)
     layout = types.SimpleNamespace(gateway_cpus=0.25, threads=1)
     try:
@@ -420,7 +420,7 @@ def test_random_gives_up_once_a_range_of_integers_is_exhausted(tmp_path):
 
 
 def test_a_serve_api_error_fails_that_trial_and_the_tune_goes_on(tmp_path):
-    from serving.serve_api import ServeAPIError
+    from optiserve.serve_api import ServeAPIError
 
     class Flaky(Sim):
         def apply(self, config):
@@ -461,9 +461,10 @@ class _Cli:
     def __init__(self, monkeypatch, tmp_path):
         import types
 
-        from serving import repository, serve_api
-        from serving.cli import tune as cli
-        from serving.tune import space as space_mod
+        from optiserve import serve_api
+        from serving import repository
+        from optiserve.cli import tune as cli
+        from optiserve.tune import space as space_mod
 
         self.deployed = {"applications": [{"name": "before"}]}
         self.bases, self.restored = [], []
@@ -501,7 +502,7 @@ class _Cli:
     def __call__(self):
         from typer.testing import CliRunner
 
-        from serving.cli.main import app
+        from optiserve.cli.main import app
 
         return CliRunner().invoke(app, [
             "tune", "m:1", "--url", "http://127.0.0.1:9", "--serve-api", "http://127.0.0.1:9",
@@ -510,7 +511,7 @@ class _Cli:
 
 def test_a_serve_api_error_outside_a_trial_is_a_clear_error_and_restores(monkeypatch,
                                                                          tmp_path):
-    from serving.serve_api import ServeAPIError
+    from optiserve.serve_api import ServeAPIError
 
     cli = _Cli(monkeypatch, tmp_path)
 
@@ -571,7 +572,7 @@ def test_bayes_without_optuna_says_what_to_install(tmp_path):
     from tests.helpers import ROOT
 
     code = ("import sys; sys.modules['optuna'] = None\n"
-            "from serving.cli.main import app\n"
+            "from optiserve.cli.main import app\n"
             "app(['tune', 'm', '-r', sys.argv[1]], prog_name='optiserve')\n")
     result = subprocess.run([sys.executable, "-c", code, str(tmp_path / "repo")],
                             capture_output=True, text=True, cwd=tmp_path, timeout=120,
@@ -586,8 +587,8 @@ def test_bayes_without_optuna_says_what_to_install(tmp_path):
 
 
 def test_a_server_that_is_gone_stops_the_tune_after_three_failed_applies(tmp_path):
-    from serving.serve_api import ServeAPIError
-    from serving.tune.runner import TuneError
+    from optiserve.serve_api import ServeAPIError
+    from optiserve.tune.runner import TuneError
 
     class Gone(Sim):
         def apply(self, config):

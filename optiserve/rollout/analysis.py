@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from .. import metrics as M
+from serving import metrics as M
 from .prometheus import Prometheus, PrometheusUnavailable
 from .state import Analysis, CheckResult, RolloutSpec
 

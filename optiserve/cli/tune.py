@@ -92,7 +92,7 @@ def tune_command(
     application), measures it with the load generator of optiserve bench and scores it: the
     highest sustained throughput with p99 <= SLO and no errors. Exits 3 when no configuration
     met the SLO, reporting the closest trial."""
-    from ..repository import ModelRepository, RepositoryError, parse_ref
+    from serving.repository import ModelRepository, RepositoryError, parse_ref
     from ..sizing import machine_cpus, plan
     from ..tune.scoring import best_trial, closest_trial
     from ..tune.space import SpaceError, default_space, defaults_from, limits, load_space
@@ -230,7 +230,7 @@ def tune_command(
     if print_config:
         print(frag, end="")
     if write_config:
-        from ..config import ConfigError
+        from serving.config import ConfigError
         from ..tune.apply import write_serve_config
 
         doc = target.doc_for(best.config)
@@ -259,14 +259,14 @@ def tune_command(
 def _start_server(repo, name: str, version: int, layout, lim: dict):
     import os
 
-    from ..config import build_serve_config
-    from ..harness import ServeProcess
+    from serving.config import build_serve_config
+    from ..server import ServeProcess
     from ..tune.runner import reservation
 
     root = str(repo.root.resolve())
     doc = build_serve_config(root, [(name, version)], gateway_cpus=layout.gateway_cpus,
                              threads=layout.threads)
-    # the reservation every trial keeps (see serving.tune.runner.reservation), from the start
+    # the reservation every trial keeps (see optiserve.tune.runner.reservation), from the start
     per = reservation(doc, name, version, lim, float(os.cpu_count() or 1), keep_own=False)
     doc = build_serve_config(root, [(name, version)], version_cpus=per,
                              gateway_cpus=layout.gateway_cpus, threads=layout.threads)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .protocol import encode_infer_request
+from serving.protocol import encode_infer_request
 
 
 @dataclass
@@ -87,7 +87,7 @@ def load_inputs(path: str | None, metadata: dict) -> list[dict[str, np.ndarray]]
 
 def _table_rows(path: str, inputs: list[dict]) -> list[dict[str, np.ndarray]]:
     """One request row per CSV/NPY row, checked against the model's single 2-D input."""
-    from .rows import read_rows
+    from optimizers.rows import read_rows
 
     spec = inputs[0]
     if len(inputs) != 1 or len(spec["shape"]) != 2:

@@ -14,11 +14,11 @@ import pytest
 import yaml
 
 from serving.config import build_serve_config, gateway_user_config
-from serving.rollout import (
+from optiserve.rollout import (
     ConfigMapStateStore, RayServiceTarget, RolloutSpec, RolloutState, StaleState, TargetError,
     rayservice_patch,
 )
-from serving.rollout.state import Split
+from optiserve.rollout.state import Split
 
 
 def rayservice(resource_version: str = "100") -> dict:

@@ -1,6 +1,6 @@
 """Where a rollout's splits are applied: a local Ray Serve (REST API) or a KubeRay RayService.
 
-A split (:class:`~serving.rollout.state.Split`) says which versions of a model have an
+A split (:class:`~optiserve.rollout.state.Split`) says which versions of a model have an
 application and which the gateway routes to, with what weights. Both targets edit the same
 declarative serve config: weights are the gateway deployment's ``user_config`` (applied in place,
 ``reconfigure``, no replica restarts); adding or removing a version adds or removes its
@@ -17,7 +17,7 @@ from typing import Protocol
 
 import yaml
 
-from ..config import (
+from serving.config import (
     VERSION_IMPORT, ConfigError, GatewayConfig, gateway_user_config, validate_serve_config,
     version_app_name,
 )

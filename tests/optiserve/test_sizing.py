@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from serving.config import build_serve_config
-from serving.local import requested_cpus
-from serving.sizing import MAX_THREADS, plan
+from optiserve.local import requested_cpus
+from optiserve.sizing import MAX_THREADS, plan
 
 
 @pytest.mark.parametrize("cpus", [1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 64, 96])

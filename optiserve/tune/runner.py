@@ -8,7 +8,7 @@ A configuration is applied through Ray Serve's declarative API (the serve config
   application (replicas, the CPUs each reserves, its threads) and, for gateway replicas, the
   gateway's replica count; no other application changes.
 
-Each trial is then measured with :mod:`serving.bench` (the load generator of ``optiserve
+Each trial is then measured with :mod:`optiserve.bench` (the load generator of ``optiserve
 bench``) as a sweep of load steps, closed loop at doubling concurrency or open loop at a rising
 offered rate, and stopped by the strategy once a step breaks the SLO.
 """
@@ -22,7 +22,7 @@ import os
 import time
 from dataclasses import dataclass, field
 
-from ..config import (
+from serving.config import (
     GATEWAY_APP, GATEWAY_DEPLOYMENT, gateway_user_config, version_app_name,
 )
 from .scoring import Step, Trial, finish, sustained

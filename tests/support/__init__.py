@@ -1,0 +1,1 @@
+"""Helpers for the tests and benchmarks only (never shipped in the wheel)."""

@@ -1,0 +1,142 @@
+"""Triton Inference Server 2.51 on CPU, for the benchmarks that compare optiserve with it.
+
+Triton runs here from the binary inside the ``nvidia-pytriton==0.7.0`` wheel (python backend
+only), installed on first use into a cache directory with ``numpy<2``, onnxruntime and
+tokenizers. Its minilm model (``model.py`` written here) tokenizes the merged requests once with
+the version's ``tokenizer.json`` and runs one ONNX Runtime call per batch on the same
+``model.onnx`` optiserve serves.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from .harness import free_port
+
+TRITON_PACKAGES = ["nvidia-pytriton==0.7.0", "numpy<2", "onnxruntime", "tokenizers"]
+
+
+TRITON_MODEL_PY = '''\
+"""minilm for Triton's python backend: tokenize the merged requests once, one ORT call."""
+import json
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        import onnxruntime as ort
+        from tokenizers import Tokenizer
+
+        cfg = json.loads(args["model_config"])["parameters"]
+        p = {k: v["string_value"] for k, v in cfg.items()}
+        self.tok = Tokenizer.from_file(p["tokenizer"])
+        self.tok.no_padding()
+        self.tok.enable_truncation(int(p["max_length"]))
+        pad = self.tok.token_to_id("[PAD]")
+        self.pad_id = 0 if pad is None else pad
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = int(p["threads"])
+        so.inter_op_num_threads = 1
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        so.add_session_config_entry("session.inter_op.allow_spinning", "0")
+        self.sess = ort.InferenceSession(p["model"], so, providers=["CPUExecutionProvider"])
+        self.ids, self.mask, self.out = p["ids_input"], p["mask_input"], p["output"]
+
+    def execute(self, requests):
+        # an exception escaping here can take the stub down: answer every request instead
+        try:
+            counts, texts = [], []
+            for r in requests:
+                t = pb_utils.get_input_tensor_by_name(r, "text").as_numpy().reshape(-1)
+                counts.append(len(t))
+                texts += [x.decode("utf-8") if isinstance(x, bytes) else str(x) for x in t]
+            rows = [e.ids for e in self.tok.encode_batch(texts)]
+            width = max(len(x) for x in rows)
+            ids = np.full((len(rows), width), self.pad_id, dtype=np.int64)
+            mask = np.zeros((len(rows), width), dtype=np.int64)
+            for i, x in enumerate(rows):
+                ids[i, :len(x)] = x
+                mask[i, :len(x)] = 1
+            feeds = {self.ids: ids}
+            if self.mask:
+                feeds[self.mask] = mask
+            emb = self.sess.run([self.out], feeds)[0]
+            out, i = [], 0
+            for n in counts:
+                out.append(pb_utils.InferenceResponse([pb_utils.Tensor(self.out, emb[i:i + n])]))
+                i += n
+            return out
+        except Exception as e:
+            return [pb_utils.InferenceResponse(error=pb_utils.TritonError(f"minilm: {e}"))
+                    for _ in requests]
+'''
+
+
+def triton_install(cache: Path) -> tuple[Path, dict]:
+    """Triton's directory (binary, python backend and stub) and the environment it runs with;
+    the venv and the copy out of the wheel are made on first use."""
+    venv = cache / "triton-venv"
+    py = venv / "bin" / "python"
+    if not py.exists():
+        print(f"installing Triton's venv in {venv} ...", flush=True)
+        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+        subprocess.run([str(py), "-m", "pip", "install", "-q", *TRITON_PACKAGES], check=True)
+    info = json.loads(subprocess.run(
+        [str(py), "-c", ("import json, sys, sysconfig; print(json.dumps(["
+                         "sysconfig.get_paths()['purelib'], sysconfig.get_config_var('LIBDIR'), "
+                         "f'{sys.version_info[0]}.{sys.version_info[1]}']))")],
+        capture_output=True, text=True, check=True).stdout)
+    site, libdir, pyver = Path(info[0]), info[1], info[2]
+    server = cache / "tritonserver"
+    if not (server / "backends" / "python" / "triton_python_backend_stub").exists():
+        shutil.rmtree(server, ignore_errors=True)
+        shutil.copytree(site / "pytriton" / "tritonserver", server)
+        shutil.copy2(server / "python_backend_stubs" / pyver / "triton_python_backend_stub",
+                     server / "backends" / "python" / "triton_python_backend_stub")
+    # the stub embeds Python, which finds its prefix (and so the venv) from python3 on PATH
+    env = {"LD_LIBRARY_PATH": f"{libdir}:{site / 'nvidia_pytriton.libs'}",
+           "PATH": f"{venv / 'bin'}:{os.environ.get('PATH', '')}"}
+    return server, env
+
+
+def triton_repository(work: Path, version_dir: Path, manifest, threads: int,
+                      delay_us: int) -> Path:
+    pre = manifest.preprocessing
+    models = work / "triton-models"
+    (models / "minilm" / "1").mkdir(parents=True, exist_ok=True)
+    (models / "minilm" / "1" / "model.py").write_text(TRITON_MODEL_PY)
+    params = {"model": version_dir / manifest.model_file,
+              "tokenizer": version_dir / pre.tokenizer_file, "max_length": pre.max_length,
+              "threads": threads, "ids_input": pre.ids_input, "mask_input": pre.mask_input or "",
+              "output": manifest.model_signature.outputs[0].name}
+    dim = manifest.signature.outputs[0].shape[-1]
+    (models / "minilm" / "config.pbtxt").write_text(
+        'backend: "python"\n'
+        f"max_batch_size: {manifest.batching.max_batch_size}\n"
+        'input [ { name: "text" data_type: TYPE_STRING dims: [ 1 ] } ]\n'
+        f'output [ {{ name: "embedding" data_type: TYPE_FP32 dims: [ {dim} ] }} ]\n'
+        f"dynamic_batching {{ max_queue_delay_microseconds: {delay_us} }}\n"
+        "instance_group [ { count: 1 kind: KIND_CPU } ]\n"
+        "parameters [\n" + ",\n".join(
+            f'  {{ key: "{k}" value: {{ string_value: "{v}" }} }}' for k, v in params.items())
+        + "\n]\n")
+    return models
+
+
+def triton_command(server: Path, models: Path, port: int) -> list[str]:
+    return [str(server / "bin" / "tritonserver"), f"--model-repository={models}",
+            f"--backend-directory={server / 'backends'}",
+            f"--cache-directory={server / 'caches'}",
+            "--http-address=127.0.0.1", f"--http-port={port}",
+            "--grpc-address=127.0.0.1", f"--grpc-port={free_port()}",
+            "--metrics-address=127.0.0.1", f"--metrics-port={free_port()}",
+            "--exit-timeout-secs=20", "--log-verbose=0"]
+
