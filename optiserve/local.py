@@ -9,6 +9,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from serving.settings import settings
 from serving.config import GATEWAY_APP, LISTEN_ENV, validate_serve_config
 from .serve_api import ServeAPI
 
@@ -56,7 +57,8 @@ class LocalOptions:
     #: default proxy's throughput on a 2-core machine); "default": Serve's Python HTTP proxy.
     proxy: str = "listener"
     num_cpus: float | None = None
-    metrics_interval_ms: int = 2000
+    #: [default: OPTISERVE_METRICS_REPORT_INTERVAL_MS]
+    metrics_interval_ms: int | None = None
 
 
 def requested_cpus(doc: dict) -> float:
@@ -102,14 +104,16 @@ class LocalCluster:
 
     def _environment(self) -> None:
         env = os.environ
-        env.setdefault("RAY_metrics_report_interval_ms", str(self.opts.metrics_interval_ms))
+        s = settings()
+        env.setdefault("RAY_metrics_report_interval_ms",
+                       str(self.opts.metrics_interval_ms or s.metrics_report_interval_ms))
         # user code and the handle router on the replica's own event loop, handles over gRPC:
         # 637 -> 866 req/s served (MiniLM INT8, 2 cores, measured)
         env.setdefault("RAY_SERVE_THROUGHPUT_OPTIMIZED", "1")
         # Serve's controller reconciles every 0.1 s by default: with its GCS calls 0.07 of a
         # core on an idle 2-core machine; every 0.5 s, 0.03 (measured). Deploys and health
         # changes are noticed within half a second instead of a tenth.
-        env.setdefault("RAY_SERVE_CONTROL_LOOP_INTERVAL_S", "0.5")
+        env.setdefault("RAY_SERVE_CONTROL_LOOP_INTERVAL_S", f"{s.serve_control_loop_interval_s:g}")
         if self.opts.proxy == "listener":
             http = self.doc.get("http_options") or {}
             env[LISTEN_ENV] = f"{http.get('host', '127.0.0.1')}:{http.get('port', 8000)}"

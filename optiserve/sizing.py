@@ -1,19 +1,21 @@
 """How ``optiserve serve`` lays out a machine when no flags say otherwise.
 
-The rule (also in ``optiserve serve --help`` and the README):
+The rule (also in ``optiserve serve --help`` and the README; its numbers are settings,
+``serving.settings``):
 
-- **Gateway**: one replica per 8 CPUs (at least 1) — tokenization, batching and the HTTP path
-  are Python and use about one core at a few thousand requests per second. With GPUs, one per
-  GPU at least: the model is fast there and the ingress is what limits.
+- **Gateway**: one replica per ``OPTISERVE_CPUS_PER_GATEWAY`` (8) CPUs (at least 1) —
+  tokenization, batching and the HTTP path are Python and use about one core at a few thousand
+  requests per second. With GPUs, one per GPU at least: the model is fast there and the ingress
+  is what limits.
 - **Model**: every CPU the gateway does not need goes to the model replicas of the served
   versions, shared equally between versions: ``floor(C - gateway)`` CPUs per version (at least
-  1), in replicas of at most ``MAX_THREADS`` intra-op threads each (ONNX Runtime's scaling on
-  one small batch flattens past a few threads, while independent replicas keep scaling), so
-  ``threads = min(MAX_THREADS, cpus)`` and ``replicas = cpus // threads``. With GPUs, one replica
-  per GPU per version.
+  1), in replicas of at most ``OPTISERVE_MAX_THREADS`` (4) intra-op threads each (ONNX
+  Runtime's scaling on one small batch flattens past a few threads, while independent replicas
+  keep scaling), so ``threads = min(max_threads, cpus)`` and ``replicas = cpus // threads``.
+  With GPUs, one replica per GPU per version.
 - On small machines the gateway's share is not reserved whole: below 4 CPUs it reserves
-  ``SMALL_GATEWAY_CPUS`` and the model replicas take the rest rounded up (the gateway's and the
-  model's busy times interleave).
+  ``OPTISERVE_SMALL_GATEWAY_CPUS`` (0.25) and the model replicas take the rest rounded up (the
+  gateway's and the model's busy times interleave).
 
 Every field can be overridden (``--replicas``, ``--threads``, ``--cpus-per-replica``,
 ``--gateway-replicas``, ``--gpus-per-replica``).
@@ -25,12 +27,8 @@ import math
 import os
 from dataclasses import dataclass
 
-#: Intra-op threads per model replica before another replica is the better use of a core.
-MAX_THREADS = 4
-#: CPUs per gateway replica: one core each on machines of 4 CPUs or more.
-GATEWAY_CPUS = 1.0
-SMALL_GATEWAY_CPUS = 0.25
-CPUS_PER_GATEWAY = 8
+from serving.settings import settings
+
 
 
 @dataclass(frozen=True)
@@ -76,13 +74,15 @@ def plan(cpus: float, gpus: int = 0, versions: int = 1, *, replicas: int | None 
     if cpus <= 0:
         raise ValueError(f"cpus must be positive, got {cpus}")
     versions = max(1, versions)
-    gw_cpus = GATEWAY_CPUS if cpus >= 4 else SMALL_GATEWAY_CPUS
-    gw = gateway_replicas or max(1, math.floor(cpus / CPUS_PER_GATEWAY), gpus)
+    s = settings()
+    max_threads = s.max_threads
+    gw_cpus = s.gateway_cpus if cpus >= 4 else s.small_gateway_cpus
+    gw = gateway_replicas or max(1, math.floor(cpus / s.cpus_per_gateway), gpus)
     if gpus:
         per_gpu = gpus_per_replica if gpus_per_replica is not None else 1.0
         r = replicas or max(1, math.floor(gpus / versions / per_gpu))
         model_cpus = max(1.0, (cpus - gw * gw_cpus) / versions / r)
-        t = threads or max(1, min(MAX_THREADS, math.floor(model_cpus)))
+        t = threads or max(1, min(max_threads, math.floor(model_cpus)))
         return Layout(cpus, gpus, gw, gw_cpus, r, t, cpus_per_replica or float(t), per_gpu)
     spare = cpus - gw * gw_cpus
     per_version = max(1, (math.ceil(spare - 1e-9) if cpus < 4 else math.floor(spare + 1e-9))
@@ -96,8 +96,8 @@ def plan(cpus: float, gpus: int = 0, versions: int = 1, *, replicas: int | None 
         r = replicas
     elif threads is not None:
         t, r = threads, max(1, per_version // threads)
-    else:  # as few replicas as keep threads <= MAX_THREADS, the CPUs spread evenly over them
-        r = math.ceil(per_version / MAX_THREADS)
+    else:  # as few replicas as keep threads <= max_threads, the CPUs spread evenly over them
+        r = math.ceil(per_version / max_threads)
         t = math.ceil(per_version / r)
     # what each replica reserves from Ray: its share of the spare CPUs, so the whole layout
     # fits in what Ray sees (threads may exceed it by a fraction of a core)

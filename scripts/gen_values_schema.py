@@ -110,7 +110,8 @@ def schema() -> dict:
         "properties": {
             "global": ANY_OBJ,
             "nameOverride": S, "fullnameOverride": S,
-            "image": IMAGE, "gpuImage": IMAGE, "initImage": IMAGE, "imagePullSecrets": LIST,
+            "image": IMAGE, "gpuImage": IMAGE, "initImage": IMAGE,
+            "controllerImage": IMAGE, "imagePullSecrets": LIST,
             "rayService": obj({
                 "upgradeStrategy": obj({"type": {"enum": ["NewCluster", "None"]}}, ("type",)),
                 "rayClusterDeletionDelaySeconds": INT0,

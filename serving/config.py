@@ -25,6 +25,7 @@ from pydantic import (
 from .repository import ModelRepository
 from .repository.schema import check_model_name
 from .repository.schema import BatchingPolicy
+from .settings import settings
 
 GATEWAY_APP = "optiserve"
 GATEWAY_DEPLOYMENT = "gateway"
@@ -53,15 +54,21 @@ class BatchingConfig(_Strict):
     max_delay_ms: NonNegativeFloat | None = Field(
         None, le=10_000, description="Longest a row waits for batch-mates [default: manifest].")
     max_queue_rows: PositiveInt = Field(
-        2048, description="Rows allowed to wait; past it requests get 503 with Retry-After.")
+        default_factory=lambda: settings().max_queue_rows,
+        description="Rows allowed to wait; past it requests get 503 with Retry-After "
+                    "[default: OPTISERVE_MAX_QUEUE_ROWS, 2048].")
     max_shadow_rows: PositiveInt | None = Field(
         None, description="Rows of mirrored (shadow) copies allowed to wait, apart from real "
                           "requests; past it copies are dropped [default: max_queue_rows/4, at "
                           "least max_batch_size].")
     max_inflight_batches: PositiveInt = Field(
-        2, description="Batches running at once per gateway replica (keep ~2 per model replica).")
+        default_factory=lambda: settings().max_inflight_batches,
+        description="Batches running at once per gateway replica (keep ~2 per model replica) "
+                    "[default: OPTISERVE_MAX_INFLIGHT_BATCHES, 2].")
     timeout_s: PositiveFloat | None = Field(
-        30.0, description="Longest a request may take before it gets 504.")
+        default_factory=lambda: settings().request_timeout_s,
+        description="Longest a request may take before it gets 504 "
+                    "[default: OPTISERVE_REQUEST_TIMEOUT_S, 30].")
 
     def resolve(self, default: BatchingPolicy):
         from .batching import BatchPolicy
@@ -130,12 +137,14 @@ class GatewayConfig(_Strict):
 
     models: dict[str, ModelRoute] = Field(description="Served models by name.", min_length=1)
     max_body_bytes: PositiveInt = Field(
-        64 * 1024 * 1024, description="Largest request body accepted, after decompression "
-                                      "(413 above).")
+        default_factory=lambda: settings().max_body_bytes,
+        description="Largest request body accepted, after decompression (413 above) "
+                    "[default: OPTISERVE_MAX_BODY_BYTES, 64 MiB].")
     max_element_bytes: PositiveInt = Field(
-        64 * 1024, description="Largest single element of a BYTES input, e.g. one text (413 "
-                               "above; a text model's tokenizer still truncates to the "
-                               "manifest's max_length).")
+        default_factory=lambda: settings().max_element_bytes,
+        description="Largest single element of a BYTES input, e.g. one text (413 above; a "
+                    "text model's tokenizer still truncates to the manifest's max_length) "
+                    "[default: OPTISERVE_MAX_ELEMENT_BYTES, 64 KiB].")
 
     @field_validator("models")
     @classmethod

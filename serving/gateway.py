@@ -35,6 +35,7 @@ from .protocol.codec import Limits
 from .repository import Manifest, ModelRepository
 from .routing import TrafficPolicy, choose_version, shadow_target
 from .runtimes import TextEncoder, length_groups
+from .settings import settings
 
 #: under Ray Serve's logger, so records land in the replica's log file with Serve's request ids
 log = logging.getLogger("ray.serve.optiserve.gateway")
@@ -45,11 +46,6 @@ PLATFORMS = {"onnxruntime": "onnxruntime_onnx", "torch": "pytorch_libtorch"}
 #: backend(model, version) -> coroutine function running a list of padded groups on the replica
 Backend = Callable[[list[dict[str, np.ndarray]]], Awaitable[list[dict[str, np.ndarray]]]]
 
-#: Work below these sizes runs on the event loop (a thread hop costs more than it saves);
-#: above, in the gateway's worker threads, so one large request never stalls the loop that
-#: serves everyone else (``tokenizers`` releases the GIL while it encodes).
-INLINE_TEXT_BYTES = 16 * 1024
-INLINE_BODY_BYTES = 64 * 1024
 #: Every outcome a request can have, as counted and timed (``cancelled``: the client went
 #: away, or the request was cancelled, before an answer).
 OUTCOMES = (("success", "200"), ("client_error", "400"), ("server_error", "500"),
@@ -119,7 +115,10 @@ class VersionState:
     async def run_batch(self, payloads: list[Any]) -> list[dict[str, np.ndarray]]:
         if self.encoder is not None:
             texts = [t for p in payloads for t in p]
-            if self.executor is None or sum(map(len, texts)) <= INLINE_TEXT_BYTES:
+            # small work runs on the event loop (a thread hop costs more than it saves); large work in
+            # the worker threads, so one large request never stalls the loop that serves everyone
+            # else (``tokenizers`` releases the GIL while it encodes)
+            if self.executor is None or sum(map(len, texts)) <= settings().inline_text_bytes:
                 groups, feeds = self._encode(texts)
             else:
                 groups, feeds = await asyncio.get_running_loop().run_in_executor(
@@ -211,7 +210,8 @@ class Gateway:
         self._rng = random.Random()
         self._shadow_tasks: set[asyncio.Task] = set()
         #: tokenization and decoding of large requests, off the event loop
-        self.executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="gateway-work")
+        self.executor = ThreadPoolExecutor(max_workers=settings().gateway_worker_threads,
+                                           thread_name_prefix="gateway-work")
         #: the last config that was refused (the running one stayed): shown in /v2
         self.rejected_config: str | None = None
 
@@ -456,7 +456,7 @@ class Gateway:
     async def _infer(self, st: ModelState, vs: VersionState, routed: bool, body: bytes, headers
                      ) -> tuple[bytes, dict[str, str]]:
         limits = self.limits(vs)
-        if len(body) <= INLINE_BODY_BYTES and not headers.get("content-encoding"):
+        if len(body) <= settings().inline_body_bytes and not headers.get("content-encoding"):
             req = decode_request(body, headers, limits)
         else:
             req = await asyncio.get_running_loop().run_in_executor(

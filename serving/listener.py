@@ -33,19 +33,23 @@ from typing import Awaitable, Callable
 import httptools
 import orjson
 
+from .settings import settings
+
 log = logging.getLogger("ray.serve.optiserve")
 
 # dispatch(method, path, headers, read_body) -> (status, body, headers): serving.endpoints
 Dispatch = Callable[..., Awaitable[tuple[int, bytes, dict[str, str]]]]
 _REASONS = {s.value: s.phrase.encode() for s in HTTPStatus}
-MAX_HEADER_BYTES = 64 * 1024    # request line + headers (uvicorn/h11 allow 16 KiB per header)
-MAX_PIPELINED = 32              # requests queued on one connection before it stops reading
-IDLE_TIMEOUT_S = 60.0           # a keep-alive connection with nothing to do is closed
-REQUEST_TIMEOUT_S = 60.0        # from the first byte of a request to its last
-WRITE_TIMEOUT_S = 60.0          # a client that stops reading its answers is cut off
-LINGER_S = 1.0                  # after a 413, read (and drop) what the client still sends...
-LINGER_BYTES = 4 * 1024 * 1024  # ...this long or this much, so the 413 is not lost to a reset
-CLOSE_GRACE_S = 5.0             # a closing connection whose client does not read is aborted
+# knobs (serving.settings, OPTISERVE_HTTP_*), read when the replica imports this module
+_S = settings()
+MAX_HEADER_BYTES = _S.http_max_header_bytes   # request line + headers
+MAX_PIPELINED = _S.http_max_pipelined         # requests queued before a connection stops reading
+IDLE_TIMEOUT_S = _S.http_idle_timeout_s       # a keep-alive connection with nothing to do closes
+REQUEST_TIMEOUT_S = _S.http_request_timeout_s  # from the first byte of a request to its last
+WRITE_TIMEOUT_S = _S.http_write_timeout_s     # a client that stops reading its answers is cut off
+LINGER_S = _S.http_linger_s                   # after a 413, read (and drop) what the client still
+LINGER_BYTES = _S.http_linger_bytes           # sends, so the 413 is not lost to a reset
+CLOSE_GRACE_S = _S.http_close_grace_s         # a closing connection whose client does not read
 
 
 class _Request:
@@ -419,10 +423,12 @@ class Listener:
         self._server = await loop.create_server(lambda: _Connection(self), sock=self._sock)
         log.info("listening for OIP requests on %s:%d", self.host, self.port)
 
-    async def stop(self, drain_s: float = 5.0) -> None:
+    async def stop(self, drain_s: float | None = None) -> None:
         """Stop accepting; idle connections close at once, busy ones after their answers
         (marked ``connection: close``), up to ``drain_s``; then every connection is cut."""
         self.draining = True
+        if drain_s is None:
+            drain_s = settings().http_drain_s
         if self._server is not None:
             self._server.close()
         elif self._sock is not None:

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from serving.settings import reload
+
 from ..errors import OptimizeError, ValidationDataError
 from ..validation import read_texts
 
@@ -23,7 +25,7 @@ def builtin_corpus() -> Path:
     import sys
     import tempfile
 
-    cache = Path(os.environ.get("OPTISERVE_CACHE") or Path.home() / ".cache" / "optiserve")
+    cache = Path(reload().cache or Path.home() / ".cache" / "optiserve")
     path = cache / (f"distill-corpus-v{CORPUS_VERSION}-py{sys.version_info[0]}"
                     f"{sys.version_info[1]}.txt")
     if path.is_file():

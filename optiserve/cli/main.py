@@ -14,6 +14,7 @@ from .bench import bench_command  # noqa: E402
 from .optimize import optimize_command  # noqa: E402
 from .serve import serve_command  # noqa: E402
 from .tune import tune_command  # noqa: E402
+from serving.settings import help_text as settings_help  # noqa: E402
 
 app = typer.Typer(
     name="optiserve",
@@ -21,6 +22,21 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
+
+
+@app.callback()
+def _check_settings() -> None:
+    """A wrong OPTISERVE_* variable stops every command at once, named."""
+    from serving.settings import SettingsError, settings
+
+    try:
+        settings()
+    except SettingsError as e:
+        from .common import fail
+
+        fail(f"invalid setting: {e}")
+
+
 app.command("optimize")(optimize_command)
 app.add_typer(repo.app, name="repo")
 app.command("serve", help=(
@@ -29,8 +45,9 @@ app.command("serve", help=(
     "one gateway replica per 8 CPUs (at least one, and one per GPU), 1 CPU each (0.25 below 4 "
     "CPUs); the CPUs left go to the model replicas, shared equally by the served versions, in "
     "as few replicas as keep each at most 4 intra-op threads; GPU variants get one replica per "
-    "GPU. The chosen layout is printed at start; the flags below override any part of it."))(
-    serve_command)
+    "GPU. The chosen layout is printed at start; the flags below override any part of it."),
+    epilog="Settings (environment variables of the serving processes; a version's serve "
+           "config wins where it sets the same):\n\n" + settings_help())(serve_command)
 app.command("bench")(bench_command)
 app.add_typer(rollout.app, name="rollout")
 app.command("tune")(tune_command)

@@ -22,10 +22,11 @@ from collections.abc import Callable
 from datetime import timedelta
 
 from serving import metrics as M
+from serving.settings import settings
 from .analysis import analyze, confirmation_queries
 from .prometheus import Prometheus, PrometheusUnavailable
 from .state import (
-    MIN_WINDOW_SCRAPES, Analysis, Request, RolloutSpec, RolloutState, Split, now,
+    Analysis, Request, RolloutSpec, RolloutState, Split, now,
 )
 from .store import StaleState, StateStore
 from .targets import Target, TargetError, owned_split, with_split
@@ -33,15 +34,6 @@ from .targets import Target, TargetError, owned_split, with_split
 log = logging.getLogger("optiserve.rollout")
 PHASES = ("pending", "progressing", "inconclusive", "paused", "promoted", "rolled_back",
           "aborted")
-#: After an unexpected error, a rollout is retried after this many seconds, doubling up to
-#: the last (the controller keeps serving the other rollouts meanwhile).
-BACKOFF_S = (1.0, 60.0)
-#: A runner marks each rollout it looks after at least this often; a CLI request finds a live
-#: runner by it (three of these without a mark: nobody is running it).
-HEARTBEAT_S = 5.0
-#: After a rollback, how long the canary stays deployed (unrouted) before it is removed, so
-#: requests already in it finish.
-DRAIN_S = 5.0
 #: Requests by phase: what each is allowed from.
 #: Kinds of errors the controller counts (every model's series start at 0, so the first one
 #: shows in increase()).
@@ -210,7 +202,7 @@ class Controller:
 
     def runner_alive(self, st: RolloutState) -> bool:
         return (st.heartbeat_at is not None
-                and now() - st.heartbeat_at < timedelta(seconds=3 * HEARTBEAT_S))
+                and now() - st.heartbeat_at < timedelta(seconds=3 * settings().rollout_heartbeat_s))
 
     # Direct forms, kept for callers that are themselves the runner (tests, the foreground
     # loop): record the request, then carry it out here.
@@ -259,7 +251,8 @@ class Controller:
                     self.metrics.error(st.model, "target")
                     self.on_event(st, f"target unavailable: {e}")
                 except Exception as e:
-                    delay = min(BACKOFF_S[1], max(BACKOFF_S[0], 2 * delay))
+                    delay = min(settings().rollout_backoff_max_s,
+                                max(settings().rollout_backoff_min_s, 2 * delay))
                     self._backoff[st.model] = (time.monotonic() + delay, delay)
                     self.metrics.error(st.model, "unexpected")
                     log.exception("rollout of %s: unexpected error; retrying in %.0f s",
@@ -307,7 +300,8 @@ class Controller:
         self._judge(st)
 
     def _beat(self, st: RolloutState) -> None:
-        if st.heartbeat_at is None or now() - st.heartbeat_at >= timedelta(seconds=HEARTBEAT_S):
+        if st.heartbeat_at is None or now() - st.heartbeat_at >= timedelta(
+                seconds=settings().rollout_heartbeat_s):
             self._save(st)
 
     # ---- changing the target: record, apply, confirm -----------------------------------------
@@ -443,7 +437,7 @@ class Controller:
         # the window starts at the step's start and grows while the step waits for data, so
         # evidence accumulates at low traffic; it never shrinks below a few scrape intervals
         window_s = max((t - st.step_started_at).total_seconds(),
-                       MIN_WINDOW_SCRAPES * spec.scrape_interval_s)
+                       settings().rollout_min_window_scrapes * spec.scrape_interval_s)
         a = analyze(self.prom, spec, st.step, st.weight, window_s)
         st.record(a)
         st.judged_at = t
@@ -524,7 +518,7 @@ class Controller:
             split = Split(stable=spec.stable, routed=current.routed, deployed=current.deployed)
             st.weight = 0.0
             gone = [spec.canary] if spec.canary in current.deployed else []
-            after = DRAIN_S
+            after = settings().rollout_drain_s
         st.retire = [] if spec.keep else gone
         st.retire_at = t + timedelta(seconds=after) if st.retire else None
         self._transition(st, phase, reason)

@@ -21,9 +21,6 @@ TRANSITIONS: dict[str, frozenset[str]] = {
     "paused": frozenset({"progressing", "promoted", "rolled_back", "aborted"}),
     "promoted": frozenset(), "rolled_back": frozenset(), "aborted": frozenset(),
 }
-#: Analyses never look at less than this many scrape intervals: a shorter window holds one
-#: sample or none, and increase() over it reads as "no data".
-MIN_WINDOW_SCRAPES = 4
 
 
 def now() -> datetime:
@@ -63,7 +60,8 @@ class RolloutSpec(BaseModel):
                         "one Prometheus never mix their data.")
     scrape_interval_s: float = Field(
         15.0, gt=0, description="Prometheus' scrape interval for the serving metrics; analysis "
-                                f"windows are never shorter than {MIN_WINDOW_SCRAPES} of them.")
+                                "windows are never shorter than OPTISERVE_ROLLOUT_MIN_WINDOW_SCRAPES "
+                                "(default 4) of them.")
     retire_after_s: float | None = Field(
         None, ge=0, description="After promotion, how long the old stable stays served at 0 % "
                                 "before it is removed [default: one interval].")

@@ -22,6 +22,7 @@ import os
 import time
 from dataclasses import dataclass, field
 
+from serving.settings import settings
 from serving.config import (
     GATEWAY_APP, GATEWAY_DEPLOYMENT, gateway_user_config, version_app_name,
 )
@@ -362,8 +363,6 @@ class TuneOptions:
 
 #: How a trial whose configuration could not be applied begins its error.
 APPLY_FAILED = "not applied: "
-#: Trials in a row that could not be applied before the tune stops.
-MAX_FAILED_APPLIES = 3
 
 
 class Tuner:
@@ -394,10 +393,10 @@ class Tuner:
             trial = self.run_trial(len(self.trials), proposal)
             if trial.error is not None and trial.error.startswith(APPLY_FAILED):
                 failed_applies += 1
-                if failed_applies >= MAX_FAILED_APPLIES:
+                if failed_applies >= settings().tune_max_failed_applies:
                     # a server that is gone fails every apply: stop instead of recording every
                     # remaining configuration as failed (a resumed run retries this one)
-                    raise TuneError(f"{MAX_FAILED_APPLIES} configurations in a row could not be "
+                    raise TuneError(f"{failed_applies} configurations in a row could not be "
                                     f"applied (last: {trial.error}); is the server up?")
             else:
                 failed_applies = 0

@@ -12,8 +12,8 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, field
 
-#: In open loop, a step whose served rate falls this far below the offered one did not keep up.
-KEEP_UP = 0.9
+from serving.settings import settings
+
 
 
 @dataclass
@@ -46,7 +46,7 @@ def sustained(step: Step, slo_ms: float) -> bool:
         return False
     if step.p99_ms > slo_ms:
         return False
-    if step.mode == "open" and step.throughput < KEEP_UP * step.load:
+    if step.mode == "open" and step.throughput < settings().tune_keep_up * step.load:
         return False
     return True
 

@@ -22,16 +22,13 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
+from ..settings import reload, settings
 from .schema import SCHEMA_VERSION, Artifact, Manifest, check_model_name
 
-DEFAULT_REPOSITORY = "model-repository"
-ENV_REPOSITORY = "OPTISERVE_REPOSITORY"
 MANIFEST = "manifest.json"
 _STAGING_PREFIX = ".staging-"
 _LOCK = ".publish.lock"
 _COUNTER = ".last-version"
-#: Staging directories older than this are leftovers of crashed publishers.
-STALE_STAGING_S = 3600.0
 
 
 class RepositoryError(Exception):
@@ -54,7 +51,7 @@ def resolve_root(repository: str | os.PathLike | None = None) -> Path:
     """The repository location: the argument, else ``$OPTISERVE_REPOSITORY``, else ``./model-repository``."""
     if repository:
         return Path(repository)
-    return Path(os.environ.get(ENV_REPOSITORY) or DEFAULT_REPOSITORY)
+    return Path(reload().repository)
 
 
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
@@ -267,7 +264,7 @@ class ModelRepository:
         now = time.time()
         for d in mdir.glob(f"{_STAGING_PREFIX}*"):
             try:
-                if now - d.stat().st_mtime > STALE_STAGING_S:
+                if now - d.stat().st_mtime > settings().stale_staging_s:
                     shutil.rmtree(d, ignore_errors=True)
             except OSError:
                 pass

@@ -9,11 +9,8 @@ from pathlib import Path
 import numpy as np
 
 from ..repository import TextPreprocessing
+from ..settings import settings
 
-#: What one extra model call costs, in padded-token units; tunes how eagerly groups split.
-#: On CPU a MiniLM INT8 call costs ~0.1 ms beyond its tokens (~0.04 ms per token at 128 tokens),
-#: so splitting is cheap; on a GPU a call costs far more and fewer, fuller groups win.
-CALL_OVERHEAD_TOKENS = 32
 
 
 class TextEncoder:
@@ -50,7 +47,7 @@ class TextEncoder:
         return feeds
 
 
-def length_groups(lengths: Sequence[int], overhead: int = CALL_OVERHEAD_TOKENS) -> list[list[int]]:
+def length_groups(lengths: Sequence[int], overhead: int | None = None) -> list[list[int]]:
     """Split row indices into groups of similar length, minimising padded work.
 
     Rows are sorted by length and cut into contiguous runs; the cost of a run is
@@ -59,6 +56,11 @@ def length_groups(lengths: Sequence[int], overhead: int = CALL_OVERHEAD_TOKENS) 
     over lines of slope ``-i`` queried at non-decreasing ``L_j`` (the sorted lengths), which a
     monotone convex-hull deque answers in amortised O(1) per row after the sort.
     """
+    # What one extra model call costs, in padded-token units, tunes how eagerly groups split.
+    # On CPU a MiniLM INT8 call costs ~0.1 ms beyond its tokens (~0.04 ms per token at 128
+    # tokens), so splitting is cheap; on a GPU a call costs far more and fewer, fuller groups win.
+    if overhead is None:
+        overhead = settings().length_group_overhead_tokens
     n = len(lengths)
     if n <= 1:
         return [list(range(n))]

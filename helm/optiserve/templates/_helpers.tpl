@@ -192,6 +192,11 @@ app.kubernetes.io/part-of: optiserve
 {{- include "optiserve.imageRef" (list .Values.initImage (printf "%s-init" .Chart.AppVersion)) -}}
 {{- end -}}
 
+{{/* The rollout controller's image: the CLI with the controller's extra only. */}}
+{{- define "optiserve.controllerImage" -}}
+{{- include "optiserve.imageRef" (list .Values.controllerImage (printf "%s-controller" .Chart.AppVersion)) -}}
+{{- end -}}
+
 {{/* The Secret holding Ray's authentication token (key auth_token). */}}
 {{- define "optiserve.authSecret" -}}
 {{- default (printf "%s-ray-auth" (include "optiserve.fullname" .)) .Values.ray.auth.secretName -}}

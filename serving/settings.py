@@ -1,0 +1,225 @@
+"""Every knob of optiserve in one place: limits, timeouts and defaults, each with its unit.
+
+Each field reads ``OPTISERVE_<NAME>`` from the environment of the process that uses it (a
+gateway or model replica, the rollout controller, the command line). On Kubernetes the chart
+sets them on the pods; locally ``optiserve serve`` passes its own environment to Ray's workers.
+Knobs that belong to a served version (its batching, its body limits) are defaults here and
+can be set per version in the serve config (``user_config``), which wins.
+
+``optiserve serve --help`` and the README list them (generated from this class,
+:func:`describe`).
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+from pydantic import Field, NonNegativeFloat, PositiveFloat, PositiveInt
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+ENV_PREFIX = "OPTISERVE_"
+KiB, MiB = 1024, 1024 * 1024
+
+
+def _group(name: str) -> dict:
+    return {"group": name}
+
+
+class Settings(BaseSettings):
+    """optiserve's knobs. A wrong value fails at start with the variable named."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, frozen=True, extra="ignore",
+                                      validate_default=True)
+
+    # ---- model repository --------------------------------------------------------------------
+    repository: str = Field(
+        "model-repository", json_schema_extra=_group("repository"),
+        description="Model repository directory (the --repository option wins).")
+    stale_staging_s: PositiveFloat = Field(
+        3600.0, json_schema_extra=_group("repository"),
+        description="Seconds after which a publish's staging directory left by a killed "
+                    "process is removed.")
+    cache: str | None = Field(
+        None, json_schema_extra=_group("repository"),
+        description="Cache directory of generated data (the distillation corpus) "
+                    "[default: ~/.cache/optiserve].")
+
+    # ---- HTTP ingress (gateway replicas) ---------------------------------------------------
+    http_max_header_bytes: PositiveInt = Field(
+        64 * KiB, json_schema_extra=_group("http"),
+        description="Request line and headers, bytes; more gets 431.")
+    http_max_pipelined: PositiveInt = Field(
+        32, json_schema_extra=_group("http"),
+        description="Requests queued on one connection before it stops reading.")
+    http_idle_timeout_s: PositiveFloat = Field(
+        60.0, json_schema_extra=_group("http"),
+        description="Seconds an idle keep-alive connection stays open.")
+    http_request_timeout_s: PositiveFloat = Field(
+        60.0, json_schema_extra=_group("http"),
+        description="Seconds from a request's first byte to its last; slower gets 408.")
+    http_write_timeout_s: PositiveFloat = Field(
+        60.0, json_schema_extra=_group("http"),
+        description="Seconds a client may stop reading its answers before it is cut off.")
+    http_linger_s: NonNegativeFloat = Field(
+        1.0, json_schema_extra=_group("http"),
+        description="Seconds the rest of a refused (413) body is read and dropped, so the "
+                    "client reads the 413 instead of a reset.")
+    http_linger_bytes: PositiveInt = Field(
+        4 * MiB, json_schema_extra=_group("http"),
+        description="Bytes of a refused (413) body read and dropped at most.")
+    http_close_grace_s: PositiveFloat = Field(
+        5.0, json_schema_extra=_group("http"),
+        description="Seconds a closing connection whose client does not read is kept.")
+    http_drain_s: PositiveFloat = Field(
+        5.0, json_schema_extra=_group("http"),
+        description="Seconds a stopping gateway replica lets requests in flight finish.")
+
+    # ---- gateway -------------------------------------------------------------------------
+    max_body_bytes: PositiveInt = Field(
+        64 * MiB, json_schema_extra=_group("gateway"),
+        description="Largest request body after decompression, bytes; more gets 413 "
+                    "(serve config: the gateway's user_config.max_body_bytes wins).")
+    max_element_bytes: PositiveInt = Field(
+        64 * KiB, json_schema_extra=_group("gateway"),
+        description="Largest element of a BYTES input (one text), bytes; more gets 413 "
+                    "(serve config: user_config.max_element_bytes wins).")
+    inline_text_bytes: PositiveInt = Field(
+        16 * KiB, json_schema_extra=_group("gateway"),
+        description="Text of a batch tokenized on the event loop up to this many bytes; "
+                    "more goes to the gateway's worker threads.")
+    inline_body_bytes: PositiveInt = Field(
+        64 * KiB, json_schema_extra=_group("gateway"),
+        description="Request bodies decoded on the event loop up to this many bytes; larger "
+                    "or compressed ones in the worker threads.")
+    gateway_worker_threads: PositiveInt = Field(
+        2, json_schema_extra=_group("gateway"),
+        description="Threads per gateway replica that decode and tokenize large requests.")
+    length_group_overhead_tokens: PositiveInt = Field(
+        32, json_schema_extra=_group("gateway"),
+        description="Cost of one more model call, in tokens of padding, when a batch of "
+                    "texts is split into groups of similar length.")
+
+    # ---- batching defaults (per version in the serve config) -----------------------------
+    max_queue_rows: PositiveInt = Field(
+        2048, json_schema_extra=_group("batching"),
+        description="Rows allowed to wait per version; more gets 503 with Retry-After "
+                    "(serve config: versions.N.max_queue_rows wins).")
+    max_inflight_batches: PositiveInt = Field(
+        2, json_schema_extra=_group("batching"),
+        description="Batches running at once per version and gateway replica "
+                    "(serve config: versions.N.max_inflight_batches wins).")
+    request_timeout_s: PositiveFloat = Field(
+        30.0, json_schema_extra=_group("batching"),
+        description="Seconds a request may take before it gets 504 "
+                    "(serve config: versions.N.timeout_s wins).")
+
+    # ---- sizing (optiserve serve with no sizing flags) -----------------------------------
+    max_threads: PositiveInt = Field(
+        4, json_schema_extra=_group("sizing"),
+        description="Most intra-op threads per model replica the sizing rule gives.")
+    gateway_cpus: PositiveFloat = Field(
+        1.0, json_schema_extra=_group("sizing"),
+        description="CPUs each gateway replica reserves on machines of 4 CPUs or more.")
+    small_gateway_cpus: PositiveFloat = Field(
+        0.25, json_schema_extra=_group("sizing"),
+        description="CPUs each gateway replica reserves below 4 CPUs.")
+    cpus_per_gateway: PositiveInt = Field(
+        8, json_schema_extra=_group("sizing"),
+        description="One gateway replica per this many CPUs (at least one, one per GPU).")
+
+    # ---- local cluster (optiserve serve) -------------------------------------------------
+    metrics_report_interval_ms: PositiveInt = Field(
+        2000, json_schema_extra=_group("local"),
+        description="How often Ray's workers export metrics, ms.")
+    serve_control_loop_interval_s: PositiveFloat = Field(
+        0.5, json_schema_extra=_group("local"),
+        description="Serve controller's reconcile period, seconds (Ray's default 0.1 costs "
+                    "0.07 of a core idle on 2 CPUs, 0.5 s costs 0.03).")
+
+    # ---- rollout controller ---------------------------------------------------------------
+    rollout_backoff_min_s: PositiveFloat = Field(
+        1.0, json_schema_extra=_group("rollout"),
+        description="First retry delay after a rollout's unexpected error, seconds "
+                    "(doubles each time).")
+    rollout_backoff_max_s: PositiveFloat = Field(
+        60.0, json_schema_extra=_group("rollout"),
+        description="Longest retry delay after repeated errors, seconds.")
+    rollout_heartbeat_s: PositiveFloat = Field(
+        5.0, json_schema_extra=_group("rollout"),
+        description="Seconds between the runner's marks on a rollout it carries; a runner "
+                    "silent for 3 heartbeats is taken for dead.")
+    rollout_drain_s: PositiveFloat = Field(
+        5.0, json_schema_extra=_group("rollout"),
+        description="Seconds a version removed from routing keeps its application before "
+                    "it is deleted (requests in flight finish).")
+    rollout_min_window_scrapes: PositiveInt = Field(
+        4, json_schema_extra=_group("rollout"),
+        description="Analysis windows are at least this many scrape intervals long.")
+
+    # ---- tune -----------------------------------------------------------------------------
+    tune_keep_up: float = Field(
+        0.9, gt=0, le=1, json_schema_extra=_group("tune"),
+        description="An open-loop step counts only when it served this share of the "
+                    "offered rate.")
+    tune_max_failed_applies: PositiveInt = Field(
+        3, json_schema_extra=_group("tune"),
+        description="Configurations in a row that cannot be applied before the tune stops.")
+
+
+class SettingsError(ValueError):
+    """An OPTISERVE_* variable that cannot be used; the message names it and says why."""
+
+
+@lru_cache(maxsize=1)
+def settings() -> Settings:
+    """This process's settings, read from the environment once."""
+    from pydantic import ValidationError
+
+    try:
+        return Settings()
+    except ValidationError as e:
+        raise SettingsError("; ".join(
+            f"{env_name(str(err['loc'][0]))}={err.get('input')!r}: {err['msg']}"
+            for err in e.errors())) from None
+
+
+def reload() -> Settings:
+    """Read the environment again (tests that change it, a process that set it late)."""
+    settings.cache_clear()
+    return settings()
+
+
+def env_name(field: str) -> str:
+    return ENV_PREFIX + field.upper()
+
+
+def describe() -> list[tuple[str, str, str, str]]:
+    """(group, environment variable, default, description) of every knob."""
+    rows = []
+    for name, f in Settings.model_fields.items():
+        extra = f.json_schema_extra or {}
+        default = f.default
+        if isinstance(default, int) and not isinstance(default, bool) and default >= KiB \
+                and default % KiB == 0 and name.endswith("bytes"):
+            shown = f"{default // MiB} MiB" if default % MiB == 0 else f"{default // KiB} KiB"
+        else:
+            shown = "unset" if default is None else f"{default:g}" if isinstance(
+                default, float) else str(default)
+        rows.append((extra.get("group", ""), env_name(name), shown, f.description or ""))
+    return rows
+
+
+def help_text() -> str:
+    """The knobs as lines for a command's help."""
+    return "\n\n".join(f"{env} [{default}]: {desc}" for _g, env, default, desc in describe())
+
+
+def markdown_table() -> str:
+    """The knobs as the README's table."""
+    lines = ["| variable | default | what |", "|---|---|---|"]
+    lines += [f"| `{env}` | {default} | {desc} |" for _g, env, default, desc in describe()]
+    return "\n".join(lines)
+
+
+__all__ = ["Settings", "SettingsError", "settings", "reload", "describe", "env_name", "help_text",
+           "markdown_table"]
