@@ -40,17 +40,32 @@ class ValidationSet:
     tensors: dict[str, np.ndarray] | None = None
     encoder: TextEncoder | None = None
     notes: list[str] = field(default_factory=list)
+    _encodings: list | None = field(default=None, repr=False)
 
     def gather(self, outputs: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
-        """Reassemble per-batch outputs into arrays in the original row order."""
+        """Reassemble per-batch outputs into arrays in the original row order. Per-token
+        outputs ([rows, tokens, ...]) are padded with zeros to the longest row of all batches."""
         merged: dict[str, np.ndarray] = {}
         for name in outputs[0]:
             first = outputs[0][name]
-            full = np.empty((self.rows, *first.shape[1:]), dtype=first.dtype)
-            for rows, out in zip(self.rows_of, outputs):
-                full[rows] = out[name]
+            if first.ndim >= 3:
+                width = max(out[name].shape[1] for out in outputs)
+                full = np.zeros((self.rows, width, *first.shape[2:]), dtype=first.dtype)
+                for rows, out in zip(self.rows_of, outputs):
+                    full[rows, :out[name].shape[1]] = out[name]
+            else:
+                full = np.empty((self.rows, *first.shape[1:]), dtype=first.dtype)
+                for rows, out in zip(self.rows_of, outputs):
+                    full[rows] = out[name]
             merged[name] = full
         return merged
+
+    def encodings(self) -> list:
+        """The tokenizer's encoding of each text row (offsets, special tokens), as serving
+        makes them."""
+        if self._encodings is None:
+            self._encodings = self.encoder.encode_batch(self.texts, keep=True).encodings
+        return self._encodings
 
     def subset(self, rows: np.ndarray) -> ValidationSet:
         """A smaller set with only these rows (in ascending order), labels included."""
@@ -298,6 +313,10 @@ def load_validation(source: SourceModel, path: str | None, labels: str | None,
     if labels:
         if source.task != "classification":
             raise ValidationDataError("--labels needs a classifier (--task classification)")
+        if source.multi_label:
+            raise ValidationDataError(
+                "--labels holds one class per row; a multi-label classifier's truth is a set "
+                "of classes per row, which F1/ROC AUC here do not take: drop --labels")
         vset.labels = read_labels(Path(labels), vset.rows)
     vset.notes = notes
     return vset

