@@ -234,21 +234,45 @@ def optimize(opts: OptimizeOptions, progress: Progress | None = None) -> Optimiz
         bench = _bench_batches(vset, sorted(set(opts.batch_sizes)))
         ranking = _Ranking(src, bench, opts.threads, work)
         ctx.cannot_win = ranking.cannot_win
+        spent: dict[str, float] = {}
 
         def run_variant(name: str, builder, c: BuildContext, judge=None) -> VariantOutcome:
             start = time.monotonic()
-            o = _build_and_measure(name, builder, c, split, bench, opts.threads, opts, work,
-                                   judge)
-            o.seconds = time.monotonic() - start
+            try:
+                o = _build_and_measure(name, builder, c, split, bench, opts.threads, opts,
+                                       work, judge)
+            finally:
+                spent[name] = spent.get(name, 0.0) + time.monotonic() - start
+            o.seconds = spent[name]
             timings.append((name, o.seconds))
             ranking.record(o)
             return o
 
         outcomes: list[VariantOutcome] = []
         progress.phase("variants", total=len(names))
+        # one-step builds first; then every search's best case (e.g. every node INT8), and the
+        # searches in the order of their best cases, each only while it can still win
+        deferred = []
         for name in names:
             progress.status(f"{name}: building")
-            outcomes.append(run_variant(name, VARIANTS[name].build, ctx))
+            if VARIANTS[name].cost:
+                ctx.cannot_win = ranking.defer
+            try:
+                outcomes.append(run_variant(name, VARIANTS[name].build, ctx))
+                progress.advance()
+            except _Deferred:
+                deferred.append(name)
+            finally:
+                ctx.cannot_win = ranking.cannot_win
+        for name in sorted(deferred, key=lambda n: -ranking.best_cases[n]):
+            progress.status(f"{name}: searching")
+            reason = ranking.verdict(name)
+            if reason:
+                outcomes.append(VariantOutcome(name, "skipped", reason=reason,
+                                               seconds=spent[name]))
+                timings.append((name, spent[name]))
+            else:
+                outcomes.append(run_variant(name, VARIANTS[name].build, ctx))
             progress.advance()
         sweep = None
         if selection is not None:
@@ -338,10 +362,14 @@ def _students(src: SourceModel, names: list[str], ctx: BuildContext, vset: Valid
     return outcomes
 
 
+class _Deferred(Exception):
+    """A search stopped at its best case until every search's best case is known."""
+
+
 class _Ranking:
-    """The fastest variant within budget so far, and a cheap measurement of a candidate's best
-    case: a search for a candidate's most faithful form (fp32 nodes, accuracy control) runs
-    only when that best case can beat it."""
+    """The fastest variant within budget so far, and a cheap measurement of each search's best
+    case (e.g. every node INT8; the search for nodes to keep in higher precision only slows
+    it): a search runs only when its best case can beat the leader."""
 
     #: a best case this much slower than the leader still searches (a short measurement's noise)
     MARGIN = 0.9
@@ -350,27 +378,44 @@ class _Ranking:
                  work: Path):
         self.src, self.bench, self.threads, self.work = src, bench, threads, work
         self.best: VariantOutcome | None = None
+        #: rows/s of each deferred search's best case, at the largest benchmarked batch
+        self.best_cases: dict[str, float] = {}
 
     def record(self, o: VariantOutcome) -> None:
         if o.passed and (self.best is None or o.throughput > self.best.throughput):
             self.best = o
 
-    def cannot_win(self, label: str, build: VariantBuild) -> str | None:
-        if self.best is None:
-            return None
-        best = max(self.best.measurements.latency, key=lambda p: p.throughput)
-        size = best.batch_size
-        cdir = _candidate_dir(self.work, self.src, build, under="best-case")
-        draft = _draft_manifest(self.src, build, cdir, None, None, [])
+    def _speed(self, src: SourceModel, build: VariantBuild) -> float:
+        size = max(self.bench)
+        cdir = _candidate_dir(self.work, src, build, under="best-case")
+        draft = _draft_manifest(src, build, cdir, None, None, [])
         m = measure_in_subprocess(draft, cdir, [], {size: self.bench[size][:4]}, self.threads,
                                   min_time_s=0.3, min_iters=3)
-        speed = m.latency[0].throughput
-        if speed >= self.MARGIN * best.throughput:
+        return m.latency[0].throughput
+
+    def defer(self, ctx: BuildContext, label: str, build: VariantBuild) -> str | None:
+        """Measure the best case and stop the build until every best case is known."""
+        self.best_cases[label] = self._speed(ctx.source, build)
+        raise _Deferred(label)
+
+    def verdict(self, label: str, speed: float | None = None) -> str | None:
+        speed = self.best_cases[label] if speed is None else speed
+        if self.best is None:
             return None
-        return (f"its best case (every node INT8) runs {speed:.1f} rows/s at batch {size}, "
-                f"below {self.best.name} ({best.throughput:.1f} rows/s) already within the "
-                "budget: the search for nodes to keep in higher precision only slows it, so "
-                "it was skipped")
+        size = max(self.bench)
+        lead = next((p.throughput for p in self.best.measurements.latency
+                     if p.batch_size == size), None)
+        if lead is None or speed >= self.MARGIN * lead:
+            return None
+        return (f"its best case (every node quantized) runs {speed:.1f} rows/s at batch "
+                f"{size}, below {self.best.name} ({lead:.1f} rows/s) already within the "
+                "budget: a search for nodes to keep in higher precision only slows it, so it "
+                "was skipped")
+
+    def cannot_win(self, ctx: BuildContext, label: str, build: VariantBuild) -> str | None:
+        if ctx.source is self.src and label in self.best_cases:  # measured while deferred
+            return self.verdict(label)
+        return self.verdict(label, self._speed(ctx.source, build)) if self.best else None
 
 
 def _build_and_measure(name: str, builder, ctx: BuildContext, split: Split, bench,
@@ -379,6 +424,8 @@ def _build_and_measure(name: str, builder, ctx: BuildContext, split: Split, benc
     src = ctx.source
     try:
         build = builder(ctx)
+    except _Deferred:
+        raise
     except VariantSkipped as e:
         return VariantOutcome(name, "skipped", reason=str(e))
     except Exception as e:  # a broken variant is reported, not fatal

@@ -42,3 +42,16 @@ def minilm_build(tmp_path_factory):
     # temporary files of the quantizers stay out of the user's working directory
     assert list(cwd.iterdir()) == []
     return repo, report, result
+
+
+@pytest.fixture(scope="session")
+def hf_dirs(tmp_path_factory):
+    """Tiny Hugging Face directories built offline (tests/support/hf_models.py): BERT,
+    DistilBERT and RoBERTa sequence classifiers and a BERT token classifier."""
+    from tests.support import hf_models
+
+    root = tmp_path_factory.mktemp("hf")
+    return {"bert": hf_models.bert_classifier(root / "bert"),
+            "distilbert": hf_models.distilbert_classifier(root / "distilbert"),
+            "roberta": hf_models.roberta_classifier(root / "roberta"),
+            "ner": hf_models.bert_token_classifier(root / "ner")}

@@ -46,6 +46,10 @@ _OFFSET_POSITIONS = ("roberta", "xlm-roberta", "camembert", "longformer", "bart"
 _BERT_LIKE = ("bert", "roberta", "xlm-roberta", "camembert", "distilbert", "electra")
 _WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
             "pytorch_model.bin.index.json")
+#: Files a fast tokenizer can be built from when there is no tokenizer.json (transformers
+#: would otherwise build an empty one from the config alone).
+_SLOW_TOKENIZER_FILES = ("vocab.txt", "vocab.json", "sentencepiece.bpe.model", "spiece.model",
+                         "tokenizer.model", "spm.model")
 
 
 @dataclass
@@ -227,7 +231,8 @@ def load_model(d: Directory, task: str, config):
         model, info = _auto_class(task).from_pretrained(
             str(d.model_dir), config=config, local_files_only=True, trust_remote_code=False,
             use_safetensors=weights.name.startswith("model.safetensors"), weights_only=True,
-            output_loading_info=True, attn_implementation="eager")
+            # tensors of another shape are reported below (and refused) with their names
+            ignore_mismatched_sizes=True, output_loading_info=True, attn_implementation="eager")
     except Exception as e:
         first = (str(e).strip().splitlines() or [type(e).__name__])[0][:400]
         raise SourceError(f"{weights}: the weights do not fit {d.model_dir / 'config.json'} "
@@ -235,7 +240,8 @@ def load_model(d: Directory, task: str, config):
     # pooled features never use the pooler; everything else must come from the file
     missing = [k for k in info.get("missing_keys", [])
                if not (task == "embedding" and ".pooler." in f".{k}")]
-    mismatched = [str(k[0] if isinstance(k, tuple) else k)
+    mismatched = [f"{k[0]} {list(k[1])} in the file, {list(k[2])} by the config"
+                  if isinstance(k, tuple) and len(k) == 3 else str(k)
                   for k in info.get("mismatched_keys", [])]
     if missing or mismatched:
         what = ([f"missing {len(missing)} tensor(s): {', '.join(sorted(missing)[:6])}"]
@@ -262,6 +268,11 @@ def _tokenizer(d: Directory, work: Path):
             raise SourceError(f"{path} is not a tokenizers file ({type(e).__name__}: "
                               f"{str(e)[:200]})") from None
     else:
+        if not any((d.model_dir / f).is_file() for f in _SLOW_TOKENIZER_FILES):
+            raise SourceError(
+                f"{d.model_dir} has no usable tokenizer: no tokenizer.json and none of "
+                f"{', '.join(_SLOW_TOKENIZER_FILES)}; save the tokenizer with the model "
+                "(tokenizer.save_pretrained(DIR))")
         try:
             from transformers import AutoTokenizer
 
@@ -342,17 +353,16 @@ def load(path: str | Path, name: str | None = None, task: str | None = None,
     work = Path(tempfile.mkdtemp(prefix="optiserve-hf-"))
     try:
         tok, tokenizer_file = _tokenizer(d, work)
+        vocab = getattr(config, "vocab_size", None)
+        if vocab and tok.get_vocab_size(with_added_tokens=True) > vocab:
+            raise SourceError(f"{d.model_dir}: the tokenizer has "
+                              f"{tok.get_vocab_size(with_added_tokens=True)} tokens but the "
+                              f"model's embedding table {vocab} (config.json vocab_size): not "
+                              "this model's tokenizer")
         model, weights = load_model(d, task, config)
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)
         raise
-    vocab = getattr(config, "vocab_size", None)
-    if vocab and tok.get_vocab_size(with_added_tokens=True) > vocab:
-        shutil.rmtree(work, ignore_errors=True)
-        raise SourceError(f"{d.model_dir}: the tokenizer has "
-                          f"{tok.get_vocab_size(with_added_tokens=True)} tokens but the model's "
-                          f"embedding table {vocab} (config.json vocab_size): not this model's "
-                          "tokenizer")
     tok_config_path = d.model_dir / "tokenizer_config.json"
     tok_config = _read_json(tok_config_path, "tokenizer_config.json") \
         if tok_config_path.is_file() else {}

@@ -55,14 +55,20 @@ class BuildContext:
     tune_seconds: float = 300.0
     #: Reference outputs of the held-out rows (the pipeline judges with them; builders must not).
     held_out_reference: dict[str, np.ndarray] | None = None
-    #: ``cannot_win(label, build)``: why a search for the most faithful form of a candidate is
-    #: not worth its time (its best case, ``build``, measured slower than the fastest variant
-    #: already within budget), or None. Searches only make a candidate slower.
-    cannot_win: Callable[[str, VariantBuild], str | None] = lambda _label, _build: None
+    #: ``cannot_win(ctx, label, build)``: why a search for the most faithful form of a
+    #: candidate is not worth its time (its best case, ``build``, measured slower than the
+    #: fastest variant already within budget), or None; it may also stop the build for now
+    #: (the pipeline measures every best case before any search). Searches only make a
+    #: candidate slower.
+    cannot_win: Callable[[BuildContext, str, VariantBuild], str | None] = \
+        lambda _ctx, _label, _build: None
 
     def worth_searching(self, label: str, build: VariantBuild) -> None:
-        """Raise :class:`VariantSkipped` when the search for ``label`` cannot pay off."""
-        reason = self.cannot_win(label, build)
+        """Raise :class:`VariantSkipped` when the search for ``label`` cannot pay off.
+        Builders call it with their best case (e.g. every node INT8) once it misses the
+        budget, before they search; a build may be stopped here and run again later, so the
+        work before it is kept in ``cache``."""
+        reason = self.cannot_win(self, label, build)
         if reason:
             raise VariantSkipped(reason)
 

@@ -133,9 +133,13 @@ def quantizable_nodes(path: Path) -> list[str]:
 def tune(ctx: BuildContext, label: str, quantize: Callable[..., Path], base: Path
          ) -> tuple[Path, Fidelity, list[str]]:
     """Quantize everything; if the budget is missed, keep the most damaging nodes in fp32."""
-    ctx.status(f"{label}: quantizing")
-    full = quantize(exclude=[], only=None)
-    fid, scores = ctx.evaluate_onnx(full)
+    key = f"{label}-full"
+    if key not in ctx.cache:  # kept: the build may stop at its best case and run again
+        ctx.status(f"{label}: quantizing")
+        full = ctx.scratch(key) / "model.onnx"
+        shutil.move(quantize(exclude=[], only=None), full)
+        ctx.cache[key] = (full, *ctx.evaluate_onnx(full))
+    full, fid, scores = ctx.cache[key]
     if fid.passed:
         return full, fid, []
     # keeping nodes in fp32 only slows the model down: its fully quantized form is the best case
