@@ -70,7 +70,7 @@ def inputs(enc: TextEncoder, texts: list[str], batch: int, tokens: int) -> dict[
     return enc.pad(rows)
 
 
-def optimize_args(extra: list[str]):
+def optimize_args(extra: list[str], source: str = "minilm"):
     """The CLI's own option parsing, so `-- --students l3 ...` means what it means there."""
     import typer.main
 
@@ -89,7 +89,7 @@ def optimize_args(extra: list[str]):
     try:
         app = typer.Typer(add_completion=False)
         app.command()(optimize_command)
-        typer.main.get_command(app)(["minilm", "--publish", "none", "-q", *extra],
+        typer.main.get_command(app)([source, "--publish", "none", "-q", *extra],
                                     standalone_mode=False)
     except SystemExit:
         pass

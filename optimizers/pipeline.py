@@ -61,7 +61,12 @@ class OptimizeOptions:
     outputs: list[str] | None = None
     repository: str | None = None
     min_time_s: float = 1.0
+    #: Most seconds one search (fp32 nodes, accuracy control) may take.
     tune_seconds: float = 300.0
+    #: Seconds every search together may take once their best cases are measured; they run
+    #: fastest best case first, each within what is left (none starts with less than a
+    #: quarter of it).
+    search_seconds: float = 90.0
     #: Keep every built candidate (model file + extras) under this directory.
     keep_build: str | None = None
     #: scikit-learn sources: load a joblib pickle (runs its code); skops types to trust.
@@ -264,15 +269,26 @@ def optimize(opts: OptimizeOptions, progress: Progress | None = None) -> Optimiz
                 deferred.append(name)
             finally:
                 ctx.cannot_win = ranking.cannot_win
+        left, searched = opts.search_seconds, []
         for name in sorted(deferred, key=lambda n: -ranking.best_cases[n]):
             progress.status(f"{name}: searching")
             reason = ranking.verdict(name)
+            if not reason and left < opts.search_seconds / 4:
+                reason = (f"the searches' time (--search-seconds {opts.search_seconds:g}) was "
+                          f"spent on {', '.join(searched)}, whose best cases were faster "
+                          f"(its best case: {ranking.best_cases[name]:.1f} rows/s at batch "
+                          f"{max(bench)})")
             if reason:
                 outcomes.append(VariantOutcome(name, "skipped", reason=reason,
                                                seconds=spent[name]))
                 timings.append((name, spent[name]))
             else:
+                ctx.tune_seconds = min(opts.tune_seconds, left)
+                start = time.monotonic()
                 outcomes.append(run_variant(name, VARIANTS[name].build, ctx))
+                left -= time.monotonic() - start
+                searched.append(name)
+                ctx.tune_seconds = opts.tune_seconds
             progress.advance()
         sweep = None
         if selection is not None:

@@ -360,9 +360,10 @@ class Gateway:
     def openapi(self) -> dict:
         from .protocol.openapi import openapi_document
 
+        stable = {n: st.versions[st.policy.stable].manifest for n, st in self.models.items()}
         return openapi_document(
             {n: list(st.versions) for n, st in self.models.items()}, SERVER_VERSION,
-            {n: st.versions[st.policy.stable].manifest.signature for n, st in self.models.items()})
+            {n: m.signature for n, m in stable.items()}, manifests=stable)
 
     def model_metadata(self, name: str, version: str | None = None) -> dict:
         st = self.model(name)

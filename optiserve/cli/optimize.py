@@ -69,7 +69,13 @@ def optimize_command(
     outputs: Optional[list[str]] = typer.Option(None, "--output", help="Output names (torch)."),
     min_time: float = typer.Option(1.0, "--min-time", help="Seconds to benchmark each size."),
     tune_seconds: float = typer.Option(
-        300.0, "--tune-seconds", help="Time allowed for keeping INT8-sensitive nodes in fp32."),
+        300.0, "--tune-seconds", help="Most seconds one search (INT8-sensitive nodes kept in "
+                                      "fp32, NNCF's accuracy control) may take."),
+    search_seconds: float = typer.Option(
+        90.0, "--search-seconds", help="Seconds all searches together may take; they run "
+                                       "fastest best case (every node INT8) first, and one "
+                                       "that cannot beat a variant already within budget is "
+                                       "skipped."),
     keep_build: Optional[str] = typer.Option(
         None, "--keep-build", help="Keep every built candidate under DIR/candidates/<variant>."),
     select_features: Optional[str] = typer.Option(
@@ -119,6 +125,9 @@ def optimize_command(
         fail(f"--max-cosine-drop must be in [0, 1) (got {max_cosine_drop})")
     if not 0 < min_agreement <= 1:
         fail(f"--min-agreement must be in (0, 1] (got {min_agreement})")
+    if tune_seconds <= 0 or search_seconds < 0:
+        fail(f"--tune-seconds must be > 0 and --search-seconds >= 0 (got {tune_seconds:g}, "
+             f"{search_seconds:g})")
     if not 0 < held_out < 1:
         fail(f"--held-out must be a fraction between 0 and 1, e.g. 0.5 (got {held_out})")
     opts = OptimizeOptions(
@@ -131,6 +140,7 @@ def optimize_command(
         batch_sizes=_csv_ints(batch_sizes, "--batch-sizes"), p99_target_ms=p99_target_ms,
         threads=threads, task=task, pooling=pooling, inputs=list(inputs or []), outputs=list(outputs or []) or None,
         repository=repository, min_time_s=min_time, tune_seconds=tune_seconds,
+        search_seconds=search_seconds,
         keep_build=keep_build, trust=trust,
         trusted_types=[t.strip() for t in (trust_types or "").split(",") if t.strip()],
         select_features=select_features, train_data=train_data, selector=selector,

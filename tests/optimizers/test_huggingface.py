@@ -207,44 +207,29 @@ def test_text_longer_than_the_model_is_truncated_as_the_manifest_says(hf_dirs):
 
 # ---- the toolbox on tiny models: fidelity in each task's own terms ------------------------------
 
-@pytest.fixture(scope="module")
-def hf_optimized(hf_dirs, tmp_path_factory):
-    """Each tiny model optimized by the real CLI (ORT fp32 and INT8, OpenVINO INT8 with NNCF)."""
-    root = tmp_path_factory.mktemp("hf-optimized")
-    runs = {}
-    for key in ("bert", "ner"):
-        r = run_cli("optimize", str(hf_dirs[key]), "--name", key, "--variants",
-                    "torch-fp32,onnx-fp32,onnx-int8-dynamic,openvino-int8", "--publish", "all",
-                    "--report", str(root / "report" / key), "--repository", str(root / "repo"),
-                    "--min-agreement", "0.9", "--min-entity-f1", "0.8", *FAST)
-        assert r.returncode == 0, r.stdout + r.stderr
-        runs[key] = r
-    return root, runs
+def test_classifiers_are_judged_on_top1_agreement_and_published_with_labels(hf_build):
+    repo_dir, report_dir, runs = hf_build
+    repo = ModelRepository(repo_dir)
+    for name in ("bert", "distilbert", "roberta"):
+        versions = [repo.manifest(name, v) for v in repo.versions(name)]
+        assert {"torch-fp32", "onnx-fp32"} <= {m.variant for m in versions}, name
+        for m in versions:
+            assert m.schema_version == 2 and m.task == "classification"
+            assert m.postprocessing.labels == hf_models.SENTIMENT
+            f = m.measurements.fidelity
+            assert f.top1_agreement >= 0.9 and f.max_prob_diff is not None
+            assert f.rows == "held-out" and f.token_agreement is None and f.cosine_min is None
+        report = (report_dir / name / "report.md").read_text()
+        assert "## Time" in report and "| torch-fp32 |" in report
+        assert "took " in runs[name].stdout  # where the time went, on the command line
 
 
-def test_classifier_is_judged_on_top1_agreement_and_published_with_its_labels(hf_optimized):
-    root, runs = hf_optimized
-    repo = ModelRepository(root / "repo")
-    versions = [repo.manifest("bert", v) for v in repo.versions("bert")]
-    assert {"torch-fp32", "onnx-fp32"} <= {m.variant for m in versions}
-    for m in versions:
-        assert m.schema_version == 2 and m.task == "classification"
-        assert m.postprocessing.labels == hf_models.SENTIMENT
-        f = m.measurements.fidelity
-        assert f.top1_agreement >= 0.9 and f.max_prob_diff is not None and f.rows == "held-out"
-        assert f.token_agreement is None and f.cosine_min is None
-    report = (root / "report" / "bert" / "report.md").read_text()
-    assert "## Time" in report and "| torch-fp32 |" in report
-    assert "took " in runs["bert"].stdout  # where the time went, on the command line
-
-
-def test_token_classifier_is_judged_on_token_agreement_and_entity_f1(hf_optimized, hf_dirs):
+def test_token_classifier_is_judged_on_token_agreement_and_entity_f1(hf_build, hf_dirs):
     from optimizers.fidelity import FidelityBudget, judge
     from optimizers.validation import load_validation, split_validation
     from serving.runtimes import load_runtime
 
-    root, _ = hf_optimized
-    repo = ModelRepository(root / "repo")
+    repo = ModelRepository(hf_build[0])
     src = resolve_source(str(hf_dirs["ner"]))
     vset = load_validation(src, None, None)
     held = split_validation(vset, 0.5, 0).held_out

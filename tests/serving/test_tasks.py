@@ -300,3 +300,30 @@ def test_shadow_agreement_of_token_classifiers_compares_token_labels(hf_gateway)
     flipped = la.copy()
     flipped[0, 0] = b"B-ZZZ"
     assert agreement("token-classification", la, flipped)[0] < 1.0
+
+
+def test_openapi_has_examples_in_each_tasks_terms_and_they_fit_the_schema(hf_gateway):
+    import jsonschema
+    from openapi_spec_validator import validate
+
+    doc = hf_gateway.openapi()
+    validate(doc)
+    post = doc["paths"]["/v2/models/{model_name}/infer"]["post"]
+    requests = post["requestBody"]["content"]["application/json"]["examples"]
+    responses = post["responses"]["200"]["content"]["application/json"]["examples"]
+    assert {"cls", "cls-class-count", "ner", "multi"} <= set(requests)
+    assert {"cls-labels", "cls-class-count", "ner-entities", "ner-truncated"} <= set(responses)
+    schemas = {"$defs": doc["components"]["schemas"]}
+    refs = lambda s: json.loads(json.dumps(s).replace("#/components/schemas/", "#/$defs/"))  # noqa: E731
+    for examples, name in ((requests, "InferenceRequest"), (responses, "InferenceResponse")):
+        schema = refs({**schemas, "$ref": f"#/$defs/{name}"})
+        for key, example in examples.items():
+            jsonschema.validate(example["value"], schema)
+    # the request examples are answered as documented
+    for key in ("cls-class-count", "ner"):
+        value = requests[key]["value"]
+        status, answer = infer(hf_gateway, key.split("-")[0], value["inputs"][0]["data"],
+                               value.get("outputs"))
+        assert status == 200, answer
+    assert [o["name"] for o in answer["outputs"]] == [
+        o["name"] for o in responses["ner-entities"]["value"]["outputs"]]

@@ -168,3 +168,44 @@ def edit_config(directory: Path, **changes) -> None:
 def copy(src: Path, dst: Path) -> Path:
     shutil.copytree(src, dst)
     return dst
+
+
+def base_sized_classifier(out: Path, layers: int = 6, hidden: int = 768, seed: int = 0,
+                          labels: list[str] = SENTIMENT) -> Path:
+    """A BERT-base-wide classifier (``layers`` x ``hidden``, 12 heads, FFN 4x) with random
+    weights and a real English WordPiece vocabulary (the minilm package's uncased tokenizer):
+    the size of a typical fine-tuned classifier, for speed measurements. The encoder keeps
+    BERT's own initialisation; the head is drawn wider so that classes are decided by clear
+    margins, as in a trained classifier, rather than by near ties: centred and scaled on
+    sentences of the built-in corpus (never the validation sentences), so that every class is
+    predicted and the logits spread like a trained model's."""
+    import torch
+    from tokenizers import Tokenizer
+    from transformers import BertConfig, BertForSequenceClassification
+
+    from optimizers.sources.minilm import model_dir
+
+    torch.manual_seed(seed)
+    config = BertConfig(vocab_size=30522, hidden_size=hidden, num_hidden_layers=layers,
+                        num_attention_heads=hidden // 64, intermediate_size=4 * hidden,
+                        max_position_embeddings=512, **_labels(labels))
+    model = BertForSequenceClassification(config).eval()
+    tok = Tokenizer.from_file(str(model_dir() / "tokenizer.json"))
+    tok.no_padding()
+    tok.enable_truncation(128)
+    pooled = []
+    with torch.inference_mode():
+        for text in corpus(limit=256)[:256]:
+            ids = torch.tensor([tok.encode(text).ids])
+            pooled.append(model.bert(input_ids=ids).pooler_output[0])
+    pooled = torch.stack(pooled)
+    with torch.no_grad():
+        w = torch.randn(len(labels), hidden)
+        logits = (pooled - pooled.mean(0)) @ w.T
+        w *= 2.0 / logits.std()  # logits spread ~2 across sentences
+        model.classifier.weight.copy_(w)
+        model.classifier.bias.copy_(-(pooled.mean(0) @ w.T))
+    model.save_pretrained(str(out))
+    for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt"):
+        shutil.copyfile(model_dir() / name, out / name)
+    return out
