@@ -268,13 +268,14 @@ def build_openvino_int8(ctx: BuildContext) -> VariantBuild:
     # every operation INT8 first: within the budget it is the answer, and otherwise it is the
     # best case of the search (operations kept in fp32 only slow the model down); kept, as the
     # build may stop at its best case and run again
-    if "openvino-int8-full" not in ctx.cache:
+    key = f"openvino-int8-full:{ctx.source.task}"
+    if key not in ctx.cache:
         ctx.status("openvino-int8: quantizing (NNCF)")
         with _nncf_quiet(work):
             full = nncf.quantize(model.clone(), calibration, **common)
-        ctx.cache["openvino-int8-full"] = (full, metric(core.compile_model(full, "CPU", {
+        ctx.cache[key] = (full, metric(core.compile_model(full, "CPU", {
             "INFERENCE_PRECISION_HINT": "f32"}), items)[0])
-    full, full_metric = ctx.cache["openvino-int8-full"]
+    full, full_metric = ctx.cache[key]
     total = int8_operations(full)
     quantized = full
     if full_metric < metric.target:
