@@ -28,6 +28,7 @@ import time
 from pathlib import Path
 
 from serving.runtimes import available_cpus
+from tests.support.optimize_args import optimize_args
 
 
 def main() -> None:
@@ -43,7 +44,6 @@ def main() -> None:
     ap.add_argument("--json", type=Path)
     args = ap.parse_args(argv)
 
-    from benchmarks.optimizer_minilm import optimize_args
     from optimizers import optimize
     from optimizers.measure import measure_in_subprocess
     from optimizers.pipeline import _draft_manifest
