@@ -75,7 +75,7 @@ def hf_build(hf_dirs, tmp_path_factory):
                     ",".join(HF_VARIANTS), "--publish", "all", "--report",
                     str(root / "report" / name), "--repository", str(root / "repo"),
                     "--min-agreement", "0.9", "--min-entity-f1", "0.8", "--min-time", "0.05",
-                    "--batch-sizes", "1,8", "-q")
+                    "--batch-sizes", "1,32", "-q")
         assert r.returncode == 0, r.stdout + r.stderr
         runs[name] = r
     return root / "repo", root / "report", runs

@@ -88,8 +88,13 @@ def test_an_int8_classifier_stays_within_its_measured_tolerance(server, hf_dirs)
         "probabilities")
     want = pipeline_probabilities(hf_dirs["bert"], labels, TEXTS)
     # dynamic INT8 scales activations per batch: batch-mates here differ from the optimizer's
-    assert np.abs(got - want).max() <= 2 * fidelity.max_prob_diff + 0.02
-    assert np.mean(got.argmax(1) == want.argmax(1)) >= 0.9
+    tolerance = 2 * fidelity.max_prob_diff + 0.02
+    assert np.abs(got - want).max() <= tolerance
+    # a row whose top two classes are further apart than the error can move them keeps its label
+    top2 = np.sort(want, 1)[:, -2:]
+    clear = top2[:, 1] - top2[:, 0] > 2 * tolerance
+    assert clear.sum() >= len(TEXTS) // 4  # the check below covers a good share of rows
+    assert (got.argmax(1) == want.argmax(1))[clear].all()
 
 
 def test_class_count_over_tritonclient(server):
