@@ -273,10 +273,12 @@ def optimize(opts: OptimizeOptions, progress: Progress | None = None) -> Optimiz
         for name in sorted(deferred, key=lambda n: -ranking.best_cases[n]):
             progress.status(f"{name}: searching")
             reason = ranking.verdict(name)
-            if not reason and left < opts.search_seconds / 4:
-                reason = (f"the searches' time (--search-seconds {opts.search_seconds:g}) was "
-                          f"spent on {', '.join(searched)}, whose best cases were faster "
-                          f"(its best case: {ranking.best_cases[name]:.1f} rows/s at batch "
+            if not reason and (left <= 0 or left < opts.search_seconds / 4):
+                reason = (f"no time was left for its search (--search-seconds "
+                          f"{opts.search_seconds:g}"
+                          + (f", spent on {', '.join(searched)}, whose best cases were faster"
+                             if searched else "")
+                          + f"; its best case: {ranking.best_cases[name]:.1f} rows/s at batch "
                           f"{max(bench)})")
             if reason:
                 outcomes.append(VariantOutcome(name, "skipped", reason=reason,

@@ -150,6 +150,9 @@ def _broken(kind: str, hf_dirs, root: Path) -> tuple[Path, str]:
     if kind == "no-weights":
         (d / "model.safetensors").unlink()
         return d, "holds no weights"
+    if kind == "regression":
+        hf_models.edit_config(d, problem_type="regression")
+        return d, "problem_type regression is a regression head"
     if kind == "foreign-tokenizer":
         hf_models.edit_config(d, vocab_size=500)
         return d, "not this model's tokenizer"
@@ -157,7 +160,7 @@ def _broken(kind: str, hf_dirs, root: Path) -> tuple[Path, str]:
 
 
 BROKEN = ["no-config", "no-task", "no-tokenizer", "wrong-weights", "wrong-labels",
-          "empty-labels", "remote-code", "unknown-type", "no-weights"]
+          "empty-labels", "remote-code", "unknown-type", "no-weights", "regression"]
 
 
 @pytest.mark.parametrize("kind", BROKEN)
@@ -292,3 +295,35 @@ def test_a_multi_label_classifier_refuses_single_class_labels(tmp_path, hf_dirs)
     assert r.returncode == 1 and "multi-label" in r.stderr, r.stderr
     assert json.loads((d / "config.json").read_text())["problem_type"] == \
         "multi_label_classification"
+
+
+# ---- where the time goes: searches ranked by their best case, within a budget -----------------
+
+def test_a_search_that_cannot_win_or_has_no_time_left_is_skipped_with_the_reason(hf_dirs,
+                                                                                  tmp_path):
+    from optimizers import OptimizeOptions, optimize
+    from optimizers.fidelity import FidelityBudget
+    from optimizers.pipeline import _Ranking, VariantOutcome
+    from serving.repository import Fidelity, LatencyPoint, Measurements
+
+    # a budget full quantization misses: INT8 needs its search, which has no time
+    result = optimize(OptimizeOptions(
+        source=str(hf_dirs["bert"]), variants=["onnx-int8-dynamic", "onnx-fp32"],
+        budget=FidelityBudget(min_top1=0.9999), publish="none", min_time_s=0.05,
+        batch_sizes=[1, 8], search_seconds=0, repository=str(tmp_path / "repo")))
+    assert [o.name for o in result.outcomes] == ["onnx-fp32", "onnx-int8-dynamic"]
+    skipped = result.outcome("onnx-int8-dynamic")
+    assert skipped.status == "skipped" and "--search-seconds 0" in skipped.reason
+    assert skipped.seconds > 0 and dict(result.timings)["onnx-int8-dynamic"] == skipped.seconds
+
+    # the leader's rows/s at the largest batch decides
+    ranking = _Ranking(None, {1: [], 8: []}, 1, tmp_path)
+    lead = VariantOutcome("onnx-fp32", "ok", measurements=Measurements(
+        fidelity=Fidelity(samples=1, passed=True, budget="-"), size_bytes=1, latency=[
+            LatencyPoint(batch_size=8, p50_ms=1, p95_ms=1, p99_ms=1, throughput=1000.0,
+                         iterations=3)]))
+    ranking.best_cases = {"slow": 850.0, "close": 950.0}
+    assert ranking.verdict("slow") is None  # nothing within budget yet: search
+    ranking.record(lead)
+    assert "below onnx-fp32 (1000.0 rows/s)" in ranking.verdict("slow")
+    assert ranking.verdict("close") is None  # within a short measurement's noise
