@@ -364,6 +364,9 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--seconds", type=float, default=8.0, help="per load measurement")
     ap.add_argument("--concurrency", default="8,16,32,64")
+    ap.add_argument("--tree", action="append", default=[],
+                    help="NAME=PATH: also measure optiserve from another checkout (e.g. the "
+                         "previous HTTP server), with its defaults, in the same rounds")
     ap.add_argument("--optiserve-flags", action="append", default=[],
                     help="an extra optiserve configuration, e.g. '--replicas 2' (repeatable; "
                          "the defaults are always measured)")
@@ -389,10 +392,14 @@ def main() -> None:
         if flags is None:
             return Server(name, triton_command(server_dir, models, port), port, log, True,
                           triton_env).start()
+        tree = trees.get(name)
+        env = {"PYTHONPATH": str(tree)} if tree else None
         return Server(name, optiserve_command(args.repository.resolve(), version, port, flags),
-                      port, log, False).start()
+                      port, log, False, env=env, cwd=tree).start()
 
-    configs = {"triton": None, "optiserve": "",
+    trees = {f"optiserve@{t.split('=', 1)[0]}": Path(t.split("=", 1)[1]).resolve()
+             for t in args.tree}
+    configs = {"triton": None, "optiserve": "", **{name: "" for name in trees},
                **{f"optiserve {f}": f for f in args.optiserve_flags}}
     concurrencies = [int(c) for c in args.concurrency.split(",")]
     data = texts()

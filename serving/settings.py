@@ -45,15 +45,21 @@ class Settings(BaseSettings):
                     "[default: ~/.cache/optiserve].")
 
     # ---- HTTP ingress (gateway replicas) ---------------------------------------------------
+    listen: str | None = Field(
+        None, json_schema_extra=_group("http"),
+        description="host:port every gateway replica answers HTTP on (set by optiserve serve "
+                    "from its --host/--port, by the chart from serve.port); unset: no HTTP.")
+    http_max_connections: PositiveInt = Field(
+        1000, json_schema_extra=_group("http"),
+        description="Open connections per gateway replica; one more is answered 503 and "
+                    "closed at once, so idle connections cannot crowd out connected clients.")
     http_max_header_bytes: PositiveInt = Field(
         64 * KiB, json_schema_extra=_group("http"),
         description="Request line and headers, bytes; more gets 431.")
-    http_max_pipelined: PositiveInt = Field(
-        32, json_schema_extra=_group("http"),
-        description="Requests queued on one connection before it stops reading.")
     http_idle_timeout_s: PositiveFloat = Field(
         60.0, json_schema_extra=_group("http"),
-        description="Seconds an idle keep-alive connection stays open.")
+        description="Seconds a connection with no request in progress stays open (keep-alive, "
+                    "or one that never sends).")
     http_request_timeout_s: PositiveFloat = Field(
         60.0, json_schema_extra=_group("http"),
         description="Seconds from a request's first byte to its last; slower gets 408.")
@@ -61,18 +67,21 @@ class Settings(BaseSettings):
         60.0, json_schema_extra=_group("http"),
         description="Seconds a client may stop reading its answers before it is cut off.")
     http_linger_s: NonNegativeFloat = Field(
-        1.0, json_schema_extra=_group("http"),
+        30.0, json_schema_extra=_group("http"),
         description="Seconds the rest of a refused (413) body is read and dropped, so the "
-                    "client reads the 413 instead of a reset.")
+                    "client, still sending, reads the 413 instead of a reset (nginx: 30 s).")
     http_linger_bytes: PositiveInt = Field(
-        4 * MiB, json_schema_extra=_group("http"),
+        1024 * MiB, json_schema_extra=_group("http"),
         description="Bytes of a refused (413) body read and dropped at most.")
-    http_close_grace_s: PositiveFloat = Field(
+    http_drain_accept_s: NonNegativeFloat = Field(
         5.0, json_schema_extra=_group("http"),
-        description="Seconds a closing connection whose client does not read is kept.")
-    http_drain_s: PositiveFloat = Field(
-        5.0, json_schema_extra=_group("http"),
-        description="Seconds a stopping gateway replica lets requests in flight finish.")
+        description="Seconds a draining gateway replica keeps accepting (health failing, every "
+                    "answer closing its connection) so load balancers and clients move away "
+                    "before its socket closes.")
+    http_drain_timeout_s: PositiveFloat = Field(
+        35.0, json_schema_extra=_group("http"),
+        description="Seconds a draining gateway replica then waits for requests in flight "
+                    "(keep it above the request timeout).")
 
     # ---- gateway -------------------------------------------------------------------------
     max_body_bytes: PositiveInt = Field(
