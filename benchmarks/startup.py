@@ -33,7 +33,7 @@ from serving.repository import ModelRepository
 from tests.support.harness import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
-PHASE = re.compile(r"^\s*(?:start-up: )?([a-z][a-z /()-]+?)\s+(\d+\.\d+) s$")
+PHASE = re.compile(r"^\s*start-up: (.+?)\s+(\d+\.\d+) s$")
 
 
 def body(manifest) -> bytes:

@@ -98,9 +98,7 @@ class LocalCluster:
         # THROUGHPUT_OPTIMIZED turns on direct ingress: an idle HTTP server in each replica,
         # which the gateway's own server replaces
         env["RAY_SERVE_ENABLE_DIRECT_INGRESS"] = "0"
-        # Serve's controller reconciles every 0.1 s by default: with its GCS calls 0.07 of a
-        # core on an idle 2-core machine; every 0.5 s, 0.03 (measured). Deploys and health
-        # changes are noticed within half a second instead of a tenth.
+        # Serve's controller reconcile period (a deploy waits for it at each step)
         env.setdefault("RAY_SERVE_CONTROL_LOOP_INTERVAL_S", f"{s.serve_control_loop_interval_s:g}")
         http = self.doc.get("http_options") or {}
         env["OPTISERVE_LISTEN"] = f"{http.get('host', '127.0.0.1')}:{http.get('port', 8000)}"
