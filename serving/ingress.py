@@ -401,20 +401,22 @@ class Ingress:
     def drain(self, accept_s: float | None = None) -> asyncio.Task:
         """Start draining (once); the task ends when the server has stopped."""
         if self._drain_task is None:
+            # health fails from now on, before the caller's next await
+            self.draining = True
+            if self._server is not None:
+                # phase 1: still accepting, every answer closing its connection
+                for conn in list(self._server.server_state.connections):
+                    conn.shutdown()  # idle ones close now, busy ones after their answer
             self._drain_task = asyncio.get_running_loop().create_task(self._drain(
                 self.settings.http_drain_accept_s if accept_s is None else accept_s))
         return self._drain_task
 
     async def _drain(self, accept_s: float) -> None:
-        self.draining = True
         server = self._server
         if server is None or self._task is None:
             if self._sock is not None:
                 self._sock.close()
             return
-        # phase 1: still accepting, health failing, every answer closing its connection
-        for conn in list(server.server_state.connections):
-            conn.shutdown()  # idle ones close now, busy ones after their answer
         if accept_s > 0:
             await asyncio.sleep(accept_s)
         # phase 2: the socket closes; requests in flight finish (uvicorn's graceful shutdown)
