@@ -152,3 +152,32 @@ def test_the_compile_variant_ships_the_fp16_graph_and_its_recipe(text):
     assert {p.dtype for p in module.parameters()} == {torch.float16}
     assert "torch.compile at load (inductor, reduce-overhead)" in build.notes[-1]
     assert "2..256 rows, sequences to 16..256 tokens" in build.notes[-1]
+
+
+def test_a_published_compile_version_lists_its_recipe_with_its_sha256(text, tmp_path):
+    """As the optimizer publishes it: model.pt, compile.json and the tokenizer, each hashed; a
+    changed recipe is refused when a replica opens the version."""
+    from optimizers.pipeline import candidate_version
+    from serving.repository import IntegrityError, ModelRepository, sha256_file
+
+    build = build_compiled(text, "torch-compile-cuda", "fp16", "cpu")
+    draft, cdir = candidate_version(text.source, build, tmp_path / "work")
+    repo = ModelRepository(tmp_path / "repo")
+
+    def fill(staging):
+        for f in cdir.iterdir():
+            (staging / f.name).write_bytes(f.read_bytes())
+        return draft
+
+    ref = repo.publish("tiny-text", fill)
+    m = repo.open("tiny-text", ref.version).manifest
+    assert (m.variant, m.runtime, m.model_file) == ("torch-compile-cuda", "torch", "model.pt")
+    hashes = {a.path: a.sha256 for a in m.artifacts}
+    assert set(hashes) == {"model.pt", "compile.json", "tokenizer.json"}
+    assert hashes["compile.json"] == sha256_file(cdir / "compile.json")
+    assert any("torch.compile at load" in n for n in m.notes)
+    recipe = ref.path / "compile.json"
+    recipe.chmod(0o644)
+    recipe.write_text(recipe.read_text().replace('"warmup": true', '"warmup": false'))
+    with pytest.raises(IntegrityError, match="compile.json"):
+        repo.open("tiny-text", ref.version)
