@@ -13,9 +13,10 @@ can be set per version in the serve config (``user_config``), which wins.
 from __future__ import annotations
 
 from functools import lru_cache
+from typing import Annotated
 
-from pydantic import Field, NonNegativeFloat, PositiveFloat, PositiveInt
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, NonNegativeFloat, PositiveFloat, PositiveInt, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 ENV_PREFIX = "OPTISERVE_"
 KiB, MiB = 1024, 1024 * 1024
@@ -166,6 +167,29 @@ class Settings(BaseSettings):
         4, json_schema_extra=_group("rollout"),
         description="Analysis windows are at least this many scrape intervals long.")
 
+    # ---- optimizer: the torch.compile variant (written into its compile.json) -------------
+    compile_batch_buckets: Annotated[list[PositiveInt], NoDecode] = Field(
+        [2, 4, 8, 16, 32, 64, 128, 256], min_length=1, json_schema_extra=_group("optimize"),
+        description="Batch sizes (comma-separated) a torch-compile version pads each batch to; "
+                    "each bucket and sequence bucket is one CUDA graph. No 1: torch compiles "
+                    "size-1 dimensions separately, so a single row runs padded to 2.")
+    compile_min_seq_bucket: PositiveInt = Field(
+        16, json_schema_extra=_group("optimize"),
+        description="Smallest sequence bucket of a torch-compile text model; the buckets "
+                    "double from it up to the model's max_length (tokens).")
+
+    @field_validator("compile_batch_buckets", mode="before")
+    @classmethod
+    def _int_list(cls, v):
+        if isinstance(v, str):  # "2,4,8" (environment variables)
+            v = [p for p in v.replace(" ", "").strip("[]").split(",") if p]
+        return v
+
+    @field_validator("compile_batch_buckets")
+    @classmethod
+    def _sorted(cls, v: list[int]) -> list[int]:
+        return sorted(set(v))
+
     # ---- tune -----------------------------------------------------------------------------
     tune_keep_up: float = Field(
         0.9, gt=0, le=1, json_schema_extra=_group("tune"),
@@ -214,7 +238,8 @@ def describe() -> list[tuple[str, str, str, str]]:
             shown = f"{default // MiB} MiB" if default % MiB == 0 else f"{default // KiB} KiB"
         else:
             shown = "unset" if default is None else f"{default:g}" if isinstance(
-                default, float) else str(default)
+                default, float) else ",".join(map(str, default)) if isinstance(
+                default, list) else str(default)
         rows.append((extra.get("group", ""), env_name(name), shown, f.description or ""))
     return rows
 

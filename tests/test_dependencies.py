@@ -31,6 +31,7 @@ ROLES: dict[str, tuple[str, ...]] = {
     "serving/repository": (),
     "serving/runtimes/onnx.py": ("serve", "serve-gpu"),
     "serving/runtimes/torch.py": ("replica", "torch"),
+    "serving/runtimes/torch_compile.py": ("replica", "torch"),
     "serving/runtimes/sklearn.py": ("replica", "sklearn"),
     "serving/runtimes/openvino.py": ("replica", "openvino"),
     "serving/gpu.py": ("replica", "serve-gpu"),

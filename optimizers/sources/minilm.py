@@ -38,7 +38,9 @@ def build_module(model_dir: Path):
     hf_logging.set_verbosity_error()  # no weight-loading bars or notices in optiserve's output
     hf_logging.disable_progress_bar()
     # Eager attention exports to a graph ONNX Runtime's BERT optimizer can fuse.
-    encoder = AutoModel.from_pretrained(str(model_dir), attn_implementation="eager").eval()
+    # .float(): the reference computes in fp32 whatever the stored weights' dtype (transformers
+    # may load a half-precision file as it is stored; the GPU benchmark's bundle is fp16)
+    encoder = AutoModel.from_pretrained(str(model_dir), attn_implementation="eager").float().eval()
 
     class SentenceEncoder(torch.nn.Module):
         def __init__(self, encoder):
@@ -58,8 +60,11 @@ def build_module(model_dir: Path):
     return SentenceEncoder(encoder).eval()
 
 
-def load(name: str = "minilm") -> SourceModel:
-    model_dir = _model_dir()
+def load(name: str = "minilm", model_dir: Path | None = None) -> SourceModel:
+    """The built-in model from its package, or the same architecture from ``model_dir`` (a
+    sentence-transformers BERT directory: config.json, model.safetensors, tokenizer.json,
+    sentence_bert_config.json), e.g. the GPU benchmark's bundle."""
+    model_dir = Path(model_dir) if model_dir is not None else _model_dir()
     config = json.loads((model_dir / "config.json").read_text())
     max_len = json.loads((model_dir / "sentence_bert_config.json").read_text())["max_seq_length"]
     dim = config["hidden_size"]

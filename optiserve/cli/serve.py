@@ -76,8 +76,14 @@ def serve_command(
             fail(str(e))
         from ..sizing import machine_cpus, plan
 
-        on_gpu = any(repo.get(m, v).manifest.device != "cpu" for m, v in refs)
-        n_gpus = _gpu_count() if on_gpu else 0
+        on_cuda = [f"{m}:{v} ({repo.get(m, v).manifest.variant})" for m, v in refs
+                   if repo.get(m, v).manifest.device != "cpu"]
+        n_gpus = _gpu_count() if on_cuda else 0
+        if on_cuda and not n_gpus and not print_config:
+            # else each replica would fail at load, one by one, far from this command line
+            fail(f"{', '.join(on_cuda)} run(s) on CUDA, but this machine shows no GPU (NVML, "
+                 "within CUDA_VISIBLE_DEVICES): serve it on a GPU node with the serve-gpu "
+                 "extra, or serve a CPU version")
         layout = plan(machine_cpus(), n_gpus, versions=len(refs), replicas=replicas,
                       threads=threads, cpus_per_replica=cpus, gateway_replicas=gateway_replicas,
                       gpus_per_replica=gpus if n_gpus else None)
