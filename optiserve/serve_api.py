@@ -98,5 +98,5 @@ class ServeAPI:
                     f"{n}: {m.strip()[-1500:]}" for n, m in failed.items()))
             if all(s == "RUNNING" for s in last.values()):
                 return apps
-            time.sleep(0.25)
+            time.sleep(0.1)
         raise ServeAPIError(f"applications not running after {timeout_s:.0f} s: {last}")

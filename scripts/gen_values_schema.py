@@ -76,6 +76,19 @@ def secret_key() -> dict:
     return obj({"secretName": S, "key": {"type": "string", "minLength": 1}})
 
 
+def settings_schema() -> dict:
+    """serve.settings: optiserve's settings by name (serving.settings.Settings), each with its
+    type, bounds and description; the drain pair is required (the chart computes with it)."""
+    from serving.settings import Settings
+
+    props = _pydantic(Settings)["properties"]
+    for p in props.values():
+        p.pop("default", None)
+        p.pop("group", None)
+    return {"type": "object", "additionalProperties": False, "properties": props,
+            "required": ["http_drain_accept_s", "http_drain_timeout_s"]}
+
+
 def schema() -> dict:
     from serving.config import BatchingConfig, VersionConfig
 
@@ -136,9 +149,11 @@ def schema() -> dict:
                     "loadBalancerSourceRanges": {"type": "array", "items": S},
                     "externalTrafficPolicy": {"enum": ["", "Cluster", "Local"]},
                 }),
-                "gateway": obj({"replicas": INT1, "numCpus": {"type": "number", "minimum": 0},
+                "gateway": obj({"replicas": {"type": ["integer", "null"], "minimum": 1},
+                                "numCpus": {"type": "number", "minimum": 0},
                                 "maxOngoingRequests": INT1,
                                 "maxBodyBytes": {"type": ["integer", "null"], "minimum": 1}}),
+                "settings": settings_schema(),
                 "models": {"type": "object", "minProperties": 1,
                            "propertyNames": {"pattern": "^[a-z0-9][a-z0-9_.-]*$"},
                            "additionalProperties": model},

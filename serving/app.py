@@ -4,22 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 
 from ray import serve
-from starlette.requests import Request
-from starlette.responses import Response
 
 from . import metrics as M
-from .config import LISTEN_ENV, GatewayArgs, VersionArgs, VersionConfig, version_app_name
+from .config import GatewayArgs, VersionArgs, VersionConfig, version_app_name
 from .endpoints import dispatch
 from .gateway import Gateway
-from .protocol import (
-    InferenceError, InputRejected, ModelExecutionError, ModelUnavailable, PayloadTooLarge,
-    RequestCancelled,
-)
+from .protocol import InferenceError, InputRejected, ModelExecutionError, ModelUnavailable
+from .settings import settings
 
 log = logging.getLogger("ray.serve.optiserve")
 def _unwrap(e: BaseException) -> BaseException:
@@ -30,15 +25,16 @@ def _unwrap(e: BaseException) -> BaseException:
 
 @serve.deployment(name="gateway")
 class GatewayDeployment:
-    """The HTTP ingress: Open Inference Protocol v2 over REST."""
+    """The gateway: Open Inference Protocol v2 over REST, answered by its own HTTP server
+    (:mod:`serving.ingress`) on ``OPTISERVE_LISTEN``; batches go to the version replicas."""
 
     def __init__(self, repository: str):
         self.recorder = M.BufferedRecorder()
         self.gateway = Gateway(repository, self._backend, self.recorder, self._ready_probe)
         self._handles = {}
-        self.listener = None
-        self._listening = None  # the listener's start (a task or a thread-safe future)
-        self._listen = os.environ.get(LISTEN_ENV)
+        self.ingress = None
+        self._listening = None  # the server's start (a task or a thread-safe future)
+        self._listen = settings().listen
         self._loop = asyncio.get_event_loop()  # the replica's loop (reconfigure may run in a
         # thread of Serve's pool)
 
@@ -46,10 +42,12 @@ class GatewayDeployment:
         return dispatch(self.gateway, method, path, headers, read_body)
 
     async def __del__(self):
-        """Serve's graceful shutdown: it drains the requests it routed itself; the listener's
-        own requests get the same chance (stop accepting, let those in flight answer)."""
-        if self.listener is not None:
-            await self.listener.stop()
+        """Serve's graceful shutdown (redeploy, scale-down, a draining node): the HTTP server
+        drains (health fails and connections close for a while, then in-flight requests finish);
+        Serve's graceful_shutdown_timeout_s for this deployment covers both phases."""
+        if self.ingress is not None:
+            await self.ingress.drain()
+        await self.gateway.close()
 
     def reconfigure(self, user_config: dict) -> None:
         """Apply a new gateway config, all or nothing. The first config must apply (raising
@@ -64,29 +62,31 @@ class GatewayDeployment:
                 raise
             self.gateway.rejected_config = str(e)
             log.error("gateway config refused, the running config stays: %s", e)
-        if self._listen and self.listener is None:
-            self._start_listener(self._listen)
+        if self._listen and self.ingress is None:
+            self._start_ingress(self._listen)
 
-    def _start_listener(self, address: str) -> None:
+    def _start_ingress(self, address: str) -> None:
         """Listen once the first config applies, so no request arrives before there is
         something to serve; Serve reports the replica RUNNING just after."""
-        from .listener import Listener
+        from .ingress import Ingress
 
         host, _, port = address.rpartition(":")
-        listener = Listener(self._dispatch, lambda: self.gateway.config.max_body_bytes,
-                            host.strip("[]"), int(port))
+        ingress = Ingress(self._dispatch, host.strip("[]"), int(port),
+                          ready=self.gateway.server_ready)
         # bound here, synchronously: a port that cannot be had fails the deployment with the
         # reason in Serve's status (the first config) instead of a replica serving nothing
-        listener.bind()
-        self.listener = listener
-        self._listening = asyncio.run_coroutine_threadsafe(listener.start(), self._loop) \
-            if not _on_loop(self._loop) else self._loop.create_task(listener.start())
+        ingress.bind()
+        self.ingress = ingress
+        self._listening = asyncio.run_coroutine_threadsafe(ingress.start(), self._loop) \
+            if not _on_loop(self._loop) else self._loop.create_task(ingress.start())
 
     async def check_health(self) -> None:
-        """Serve's health check: also fails when the listener could not start serving."""
+        """Serve's health check: also fails when the HTTP server could not start or stopped."""
         task = self._listening
         if task is not None and task.done() and task.exception() is not None:
-            raise RuntimeError(f"the HTTP listener failed: {task.exception()}")
+            raise RuntimeError(f"the HTTP server failed to start: {task.exception()}")
+        if self.ingress is not None and self.ingress.failed is not None:
+            raise RuntimeError(f"the HTTP server stopped: {self.ingress.failed}")
 
     def _handle(self, model: str, version: int):
         key = (model, version)
@@ -117,32 +117,6 @@ class GatewayDeployment:
 
     async def _ready_probe(self, model: str, version: int) -> bool:
         return bool(await self._handle(model, version).ready.remote())
-
-    async def __call__(self, request: Request) -> Response:
-        """Serve's HTTP ingress (HAProxy or Serve's proxy in front); the same endpoints as the
-        gateway's own listener (:mod:`serving.listener`)."""
-
-        async def read_body(limit: int) -> bytes:
-            from starlette.requests import ClientDisconnect
-
-            declared = request.headers.get("content-length")
-            if declared is not None and declared.isdigit() and int(declared) > limit:
-                raise PayloadTooLarge(f"request body of {declared} bytes exceeds the limit of "
-                                      f"{limit} bytes")
-            chunks, size = [], 0
-            try:
-                async for chunk in request.stream():
-                    size += len(chunk)
-                    if size > limit:
-                        raise PayloadTooLarge(f"request body exceeds the limit of {limit} bytes")
-                    chunks.append(chunk)
-            except ClientDisconnect:
-                raise RequestCancelled("the client went away while sending the body") from None
-            return b"".join(chunks)
-
-        status, body, headers = await dispatch(self.gateway, request.method,
-                                               request.scope["path"], request.headers, read_body)
-        return Response(body, status_code=status, headers=headers)
 
 
 @serve.deployment

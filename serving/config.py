@@ -4,10 +4,11 @@ The file ``optiserve serve --config`` reads is exactly what a KubeRay RayService
 ``serveConfigV2``: Ray's ``applications`` list, where optiserve's applications carry typed
 ``args`` and ``user_config`` validated here with messages that name the field. The layout:
 
-- application ``optiserve`` (route ``/``): the gateway (OIP endpoints, tokenization, batching,
-  traffic split). Its deployment's ``user_config`` (:class:`GatewayConfig`) holds per model the
-  served versions with their batching, the stable/canary weights and the shadow share; changing it
-  is applied in place (``reconfigure``), no replica restarts.
+- application ``optiserve``: the gateway (its own HTTP server, OIP endpoints, tokenization,
+  batching, traffic split), one replica per node that offers the ``optiserve_gateway`` resource;
+  Serve's proxies are off. Its deployment's ``user_config`` (:class:`GatewayConfig`) holds per
+  model the served versions with their batching, the stable/canary weights and the shadow
+  share; changing it is applied in place (``reconfigure``), no replica restarts.
 - one application per served version, ``<model>-v<version>`` (no route): the replica that runs the
   model. Replicas, autoscaling and CPUs/GPUs are Ray's own deployment options; threads are its
   ``user_config`` (:class:`VersionConfig`).
@@ -31,9 +32,9 @@ GATEWAY_APP = "optiserve"
 GATEWAY_DEPLOYMENT = "gateway"
 GATEWAY_IMPORT = "serving.app:gateway_app"
 VERSION_IMPORT = "serving.app:version_app"
-#: host:port the gateway replicas listen on themselves (serving.listener); set in the
-#: environment by ``optiserve serve --proxy listener``, the default
-LISTEN_ENV = "OPTISERVE_LISTEN"
+#: The custom Ray resource a gateway replica asks for: each node that may answer HTTP offers
+#: it (one per serving pod on Kubernetes, so replicas = pods; many on a local machine)
+GATEWAY_RESOURCE = "optiserve_gateway"
 
 
 def version_app_name(model: str, version: int) -> str:
@@ -276,14 +277,19 @@ def build_serve_config(repository: str, refs: list[tuple[str, int]], *, host: st
     inflight = {"max_inflight_batches": 2 * version_replicas}
     routes = {m: {"versions": {v: dict(inflight) for v in sorted(vs)}, "stable": max(vs)}
               for m, vs in by_model.items()}
+    s = settings()
     apps = [{
-        "name": GATEWAY_APP, "route_prefix": "/", "import_path": GATEWAY_IMPORT,
+        "name": GATEWAY_APP, "route_prefix": None, "import_path": GATEWAY_IMPORT,
         "args": {"repository": repository},
         "deployments": [{
             "name": GATEWAY_DEPLOYMENT, "num_replicas": gateway_replicas,
             # the gateway sheds load itself with clear 503s; let requests reach it
             "max_ongoing_requests": 4096,
-            "ray_actor_options": {"num_cpus": gateway_cpus},
+            "ray_actor_options": {"num_cpus": gateway_cpus,
+                                  "resources": {GATEWAY_RESOURCE: 1}},
+            # a stopping replica drains its HTTP server: connections move away while it still
+            # accepts, then requests in flight finish (serving.ingress)
+            "graceful_shutdown_timeout_s": s.http_drain_accept_s + s.http_drain_timeout_s + 5,
             # a log line per request costs ~5% of the gateway's CPU; metrics count requests
             "logging_config": {"enable_access_log": False},
             "user_config": {"models": routes},
@@ -303,7 +309,8 @@ def build_serve_config(repository: str, refs: list[tuple[str, int]], *, host: st
                 "user_config": {"intra_op_threads": threads} if threads else {},
             }],
         })
-    return {"proxy_location": "EveryNode", "http_options": {"host": host, "port": port},
+    # Serve's proxies are off: each gateway replica answers HTTP on http_options' host:port
+    return {"proxy_location": "Disabled", "http_options": {"host": host, "port": port},
             "applications": apps}
 
 

@@ -1,7 +1,6 @@
 """The Open Inference Protocol's REST endpoints over a :class:`Gateway`, free of any HTTP
 framework: ``dispatch(gateway, method, path, headers, read_body)`` answers ``(status, body,
-headers)``. Serve's ingress (``serving.app``) and the gateway's own listener
-(``serving.listener``) both call it, so the two answer the same bytes.
+headers)``. The gateway's HTTP server (:mod:`serving.ingress`) calls it.
 """
 
 from __future__ import annotations

@@ -49,3 +49,29 @@ def serve_api(base: str, method: str = "GET", doc: dict | None = None) -> dict |
         return api.details()
     api.apply(doc)
     return None
+
+
+def version_dir(build, src, where: Path, version: int = 1):
+    """A variant build's files in a version directory and a manifest naming them (sha256s
+    unchecked: the runtime reads files, the repository checks hashes)."""
+    import shutil
+
+    from serving.repository import Artifact, BatchingPolicy, Fidelity, Manifest, Measurements
+
+    where.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(build.model_file, where / build.model_file.name)
+    extras = {**src.extra_files, **build.extra_files}
+    for rel, path in extras.items():
+        shutil.copyfile(path, where / rel)
+    manifest = Manifest(
+        name=src.name, version=version, variant=build.variant, task=src.task,
+        runtime=build.runtime, model_file=build.model_file.name, device=build.device,
+        execution_providers=[], model_signature=src.model_signature, signature=src.signature,
+        preprocessing=src.preprocessing,
+        artifacts=[Artifact(path=f, sha256="0" * 64, size_bytes=0)
+                   for f in [build.model_file.name, *extras]],
+        measurements=Measurements(fidelity=Fidelity(samples=0, passed=True, budget="-"),
+                                  size_bytes=0),
+        batching=BatchingPolicy(max_batch_size=32, max_delay_ms=1.0),
+        source=src.source, optiserve_version="test", notes=build.notes)
+    return manifest, where

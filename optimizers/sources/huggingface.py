@@ -78,6 +78,15 @@ def _read_json(path: Path, what: str) -> dict:
     return doc
 
 
+def _sentence_bert_config(d: Directory) -> None:
+    """sentence_bert_config.json: the maximum length and lower-casing sentence-transformers use."""
+    st_config = d.model_dir / "sentence_bert_config.json"
+    if st_config.is_file():
+        cfg = _read_json(st_config, "the sentence-transformers config")
+        d.st_max_length = cfg.get("max_seq_length")
+        d.st_lowercase = bool(cfg.get("do_lower_case"))
+
+
 def _sentence_transformers(root: Path, d: Directory) -> None:
     """modules.json: a Transformer module, then Pooling, then optionally Normalize."""
     modules = json.loads((root / "modules.json").read_text(encoding="utf-8"))
@@ -112,11 +121,7 @@ def _sentence_transformers(root: Path, d: Directory) -> None:
         raise SourceError(f"{root}: pooling {', '.join(map(str, bad)) or 'without the prompt'} "
                           f"is not one optiserve computes ({', '.join(POOLING_MODES)})")
     d.st_modes, d.st_normalize = modes, "Normalize" in kinds
-    st_config = d.model_dir / "sentence_bert_config.json"
-    if st_config.is_file():
-        cfg = _read_json(st_config, "the sentence-transformers config")
-        d.st_max_length = cfg.get("max_seq_length")
-        d.st_lowercase = bool(cfg.get("do_lower_case"))
+    _sentence_bert_config(d)
     d.notes.append(f"sentence-transformers: {'+'.join(modes)} pooling"
                    f"{', L2-normalised' if d.st_normalize else ''}")
 
@@ -250,7 +255,9 @@ def load_model(d: Directory, task: str, config):
         raise SourceError(f"{weights}: the weights do not fit {d.model_dir / 'config.json'} "
                           f"({'; '.join(what)}); expected the weights save_pretrained wrote "
                           "with this config")
-    return model.eval(), weights
+    # .float(): the reference computes in fp32 whatever dtype the file stores (transformers
+    # may load a half-precision file as stored; the GPU benchmark's bundle is fp16)
+    return model.float().eval(), weights
 
 
 def _tokenizer(d: Directory, work: Path):
@@ -320,10 +327,17 @@ def _special_pad(tok, tokenizer_config: dict) -> int | None:
 
 def load(path: str | Path, name: str | None = None, task: str | None = None,
          pooling: str | None = None, source: Source | None = None,
-         default_validation: Path | None = None) -> SourceModel:
-    """The SourceModel of a Hugging Face directory (see the module's docstring)."""
+         default_validation: Path | None = None,
+         sentence_embedding: tuple[tuple[str, ...], bool] | None = None) -> SourceModel:
+    """The SourceModel of a Hugging Face directory (see the module's docstring).
+
+    ``sentence_embedding`` (pooling modes, L2-normalise) reads a directory without
+    modules.json as that sentence encoder (the built-in model's copies)."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing may reach the hub
     d = read_directory(Path(path))
+    if sentence_embedding is not None and d.st_modes is None and natural_task(d) == "embedding":
+        d.st_modes, d.st_normalize = sentence_embedding
+        _sentence_bert_config(d)
     task = choose_task(d, task)
     if pooling is not None:
         if d.st_modes is not None:

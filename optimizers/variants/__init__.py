@@ -17,6 +17,7 @@ from .openvino_variants import (
     openvino_installed,
 )
 from .sklearn_variant import build_sklearn
+from .torch_gpu import build_torch_bf16_cuda, build_torch_compile_cuda, build_torch_fp16_cuda
 from .torch_variants import build_torch_fp32, build_torch_int8_dynamic
 
 VARIANTS: dict[str, Variant] = {v.name: v for v in [
@@ -33,6 +34,12 @@ VARIANTS: dict[str, Variant] = {v.name: v for v in [
             build_openvino_bf16),
     Variant("openvino-int8", "OpenVINO, INT8 (NNCF, accuracy control against the budget)",
             build_openvino_int8, cost=1),
+    Variant("torch-fp16-cuda", "torch on CUDA, fp16 (TorchScript)", build_torch_fp16_cuda,
+            device="cuda"),
+    Variant("torch-bf16-cuda", "torch on CUDA, bf16 (TorchScript; Ampere and later)",
+            build_torch_bf16_cuda, device="cuda"),
+    Variant("torch-compile-cuda", "torch.compile on CUDA, fp16 (inductor, CUDA graphs per "
+            "batch/sequence bucket)", build_torch_compile_cuda, device="cuda"),
     Variant("onnx-fp16-cuda", "ONNX Runtime CUDA, fp16", build_onnx_fp16_cuda, device="cuda"),
     Variant("tensorrt-fp16", "ONNX Runtime TensorRT, fp16", build_tensorrt_fp16, device="cuda"),
 ]}

@@ -41,10 +41,6 @@ def serve_command(
                                          help="GPUs per model replica (fractions share a GPU) "
                                               "[default: 1 for GPU variants when GPUs are "
                                               "present, else 0]."),
-    proxy: str = typer.Option(
-        "listener", "--proxy",
-        help="Who answers HTTP: listener (the gateway replicas themselves, fastest), haproxy "
-             "(Ray Serve's direct ingress behind HAProxy) or default (Serve's Python proxy)."),
     print_config: bool = typer.Option(False, "--print-config",
                                       help="Print the serve config and exit."),
 ) -> None:
@@ -80,8 +76,14 @@ def serve_command(
             fail(str(e))
         from ..sizing import machine_cpus, plan
 
-        on_gpu = any(repo.get(m, v).manifest.device != "cpu" for m, v in refs)
-        n_gpus = _gpu_count() if on_gpu else 0
+        on_cuda = [f"{m}:{v} ({repo.get(m, v).manifest.variant})" for m, v in refs
+                   if repo.get(m, v).manifest.device != "cpu"]
+        n_gpus = _gpu_count() if on_cuda else 0
+        if on_cuda and not n_gpus and not print_config:
+            # else each replica would fail at load, one by one, far from this command line
+            fail(f"{', '.join(on_cuda)} run(s) on CUDA, but this machine shows no GPU (NVML, "
+                 "within CUDA_VISIBLE_DEVICES): serve it on a GPU node with the serve-gpu "
+                 "extra, or serve a CPU version")
         layout = plan(machine_cpus(), n_gpus, versions=len(refs), replicas=replicas,
                       threads=threads, cpus_per_replica=cpus, gateway_replicas=gateway_replicas,
                       gpus_per_replica=gpus if n_gpus else None)
@@ -97,10 +99,8 @@ def serve_command(
     if print_config:
         console.print(yaml.safe_dump(doc, sort_keys=False), highlight=False, markup=False)
         return
-    if proxy not in ("listener", "haproxy", "default"):
-        fail(f"--proxy must be listener, haproxy or default (got {proxy!r})")
     cluster = LocalCluster(doc, LocalOptions(metrics_port=metrics_port,
-                                             dashboard_port=dashboard_port, proxy=proxy))
+                                             dashboard_port=dashboard_port))
     stop = threading.Event()
     t0 = time.perf_counter()
     try:
@@ -122,7 +122,12 @@ def serve_command(
         signal.signal(sig, _signal)
     http = doc.get("http_options") or {}
     url = f"http://{http.get('host', host)}:{http.get('port', port)}"
-    console.print(f"[bold green]serving[/] in {time.perf_counter() - t0:.1f} s")
+    console.print(f"[bold green]serving[/] in {time.perf_counter() - t0:.1f} s "
+                  f"({time.time() - _process_start():.1f} s since the command started)")
+    console.print(f"  start-up: {'interpreter, imports, serve config':55} "
+                  f"{t0 - _PERF_AT_IMPORT + _import_s():6.2f} s", highlight=False)
+    for name, seconds in cluster.timings.items():
+        console.print(f"  start-up: {name:55} {seconds:6.2f} s", highlight=False)
     from serving.config import gateway_user_config
 
     for name, route in gateway_user_config(doc)["models"].items():
@@ -139,6 +144,24 @@ def serve_command(
         console.print("stopping...")
         cluster.stop()
         console.print("stopped")
+
+
+_PERF_AT_IMPORT = time.perf_counter()
+
+
+def _process_start() -> float:
+    """When this process started (wall clock), for start-up timings that include imports."""
+    try:
+        import psutil
+
+        return psutil.Process().create_time()
+    except Exception:
+        return time.time() - time.perf_counter() + _PERF_AT_IMPORT
+
+
+def _import_s() -> float:
+    """Seconds from the process's start to this module's import (interpreter and imports)."""
+    return max(0.0, (time.time() - time.perf_counter() + _PERF_AT_IMPORT) - _process_start())
 
 
 def _gpu_count() -> int:

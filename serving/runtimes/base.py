@@ -67,3 +67,15 @@ def cast_inputs(manifest: Manifest, inputs: dict[str, np.ndarray]) -> dict[str, 
             raise ValueError(f"model input {spec.name!r} is missing")
         out[spec.name] = np.ascontiguousarray(inputs[spec.name], dtype=DATATYPES[spec.datatype])
     return out
+
+
+def check_shapes(manifest: Manifest, feeds: dict[str, np.ndarray]) -> None:
+    """Refuse (InputRejected) inputs whose rank or fixed dimensions differ from the signature."""
+    from ..protocol.errors import InputRejected
+
+    for spec in manifest.model_signature.inputs:
+        got = feeds[spec.name].shape
+        if len(got) != len(spec.shape) or any(d not in (-1, n) for d, n in zip(spec.shape, got)):
+            raise InputRejected(f"{manifest.name}:{manifest.version} rejected the inputs: "
+                                f"{spec.name!r} has shape {list(got)}, expected {spec.shape} "
+                                "(-1 = any size)")

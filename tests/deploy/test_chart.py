@@ -227,11 +227,14 @@ def _worker_cpus(values: dict) -> float:
 
 
 def _sized(values: dict) -> tuple:
-    """(gateway replicas, gateway CPUs, model replicas, model CPUs, threads) of values."""
+    """(gateway replicas, gateway CPUs, model replicas, model CPUs, threads) of values; the
+    gateway's replicas are one per worker pod unless values set them."""
     gw = values["serve"]["gateway"]
     (model,) = values["serve"]["models"].values()
     (v,) = model["versions"].values()
-    return (gw["replicas"], gw["numCpus"], v["replicas"], v["numCpus"],
+    replicas = gw["replicas"] if gw["replicas"] is not None else \
+        values["workers"]["cpu"]["replicas"]
+    return (replicas, gw["numCpus"], v["replicas"], v["numCpus"],
             v["runtime"]["intra_op_threads"])
 
 
@@ -307,7 +310,8 @@ def test_serve_config_carries_the_traffic_split_and_batching(rendered):
     v2 = apps["minilm-v2"]["deployments"][0]
     assert v2["autoscaling_config"]["max_replicas"] == 4 and "num_replicas" not in v2
     assert apps["minilm-v1"]["deployments"][0]["user_config"] == {"intra_op_threads": 2}
-    assert gw["num_replicas"] == 2 and gw["user_config"]["max_body_bytes"] == 16777216
+    # one gateway replica per worker pod (the canary values run one)
+    assert gw["num_replicas"] == 1 and gw["user_config"]["max_body_bytes"] == 16777216
 
 
 def test_serve_config_check_can_fail(rendered):
@@ -398,15 +402,54 @@ def test_ray_pods_storage_and_probes(rendered):
 
 
 def test_ray_serving_environment(rendered):
+    """Every Ray pod: the gateway's own HTTP server on serve.port (Serve's proxies off, no
+    direct ingress), serve.settings as OPTISERVE_* variables; every worker pod offers one gateway
+    slot, the head none."""
+    from serving.settings import Settings
+
     rs = rayservice(rendered["default"])
     for t in pod_templates(rs).values():
         env = {e["name"]: e.get("value") for e in t["spec"]["containers"][0]["env"]}
-        assert env["RAY_SERVE_ENABLE_HA_PROXY"] == "1"
+        assert env["OPTISERVE_LISTEN"] == "0.0.0.0:8000"
         assert env["RAY_SERVE_THROUGHPUT_OPTIMIZED"] == "1"
+        assert env["RAY_SERVE_ENABLE_DIRECT_INGRESS"] == "0"
+        assert "RAY_SERVE_ENABLE_HA_PROXY" not in env
+        assert env["OPTISERVE_HTTP_DRAIN_ACCEPT_S"] == "5"
+        for name in env:
+            if name.startswith("OPTISERVE_") and name not in (
+                    "OPTISERVE_REPOSITORY", "OPTISERVE_LISTEN"):
+                assert name[len("OPTISERVE_"):].lower() in Settings.model_fields, name
     head = rs["spec"]["rayClusterConfig"]["headGroupSpec"]["rayStartParams"]
     assert head["metrics-export-port"] == "8080" and head["num-cpus"] == "0"
+    assert "optiserve_gateway" not in head.get("resources", "")
     for g in rs["spec"]["rayClusterConfig"]["workerGroupSpecs"]:
         assert g["rayStartParams"]["metrics-export-port"] == "8080"
+        assert json.loads(g["rayStartParams"]["resources"].strip("'")) == {"optiserve_gateway": 1}
+    doc = serve_config(rendered["default"])
+    assert doc["proxy_location"] == "Disabled"
+    gw = doc["applications"][0]
+    assert gw["route_prefix"] is None
+    (dep,) = gw["deployments"]
+    assert dep["ray_actor_options"]["resources"] == {"optiserve_gateway": 1}
+    # the graceful shutdown covers the drain: accepting, then requests in flight
+    assert dep["graceful_shutdown_timeout_s"] >= 5 + 35
+
+
+def test_one_gateway_replica_per_worker_pod(rendered, helm):
+    """The gateway's replicas follow the worker pods of every group; more than the pods can
+    ever be is refused (each pod offers one slot)."""
+    for name, objs in rendered.items():
+        rs = rayservice(objs)
+        pods = sum(g["replicas"] for g in rs["spec"]["rayClusterConfig"]["workerGroupSpecs"])
+        (dep,) = serve_config(objs)["applications"][0]["deployments"]
+        assert dep["num_replicas"] == pods, name
+    r = run([helm, "template", "x", str(CHART), "--set", "serve.gateway.replicas=9"])
+    assert r.returncode != 0 and "more than the worker pods can ever be (4)" in r.stderr
+    for g in rayservice(rendered["groups"])["spec"]["rayClusterConfig"]["workerGroupSpecs"]:
+        res = json.loads(g["rayStartParams"]["resources"].strip("'"))
+        assert res["optiserve_gateway"] == 1, g["groupName"]
+        if g["groupName"] == "highmem":  # the group's own custom resources are kept
+            assert res["highmem"] == 1
 
 
 # ---- the rollout controller and its RBAC ------------------------------------------------------

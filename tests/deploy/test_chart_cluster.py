@@ -10,6 +10,7 @@ import os
 import shutil
 import stat
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -169,14 +170,10 @@ def test_serve_service_passthrough(rendered):
 
 # ---- the serving lifecycle --------------------------------------------------------------------
 
-#: KubeRay's readiness command for RayService workers (ray-operator/controllers/ray/common/pod.go,
-#: utils.BaseWgetHealthCommand with the raylet's and the Serve proxy's health paths)
-KUBERAY_WORKER_READINESS = (
-    "wget --tries 1 -T 2 -q -O- http://localhost:52365/api/local_raylet_healthz | grep success"
-    " && wget --tries 1 -T 10 -q -O- http://localhost:8000/-/healthz | grep success")
-
-
-def test_head_out_of_serving_and_kuberay_readiness_on_workers(rendered):
+def test_head_out_of_serving_and_gateway_readiness_on_workers(rendered):
+    """Workers are ready when their gateway replica serves every model's stable version (its
+    /v2/health/ready on the port named "serve", which KubeRay's serve Service targets); the
+    head serves no traffic."""
     for values, objs in rendered.items():
         rs = rayservice(objs)
         assert rs["spec"]["excludeHeadPodFromServeSvc"] is True
@@ -186,26 +183,18 @@ def test_head_out_of_serving_and_kuberay_readiness_on_workers(rendered):
                 assert c["readinessProbe"]["httpGet"]["path"] == "/api/healthz"
                 continue
             probe = c["readinessProbe"]
-            assert probe["exec"]["command"][:2] == ["bash", "-c"]
-            assert probe["exec"]["command"][2] == KUBERAY_WORKER_READINESS, (values, group)
+            assert probe["httpGet"] == {"path": "/v2/health/ready", "port": "serve"}, values
+            assert {p["name"]: p["containerPort"] for p in c["ports"]}["serve"] == 8000
             assert probe["failureThreshold"] == 1 and probe["periodSeconds"] == 5
             assert c["livenessProbe"]["httpGet"] == {"path": "/api/healthz", "port": 52365}
 
 
-def _fake_tools(bin_dir: Path, wget_codes: list[int]) -> Path:
-    """`ray` and `wget` stand-ins that log their calls; wget exits with the given codes in turn
-    (0: the proxy answers, 8: it answers an error (draining), 4: nothing listens)."""
+def _stand_in_ray(bin_dir: Path) -> Path:
+    """A `ray` stand-in that logs its calls (no Ray cluster or GCS runs here); wget is real."""
     bin_dir.mkdir()
     log = bin_dir / "calls.log"
-    codes = bin_dir / "codes"
-    codes.write_text("\n".join(map(str, wget_codes)) + "\n")
     (bin_dir / "ray").write_text(f'#!/bin/sh\necho "ray $*" >> {log}\n')
-    (bin_dir / "wget").write_text(
-        f'#!/bin/sh\necho "wget" >> {log}\ncode=$(head -n1 {codes}); sed -i 1d {codes}\n'
-        'exit "${code:-4}"\n')
-    (bin_dir / "sleep").write_text("#!/bin/sh\n:\n")
-    for f in ("ray", "wget", "sleep"):
-        (bin_dir / f).chmod(stat.S_IRWXU)
+    (bin_dir / "ray").chmod(stat.S_IRWXU)
     return log
 
 
@@ -216,36 +205,114 @@ def _prestop(objs) -> str:
     return cmd[2]
 
 
-def test_prestop_drains_then_waits_for_in_flight_requests_then_stops_ray(rendered, tmp_path):
-    """The worker's preStop, run by bash with stand-ins for ray and wget: it asks Ray to drain
-    the node first, keeps waiting while the proxy still answers (200, then 503 while draining),
-    and stops Ray once the proxy is gone."""
+def test_prestop_drains_the_gateway_without_losing_a_request(rendered, tmp_path, monkeypatch):
+    """The worker's rendered preStop, run by bash with the real wget against a real gateway
+    HTTP server on its own port (serving.ingress, the chart's drain settings scaled down):
+    readiness fails at once; the socket closes after the accepting phase, but the script keeps
+    waiting while a request is in flight; that request gets its answer; Ray is stopped after.
+    (`ray` is a logging stand-in: no GCS here.)"""
+    import asyncio
+    import threading
+    import urllib.error
+    import urllib.request
+
+    from optiserve.local import free_port
+    from serving import settings as S
+    from serving.ingress import Ingress
+
+    port = free_port()
     script = _prestop(rendered["default"])
-    log = _fake_tools(tmp_path / "bin", [0, 8, 8, 4])
-    r = subprocess.run(["bash", "-c", script], env={**os.environ,
-                       "PATH": f"{tmp_path / 'bin'}:{os.environ['PATH']}"},
-                       capture_output=True, text=True, timeout=60)
-    assert r.returncode == 0, r.stderr
-    calls = log.read_text().splitlines()
-    assert calls[0].startswith("ray drain-node --reason=DRAIN_NODE_REASON_PREEMPTION")
-    assert "--deadline-remaining-seconds=60" in calls[0]
-    assert calls[1:5] == ["wget"] * 4 and calls[5:] == ["ray stop"]
-    # the pod's grace period leaves the drain its time
-    t = pod_templates(rayservice(rendered["default"]))["cpu"]
-    assert t["spec"]["terminationGracePeriodSeconds"] > 60
-    # the head only stops Ray
+    assert script.startswith("port=8000\n") and "--deadline-remaining-seconds=60" in script
+    script = script.replace("port=8000\n", f"port={port}\n", 1)
+    monkeypatch.setenv("OPTISERVE_HTTP_DRAIN_ACCEPT_S", "0.5")
+    monkeypatch.setenv("OPTISERVE_HTTP_DRAIN_TIMEOUT_S", "20")
+    S.reload()
+    release = threading.Event()
+    loop = asyncio.new_event_loop()
+
+    async def dispatch(method, path, headers, read_body):
+        await read_body(1000)
+        if path == "/slow":
+            await loop.run_in_executor(None, release.wait, 30)
+        return 200, b"{}", {"content-type": "application/json"}
+
+    async def ready():
+        return True
+
+    server = Ingress(dispatch, "127.0.0.1", port, ready=ready)
+    threading.Thread(target=loop.run_forever, daemon=True).start()
+    asyncio.run_coroutine_threadsafe(server.start(), loop).result(10)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        assert urllib.request.urlopen(url + "/-/healthz", timeout=5).read() == b"success"
+        slow = {}
+        t = threading.Thread(target=lambda: slow.setdefault(
+            "status", urllib.request.urlopen(url + "/slow", timeout=30).status))
+        t.start()
+        time.sleep(0.3)
+        log = _stand_in_ray(tmp_path / "bin")
+        env = {**os.environ, "PATH": f"{tmp_path / 'bin'}:{os.environ['PATH']}"}
+        stop = subprocess.Popen(["bash", "-c", script], env=env, text=True,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        time.sleep(0.25)
+        with pytest.raises(urllib.error.HTTPError) as e:  # not ready any more
+            urllib.request.urlopen(url + "/-/healthz", timeout=5)
+        assert e.value.code == 503
+        time.sleep(2.0)
+        with pytest.raises(urllib.error.URLError):  # the socket is closed now...
+            urllib.request.urlopen(url + "/-/healthz", timeout=2)
+        assert stop.poll() is None, "Ray would be stopped under a request in flight"
+        release.set()  # ...and the request in flight gets its answer
+        t.join(10)
+        assert slow["status"] == 200
+        out, err = stop.communicate(timeout=60)
+        assert stop.returncode == 0, err
+        calls = log.read_text().splitlines()
+        assert calls[0].startswith("ray drain-node --reason=DRAIN_NODE_REASON_PREEMPTION")
+        assert calls[-1] == "ray stop" and len(calls) == 2
+    finally:
+        release.set()
+        loop.call_soon_threadsafe(loop.stop)
+        monkeypatch.undo()
+        S.reload()
+    # the pod's grace period leaves the drain its time; the head only stops Ray
+    tpl = pod_templates(rayservice(rendered["default"]))["cpu"]
+    assert tpl["spec"]["terminationGracePeriodSeconds"] > 60
     head = pod_templates(rayservice(rendered["default"]))["head"]["spec"]["containers"][0]
     assert head["lifecycle"]["preStop"]["exec"]["command"] == ["ray", "stop"]
 
 
 def test_prestop_gives_up_at_the_drain_timeout(helm, tmp_path):
-    objs = helm_template(helm, "--set", "ray.drain.timeoutSeconds=0")
-    log = _fake_tools(tmp_path / "bin", [0] * 1000)
-    r = subprocess.run(["bash", "-c", _prestop(objs)], env={
-        **os.environ, "PATH": f"{tmp_path / 'bin'}:{os.environ['PATH']}"},
-        capture_output=True, text=True, timeout=60)
-    assert r.returncode == 0, r.stderr
-    assert log.read_text().splitlines()[-1] == "ray stop"
+    """A server that never goes away: the script stops Ray at ray.drain.timeoutSeconds."""
+    import http.server
+    import threading
+
+    from optiserve.local import free_port
+
+    port = free_port()
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", port),
+                                            http.server.SimpleHTTPRequestHandler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        objs = helm_template(helm, "--set", "ray.drain.timeoutSeconds=3", "--set",
+                             "serve.settings.http_drain_accept_s=1", "--set",
+                             "serve.settings.http_drain_timeout_s=2")
+        log = _stand_in_ray(tmp_path / "bin")
+        t0 = time.monotonic()
+        script = _prestop(objs).replace("port=8000\n", f"port={port}\n", 1)
+        r = subprocess.run(["bash", "-c", script],
+                           env={**os.environ, "PATH": f"{tmp_path / 'bin'}:{os.environ['PATH']}"},
+                           capture_output=True, text=True, timeout=60)
+        assert r.returncode == 0, r.stderr
+        assert 2.5 < time.monotonic() - t0 < 20
+        assert log.read_text().splitlines()[-1] == "ray stop"
+    finally:
+        httpd.shutdown()
+
+
+def test_the_drain_timeout_must_cover_the_gateways_drain(helm):
+    r = run([helm, "template", "x", str(CHART), "--set", "ray.drain.timeoutSeconds=10"])
+    assert r.returncode != 0 and "must cover serve.settings.http_drain_accept_s" in r.stderr
 
 
 def test_production_values(rendered):
@@ -373,7 +440,9 @@ def test_worker_group_pass_throughs_and_additional_groups(rendered):
     assert head["spec"]["priorityClassName"] == "system-cluster-critical"
     hm = groups["highmem"]
     assert (hm["replicas"], hm["minReplicas"], hm["maxReplicas"]) == (1, 0, 3)
-    assert hm["rayStartParams"]["resources"] == '"{\\"highmem\\": 1}"'
+    # the group's own resources, with the gateway slot every worker pod offers
+    assert json.loads(hm["rayStartParams"]["resources"].strip("'")) == {
+        "highmem": 1, "optiserve_gateway": 1}
     hspec = hm["template"]["spec"]
     assert hspec["nodeSelector"] == {"example.com/pool": "highmem"}
     assert hspec["containers"][0]["resources"]["requests"]["memory"] == "32Gi"

@@ -28,7 +28,7 @@ import pytest
 import yaml
 
 from serving import metrics as M
-from serving.config import build_serve_config, gateway_user_config
+from tests.support.chart import chart_serving, serving_values
 from optiserve.local import free_port
 
 from .conftest import ROOT, find_tool, only
@@ -101,15 +101,16 @@ def live(minilm_build, tmp_path_factory):
     stable, canary = versions[0], versions[1]
     work = tmp_path_factory.mktemp("live")
     http, metrics, dashboard, prom, ctl = (free_port() for _ in range(5))
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_metrics_report_interval_ms": "1000",
-           "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
-    optiserve = [sys.executable, "-m", "optiserve.cli.main"]
-
-    # two versions: stable takes 70%, the canary 30% and a mirror of half of stable's requests
-    doc = build_serve_config(str(repo), [("minilm", stable), ("minilm", canary)], port=http,
-                             version_cpus=0.5, gateway_cpus=0.25)
-    gateway_user_config(doc)["models"]["minilm"].update(
-        stable=stable, canary=canary, canary_weight=30, shadow=0.5)
+    # what the chart deploys: two versions, stable takes 70%, the canary 30% and a mirror of
+    # half of stable's requests
+    small = {"numCpus": 0.5, "replicas": 1}
+    doc, settings = chart_serving(serving_values(repo, {"minilm": {
+        "stable": stable, "canary": canary, "canaryWeight": 30, "shadow": 0.5,
+        "versions": {stable: small, canary: small}}}))
+    doc["http_options"] = {"host": "127.0.0.1", "port": http}
+    env = {**os.environ, **settings, "RAY_AUTH_MODE": "disabled",
+           "RAY_metrics_report_interval_ms": "1000", "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
+    optiserve = [sys.executable, "-m", "optiserve"]
     (work / "serve.yaml").write_text(yaml.safe_dump(doc))
     rules = ROOT / "grafana/alerts/optiserve.rules.yaml"
     (work / "prometheus.yml").write_text(yaml.safe_dump({

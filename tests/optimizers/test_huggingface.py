@@ -40,7 +40,7 @@ def test_each_architecture_is_its_task(hf_dirs):
 
 
 def test_minilm_is_its_package_directory_through_the_same_source():
-    from optimizers.sources.minilm import model_dir
+    from optimizers.sources.minilm import package_dir as model_dir
 
     builtin, direct = resolve_source("minilm"), resolve_source(str(model_dir()), name="minilm")
     assert builtin.source.kind == "builtin" and direct.source.kind == "huggingface"
@@ -84,7 +84,7 @@ def test_feature_extraction_pools_as_asked(hf_dirs, tmp_path):
     # --task embedding drops a classifier's head
     assert resolve_source(str(hf_dirs["bert"]), task="embedding").task == "embedding"
     with pytest.raises(SourceError, match="sentence-transformers model; its modules.json"):
-        from optimizers.sources.minilm import model_dir
+        from optimizers.sources.minilm import package_dir as model_dir
 
         resolve_source(str(model_dir()), pooling="cls")
 

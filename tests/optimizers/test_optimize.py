@@ -109,6 +109,12 @@ def test_report_has_markdown_charts_and_gpu_skip_reasons(tiny_optimized):
     text = report.read_text()
     assert "**Chosen:" in text and "## Recommended batching" in text
     assert "| onnx-fp16-cuda | skipped |" in text and "| tensorrt-fp16 | skipped |" in text
+    import torch
+
+    if not torch.cuda.is_available():  # torch's own GPU variants, with why they did not build
+        for name in ("torch-fp16-cuda", "torch-bf16-cuda", "torch-compile-cuda"):
+            row = next(r for r in text.splitlines() if r.startswith(f"| {name} |"))
+            assert "| skipped |" in row and ("CPU build" in row or "no CUDA device" in row), row
     assert "Published" in text
     # the trade-off: one sentence naming the winner, the fastest variant per budget, the front
     trade = text[text.index("## Trade-off"):]

@@ -59,3 +59,29 @@ def test_the_serve_config_carries_the_layout():
     assert version["num_replicas"] == lay.version_replicas
     assert version["user_config"] == {"intra_op_threads": lay.threads}
     assert requested_cpus(doc) <= 16
+
+
+def test_serving_a_cuda_version_where_no_gpu_shows_stops_with_the_reason(tmp_path):
+    """Before Ray starts: otherwise every replica fails at load, far from the command line."""
+    from serving.repository import ModelRepository
+    from tests.helpers import run_cli
+    from tests.serving.test_gateway import publish
+
+    repo = ModelRepository(tmp_path / "repo")
+    publish(repo, "ReduceSum")
+    cpu = repo.get("reducer", 1).manifest
+
+    def fill(staging):
+        (staging / "model.onnx").write_bytes((repo.get("reducer", 1).path / "model.onnx")
+                                             .read_bytes())
+        return cpu.model_copy(update={"device": "cuda", "variant": "torch-fp16-cuda"})
+
+    repo.publish("reducer", fill)
+    r = run_cli("serve", "reducer:2", "--repository", str(repo.root),
+                env={"CUDA_VISIBLE_DEVICES": ""})
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert ("reducer:2 (torch-fp16-cuda) run(s) on CUDA, but this machine shows no GPU"
+            in " ".join((r.stdout + r.stderr).split()))
+    # a CPU version of the same model serves as before (its config prints)
+    r = run_cli("serve", "reducer:1", "--repository", str(repo.root), "--print-config")
+    assert r.returncode == 0, r.stderr

@@ -1,7 +1,8 @@
-"""A hostile client against a live ``optiserve serve`` (real Ray Serve, HAProxy ingress, real
-Prometheus): huge, compressed, malformed and cancelled requests while steady clients measure
-their latency, a fuzzer driven by the server's own OpenAPI document, and a config change that
-cannot be applied."""
+"""A hostile client against a live ``optiserve serve`` running what the chart deploys (real Ray
+Serve, the gateway's own HTTP server, the chart's serve config and settings, real Prometheus):
+huge, compressed, pipelined, malformed and cancelled requests and idle connections while steady
+clients measure their latency, a fuzzer driven by the server's own OpenAPI document, and a
+config change that cannot be applied."""
 
 from __future__ import annotations
 
@@ -17,10 +18,10 @@ import orjson
 import psutil
 import pytest
 
-from serving.config import build_serve_config, gateway_user_config
 from tests.support.harness import gateway_replica
 from serving.repository import ModelRepository
 from tests.helpers import PrometheusProcess, ServeProcess, http
+from tests.support.chart import chart_serving, serving_values
 from tests.serving.conftest import version_of
 from tests.serving.test_hostile_gateway import ids_request, publish_lookup
 from tests.serving.test_server import apply_gateway
@@ -42,12 +43,11 @@ def server(serving_repo, tmp_path_factory):
     lookup = publish_lookup(repo)
     int8 = version_of(repo_dir, "minilm", "onnx-int8-dynamic")
     fp32 = version_of(repo_dir, "minilm", "onnx-fp32")
-    doc = build_serve_config(str(repo_dir), [("minilm", int8), ("minilm", fp32),
-                                             ("lookup", lookup)], version_cpus=0.5)
-    gw = gateway_user_config(doc)
-    gw["models"]["minilm"]["stable"] = int8
-    gw["max_body_bytes"] = 1_000_000
-    proc = ServeProcess(doc, work).start()
+    small = {"numCpus": 0.5, "replicas": 1}
+    doc, env = chart_serving(serving_values(repo_dir, {
+        "minilm": {"stable": int8, "versions": {int8: small, fp32: small}},
+        "lookup": {"versions": {lookup: small}}}, gateway={"maxBodyBytes": 1_000_000}))
+    proc = ServeProcess(doc, work, env=env).start()
     prom = PrometheusProcess(work, {"optiserve": f"127.0.0.1:{proc.metrics_port}"}).start()
     proc.doc, proc.prometheus = doc, prom
     proc.versions = {"int8": int8, "fp32": fp32, "lookup": lookup}
@@ -253,6 +253,136 @@ def test_a_gzip_bomb_is_refused_with_413_and_replica_memory_stays_flat(server):
     for encoding, data in (("gzip", gzip.compress(orjson.dumps({"inputs": [SENTENCE]}))),):
         status, _, _ = http("POST", infer_url(server), data, {"Content-Encoding": encoding})
         assert status == 200  # a real compressed request still works
+
+
+class PeakRss:
+    """The gateway replica's peak resident memory while a block runs."""
+
+    def __init__(self, server):
+        self.replica = gateway_replica(server.proc.pid)
+        self.before = self.peak = self.replica.memory_info().rss
+        self._stop = threading.Event()
+        self._t = threading.Thread(target=self._sample)
+
+    def _sample(self):
+        while not self._stop.is_set():
+            try:
+                self.peak = max(self.peak, self.replica.memory_info().rss)
+            except psutil.Error:
+                return
+            time.sleep(0.01)
+
+    def __enter__(self):
+        self._t.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._t.join()
+
+    @property
+    def growth_mib(self) -> float:
+        return (self.peak - self.before) / 2 ** 20
+
+
+def test_a_client_sending_a_64_mib_body_reads_the_413(server):
+    """Clients send their whole body before they read: the refused body is read and dropped,
+    so the client reads the 413 (it used to get a broken pipe), and memory stays flat."""
+    body = b"x" * (64 << 20)
+    with PeakRss(server) as rss:
+        with socket.create_connection(("127.0.0.1", server.port), timeout=60) as s:
+            s.sendall(b"POST /v2/models/minilm/infer HTTP/1.1\r\nHost: x\r\nContent-Type: "
+                      b"application/json\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+            answer = b""
+            while b"\r\n\r\n" not in answer:
+                chunk = s.recv(65536)
+                assert chunk, f"closed without an answer: {answer!r}"
+                answer += chunk
+    assert answer.startswith(b"HTTP/1.1 413"), answer[:200]
+    assert b"connection: close" in answer.lower()
+    assert rss.growth_mib < 50, rss.growth_mib
+
+
+def test_pipelined_large_bodies_keep_the_gateways_memory_flat(server):
+    """200 requests of ~0.95 MB each, pipelined on one connection (190 MB in flight from the
+    client): the server takes one at a time, so the gateway's memory grows by far less than
+    what is sent, every request is answered in order, and steady clients are unharmed."""
+    pad = b" " * 950_000
+    one = (b'{"inputs": [' + pad + b']}')
+    request = (b"POST /v2/models/minilm/infer HTTP/1.1\r\nHost: x\r\nContent-Type: "
+               b"application/json\r\nContent-Length: %d\r\n\r\n" % len(one)) + one
+    answers: list[int] = []
+
+    def pipeline():
+        with socket.create_connection(("127.0.0.1", server.port), timeout=120) as s:
+            for _ in range(200):
+                s.sendall(request)
+            buf = b""
+            while len(answers) < 200:
+                chunk = s.recv(65536)
+                if not chunk:
+                    break
+                buf += chunk
+                while b"\r\n\r\n" in buf:
+                    head, _, rest = buf.partition(b"\r\n\r\n")
+                    length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+                    if len(rest) < length:
+                        break
+                    answers.append(int(head.split()[1]))
+                    buf = rest[length:]
+
+    with PeakRss(server) as rss:
+        t = threading.Thread(target=pipeline)
+        t.start()
+        latencies, statuses = asyncio.run(steady_clients(infer_url(server), 6.0))
+        t.join(180)
+    assert len(answers) == 200 and set(answers) == {400}, answers[:5]
+    assert rss.growth_mib < 100, rss.growth_mib
+    assert set(statuses) == {200}
+    assert float(np.percentile(latencies, 99)) < 1.0
+
+
+def test_idle_connections_past_the_limit_are_refused_and_steady_clients_are_served(server):
+    """2,000 idle connections while steady clients (already connected) send requests: those
+    past the gateway's connection limit are answered 503 and closed at once; the steady clients
+    see no error and a p99 under a second."""
+    idle: list[socket.socket] = []
+    refused = [0]
+
+    def open_idle():
+        time.sleep(0.5)  # the steady clients are connected by now
+        for _ in range(2000):
+            try:
+                idle.append(socket.create_connection(("127.0.0.1", server.port), timeout=5))
+            except OSError:
+                refused[0] += 1
+        time.sleep(0.5)
+        for s in idle:  # a refused one was answered 503 and closed
+            s.settimeout(0.001)
+            try:
+                data = s.recv(256)
+            except (socket.timeout, BlockingIOError):
+                continue
+            except OSError:
+                refused[0] += 1
+                continue
+            if not data or data.startswith(b"HTTP/1.1 503"):
+                refused[0] += 1
+
+    t = threading.Thread(target=open_idle)
+    try:
+        async def main():
+            return await steady_clients(infer_url(server), 8.0)
+
+        t.start()
+        latencies, statuses = asyncio.run(main())
+        t.join(60)
+    finally:
+        for s in idle:
+            s.close()
+    assert 900 <= refused[0] <= 1100, refused[0]  # the limit is 1000 per gateway replica
+    assert set(statuses) == {200}, {x: statuses.count(x) for x in set(statuses)}
+    assert float(np.percentile(latencies, 99)) < 1.0
 
 
 def test_a_config_that_cannot_be_applied_leaves_the_running_one_serving(server):

@@ -12,10 +12,11 @@ import orjson
 import psutil
 import pytest
 
-from serving.config import build_serve_config, gateway_user_config
+from serving.config import gateway_user_config
 from serving.repository import ModelRepository
 from serving.runtimes import RuntimeOptions, TextEncoder, load_runtime
 from tests.helpers import PrometheusProcess, ServeProcess, http, serve_api
+from tests.support.chart import chart_serving, serving_values
 from tests.serving.conftest import version_of
 
 pytestmark = pytest.mark.slow
@@ -26,23 +27,22 @@ SENTENCES = ["The weather in Lyon is mild today.", "ok", "Quarterly revenue grew
 
 @pytest.fixture(scope="module")
 def server(serving_repo, tmp_path_factory):
+    """What the Helm chart deploys (its serveConfigV2 and its Ray containers' settings, see
+    tests/support/chart.py) for these versions, served locally by `optiserve serve --config`."""
     repo = ModelRepository(serving_repo)
     int8 = version_of(serving_repo, "minilm", "onnx-int8-dynamic")
     fp32 = version_of(serving_repo, "minilm", "onnx-fp32")
     torch_v = version_of(serving_repo, "minilm", "torch-fp32")
     tiny = repo.latest("tiny")
-    doc = build_serve_config(str(serving_repo), [("minilm", int8), ("minilm", fp32),
-                                                 ("minilm", torch_v), ("tiny", tiny)],
-                             version_cpus=0.5)
-    gw = gateway_user_config(doc)
-    gw["models"]["minilm"]["stable"] = int8
     # the optimizer's recommendation depends on how busy the machine was while it measured;
     # these tests send up to 8 rows per request
-    for v in gw["models"]["minilm"]["versions"].values():
-        v["max_batch_size"] = 8
-    gw["max_body_bytes"] = 1_000_000
+    small = {"numCpus": 0.5, "replicas": 1, "batching": {"max_batch_size": 8}}
+    doc, env = chart_serving(serving_values(serving_repo, {
+        "minilm": {"stable": int8, "versions": {int8: small, fp32: small, torch_v: small}},
+        "tiny": {"versions": {tiny: {"numCpus": 0.5, "replicas": 1}}},
+    }, gateway={"maxBodyBytes": 1_000_000}))
     work = tmp_path_factory.mktemp("server")
-    proc = ServeProcess(doc, work).start()
+    proc = ServeProcess(doc, work, env=env).start()
     children = psutil.Process(proc.proc.pid).children(recursive=True)
     prom = PrometheusProcess(work, {"optiserve": f"127.0.0.1:{proc.metrics_port}"}).start()
     proc.versions = {"int8": int8, "fp32": fp32, "torch": torch_v, "tiny": tiny}

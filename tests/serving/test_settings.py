@@ -34,6 +34,8 @@ def _other_value(name: str, default):
         return default + 1
     if isinstance(default, float):
         return default / 2 if name == "tune_keep_up" else default * 2 + 1
+    if isinstance(default, list):
+        return [d + 1 for d in default[:2]]
     return "/elsewhere"
 
 

@@ -183,7 +183,7 @@ def base_sized_classifier(out: Path, layers: int = 6, hidden: int = 768, seed: i
     from tokenizers import Tokenizer
     from transformers import BertConfig, BertForSequenceClassification
 
-    from optimizers.sources.minilm import model_dir
+    from optimizers.sources.minilm import package_dir as model_dir
 
     torch.manual_seed(seed)
     config = BertConfig(vocab_size=30522, hidden_size=hidden, num_hidden_layers=layers,

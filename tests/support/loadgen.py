@@ -49,8 +49,9 @@ class Server:
     """A server command in its own session on a free loopback port; stop() ends its group."""
 
     def __init__(self, name: str, cmd: list[str], port: int, log: Path, batched: bool,
-                 env: dict | None = None):
+                 env: dict | None = None, cwd: Path | None = None):
         self.name, self.cmd, self.log_path, self.batched = name, cmd, log, batched
+        self.cwd = cwd or ROOT
         self.url = f"http://127.0.0.1:{port}"
         self.env = {**os.environ, "COLUMNS": "200", **(env or {})}
         self.proc: subprocess.Popen | None = None
@@ -58,7 +59,7 @@ class Server:
     def start(self, timeout: float = 240) -> Server:
         self._log = open(self.log_path, "w")  # noqa: SIM115 - closed by stop()
         self.proc = subprocess.Popen(self.cmd, stdout=self._log, stderr=subprocess.STDOUT,
-                                     env=self.env, cwd=ROOT, start_new_session=True)
+                                     env=self.env, cwd=self.cwd, start_new_session=True)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

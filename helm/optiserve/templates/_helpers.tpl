@@ -173,8 +173,20 @@ app.kubernetes.io/part-of: optiserve
 {{- if .Values.serve.gateway.maxBodyBytes -}}
 {{- $_ := set $gatewayConfig "max_body_bytes" .Values.serve.gateway.maxBodyBytes -}}
 {{- end -}}
-{{- $gateway := dict "name" "optiserve" "route_prefix" "/" "import_path" "serving.app:gateway_app" "args" (dict "repository" $repo) "deployments" (list (dict "name" "gateway" "num_replicas" .Values.serve.gateway.replicas "max_ongoing_requests" .Values.serve.gateway.maxOngoingRequests "ray_actor_options" (dict "num_cpus" .Values.serve.gateway.numCpus) "logging_config" (dict "enable_access_log" false) "user_config" $gatewayConfig)) -}}
-{{- $doc := dict "proxy_location" "EveryNode" "http_options" (dict "host" "0.0.0.0" "port" .Values.serve.port) "applications" (prepend $versionApps $gateway) -}}
+{{- /* one gateway replica per serving pod: each worker pod offers one optiserve_gateway */ -}}
+{{- $pods := 0 -}}
+{{- range (include "optiserve.workerGroups" . | fromJson).groups -}}{{- $pods = add $pods (int .replicas) -}}{{- end -}}
+{{- $gatewayReplicas := ternary $pods .Values.serve.gateway.replicas (kindIs "invalid" .Values.serve.gateway.replicas) -}}
+{{- $maxPods := 0 -}}
+{{- range (include "optiserve.workerGroups" . | fromJson).groups -}}{{- $maxPods = add $maxPods (int (max .replicas .maxReplicas)) -}}{{- end -}}
+{{- if gt (int $gatewayReplicas) (int $maxPods) -}}
+{{- fail (printf "serve.gateway.replicas (%d) is more than the worker pods can ever be (%d): each pod runs one gateway replica" (int $gatewayReplicas) (int $maxPods)) -}}
+{{- end -}}
+{{- $s := .Values.serve.settings -}}
+{{- $grace := add (int (index $s "http_drain_accept_s")) (int (index $s "http_drain_timeout_s")) 5 -}}
+{{- $gatewayDeployment := dict "name" "gateway" "num_replicas" (int $gatewayReplicas) "max_ongoing_requests" .Values.serve.gateway.maxOngoingRequests "ray_actor_options" (dict "num_cpus" .Values.serve.gateway.numCpus "resources" (dict "optiserve_gateway" 1)) "graceful_shutdown_timeout_s" $grace "logging_config" (dict "enable_access_log" false) "user_config" $gatewayConfig -}}
+{{- $gateway := dict "name" "optiserve" "route_prefix" nil "import_path" "serving.app:gateway_app" "args" (dict "repository" $repo) "deployments" (list $gatewayDeployment) -}}
+{{- $doc := dict "proxy_location" "Disabled" "http_options" (dict "host" "0.0.0.0" "port" .Values.serve.port) "applications" (prepend $versionApps $gateway) -}}
 {{- toYaml $doc -}}
 {{- end -}}
 
@@ -208,11 +220,19 @@ app.kubernetes.io/part-of: optiserve
 {{- $group := index . 1 -}}
 - name: OPTISERVE_REPOSITORY
   value: {{ $root.Values.modelRepository.path | quote }}
-# HAProxy in front of direct-ingress replicas: ~10x the default proxy's throughput (measured)
-- name: RAY_SERVE_ENABLE_HA_PROXY
-  value: "1"
+# each gateway replica answers HTTP on this port itself; Serve's proxies are off
+- name: OPTISERVE_LISTEN
+  value: {{ printf "0.0.0.0:%d" (int $root.Values.serve.port) | quote }}
+{{- range $name, $value := $root.Values.serve.settings }}
+- name: {{ printf "OPTISERVE_%s" (upper $name) }}
+  value: {{ $value | toString | quote }}
+{{- end }}
+# user code and the handle router on the replica's loop, handles over gRPC; no direct
+# ingress (the gateway's own server replaces it)
 - name: RAY_SERVE_THROUGHPUT_OPTIMIZED
   value: "1"
+- name: RAY_SERVE_ENABLE_DIRECT_INGRESS
+  value: "0"
 # nothing may download from a model hub at run time
 - name: HF_HUB_OFFLINE
   value: "1"
@@ -325,19 +345,34 @@ app.kubernetes.io/part-of: optiserve
 {{- end }}
 {{- end -}}
 
-{{/* The drain before a worker stops (preStop): mark the node draining in Ray's GCS, so Serve
-     stops routing to this node (its proxy answers /-/healthz with 503, the readiness probe
-     fails and the pod leaves the serve Service) and moves replicas away; Serve shuts the proxy
-     down once no request is in flight on it. Wait for that (the port stops answering: wget exit
-     code 4), at most drainTimeoutSeconds, then stop Ray. */}}
+{{/* The drain before a worker stops (preStop):
+     1. the pod's gateway replica drains (POST /-/drain, accepted from the pod itself): its
+        readiness (/v2/health/ready, /-/healthz) fails at once, so the pod leaves the serve
+        Service; for serve.settings.http_drain_accept_s it still answers, every answer closing
+        its connection, so clients reconnect to other pods; then its socket closes and requests
+        in flight finish within http_drain_timeout_s;
+     2. the node is marked draining in Ray's GCS, so Serve starts this node's model replicas
+        elsewhere before it stops them (batches in flight from other pods finish);
+     3. wait until the gateway's server is gone (nothing listens: wget exit code 4) and no
+        connection to it is left (no ESTABLISHED socket on the port in /proc/net/tcp*: the
+        requests in flight have their answers), at most ray.drain.timeoutSeconds; stop Ray. */}}
 {{- define "optiserve.drainCommand" -}}
 {{- $root := index . 0 -}}
 {{- $timeout := int $root.Values.ray.drain.timeoutSeconds -}}
+{{- $s := $root.Values.serve.settings -}}
+{{- $needed := add (int (index $s "http_drain_accept_s")) (int (index $s "http_drain_timeout_s")) -}}
+{{- if lt $timeout $needed -}}
+{{- fail (printf "ray.drain.timeoutSeconds (%d) must cover serve.settings.http_drain_accept_s + http_drain_timeout_s (%d)" $timeout $needed) -}}
+{{- end -}}
+port={{ $root.Values.serve.port }}
+wget --tries 1 -T 2 -q -O /dev/null --post-data= "http://127.0.0.1:$port/-/drain" || true
 ray drain-node --reason=DRAIN_NODE_REASON_PREEMPTION --reason-message="pod terminating" --deadline-remaining-seconds={{ $timeout }} || true
+hex=$(printf ':%04X' "$port")
+busy() { awk -v p="$hex" '$2 ~ p"$" && $4 == "01" { f = 1 } END { exit !f }' /proc/net/tcp /proc/net/tcp6 2>/dev/null; }
 end=$((SECONDS + {{ $timeout }}))
 while [ "$SECONDS" -lt "$end" ]; do
-  wget --tries 1 -T 2 -q -O /dev/null http://localhost:{{ $root.Values.serve.port }}/-/healthz; rc=$?
-  [ "$rc" -eq 4 ] && break
+  wget --tries 1 -T 2 -q -O /dev/null "http://127.0.0.1:$port/-/healthz"; rc=$?
+  if [ "$rc" -eq 4 ] && ! busy; then break; fi
   sleep 1
 done
 ray stop
@@ -452,16 +487,13 @@ spec:
         timeoutSeconds: 5
         failureThreshold: 10
       {{- else }}
-      # as KubeRay's own probe for RayService workers: the raylet and this node's Serve proxy,
-      # failureThreshold 1, so a dead or draining proxy leaves the serve Service within a period
+      # the pod's gateway replica: ready once it serves every model's stable version, not ready
+      # while it drains; failureThreshold 1, so a draining or dead gateway leaves the serve
+      # Service within a period
       readinessProbe:
-        exec:
-          command:
-            - bash
-            - -c
-            - >-
-              wget --tries 1 -T 2 -q -O- http://localhost:{{ $v.ray.dashboardAgentPort }}/api/local_raylet_healthz | grep success
-              && wget --tries 1 -T 10 -q -O- http://localhost:{{ $v.serve.port }}/-/healthz | grep success
+        httpGet:
+          path: /v2/health/ready
+          port: serve
         initialDelaySeconds: 10
         periodSeconds: 5
         timeoutSeconds: 2

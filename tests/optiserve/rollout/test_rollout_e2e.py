@@ -14,9 +14,10 @@ import time
 
 import pytest
 
-from serving.config import build_serve_config, gateway_user_config, version_app_name
+from serving.config import gateway_user_config, version_app_name
 from optiserve.serve_api import ServeAPI
 from tests.helpers import ROOT, PrometheusProcess, ServeProcess, free_port, run_cli
+from tests.support.chart import chart_serving, serving_values
 
 pytestmark = pytest.mark.slow
 
@@ -29,11 +30,13 @@ FAST = ["--steps", "50,100", "--interval", "4s", "--min-requests", "10",
 @pytest.fixture(scope="module")
 def env(rollout_repo, tmp_path_factory):
     repo_dir, v = rollout_repo
-    refs = [("minilm", v[k]) for k in INITIAL]
-    doc = build_serve_config(str(repo_dir), refs, version_cpus=0.5)
-    gateway_user_config(doc)["models"]["minilm"]["stable"] = v["fp32"]
+    # what the chart deploys for these versions (its serve config and settings)
+    doc, settings = chart_serving(serving_values(repo_dir, {"minilm": {
+        "stable": v["fp32"], "versions": {v[k]: {"numCpus": 0.5, "replicas": 1}
+                                          for k in INITIAL}}}))
     work = tmp_path_factory.mktemp("rollout-e2e")
-    server = ServeProcess(doc, work, env={"RAY_metrics_report_interval_ms": "1000"}).start()
+    server = ServeProcess(doc, work, env={**settings,
+                                          "RAY_metrics_report_interval_ms": "1000"}).start()
     controller_port = free_port()
     prom = PrometheusProcess(work, {"optiserve": f"127.0.0.1:{server.metrics_port}",
                                     "controller": f"127.0.0.1:{controller_port}"}).start()
@@ -56,7 +59,7 @@ def traffic(env) -> dict:
 
 def start_load(env, seconds: float, rate: float = 40) -> subprocess.Popen:
     return subprocess.Popen(
-        [sys.executable, "-m", "optiserve.cli.main", "bench", env.url, "--model", "minilm",
+        [sys.executable, "-m", "optiserve", "bench", env.url, "--model", "minilm",
          "--rate", str(rate), "--duration", str(seconds), "--warmup", "0", "--json"],
         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=ROOT,
         env={**os.environ, "PYTHONPATH": str(ROOT)})
@@ -234,7 +237,7 @@ def test_unreachable_prometheus_never_promotes(env):
 
 def _controller(env) -> subprocess.Popen:
     return subprocess.Popen(
-        [sys.executable, "-m", "optiserve.cli.main", "rollout", "controller", "--poll", "0.5",
+        [sys.executable, "-m", "optiserve", "rollout", "controller", "--poll", "0.5",
          "--metrics-port", str(env.controller_port), "--metrics-host", "127.0.0.1",
          *common(env)], cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
         stdout=open(env.work / "controller.log", "a"), stderr=subprocess.STDOUT)

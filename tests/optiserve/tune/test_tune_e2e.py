@@ -65,7 +65,7 @@ def test_tune_interrupted_resumed_applied_end_to_end(server, tiny_repo, tmp_path
             "--slo-p99-ms", "1000", "--study", str(study), *SHORT]
 
     # interrupted (Ctrl-C) once two trials are recorded
-    first = subprocess.Popen([sys.executable, "-m", "optiserve.cli.main", *args],
+    first = subprocess.Popen([sys.executable, "-m", "optiserve", *args],
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                              env=_env(), cwd=ROOT)
     deadline = time.monotonic() + 60
