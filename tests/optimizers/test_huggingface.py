@@ -198,7 +198,7 @@ def test_options_that_do_not_fit_the_directory_are_refused(hf_dirs, tmp_path):
     assert not repo.exists() or not any(repo.iterdir())
 
 
-def test_text_longer_than_the_model_is_truncated_as_the_manifest_says(hf_dirs):
+def test_text_longer_than_the_model_is_truncated_as_the_manifest_says(hf_dirs, tmp_path):
     from serving.runtimes import TextEncoder
 
     src = resolve_source(str(hf_dirs["bert"]))
@@ -206,6 +206,26 @@ def test_text_longer_than_the_model_is_truncated_as_the_manifest_says(hf_dirs):
     out = enc.encode_batch(["word " * 300, "short", " ".join(["w"] * 62)])
     assert [len(r) for r in out.rows][0] == src.preprocessing.max_length == 64
     assert out.truncated == [True, False, False]  # 62 words + [CLS] [SEP] fit exactly
+
+    # a tokenizer saved with truncation_side "left" keeps a long text's end, as transformers
+    # would; the manifest carries the side to the gateway
+    d = hf_models.copy(hf_dirs["bert"], tmp_path / "left")
+    tok_config = json.loads((d / "tokenizer_config.json").read_text())
+    (d / "tokenizer_config.json").write_text(json.dumps({**tok_config,
+                                                         "truncation_side": "left"}))
+    left = resolve_source(str(d))
+    assert left.preprocessing.truncation_side == "left"
+    long_text = "the first words " + "word " * 300 + "a final sentence"
+    ids = {}
+    for name, s in (("right", src), ("left", left)):
+        e = TextEncoder(s.extra_files["tokenizer.json"], s.preprocessing).encode_batch(
+            [long_text], keep=True)
+        assert e.truncated == [True] and len(e.rows[0]) == 64
+        ids[name] = e.rows[0]
+    cls, *end = enc.tokenizer.encode("a final sentence").ids  # [CLS] a final sentence [SEP]
+    assert ids["left"][0] == ids["right"][0] == cls  # special tokens stay where they are
+    assert list(ids["left"][-len(end):]) == end
+    assert list(ids["right"][-len(end):]) != end
 
 
 # ---- the toolbox on tiny models: fidelity in each task's own terms ------------------------------
