@@ -10,6 +10,7 @@ quantization's results depend on a row's batch-mates.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -259,17 +260,35 @@ def read_tensors(path: Path, source: SourceModel) -> dict[str, np.ndarray]:
     return out
 
 
-def read_labels(path: Path, rows: int) -> np.ndarray:
-    """Integer class labels, one per validation row (``.txt``/``.csv`` lines or ``.npy``)."""
+def read_labels(path: Path, rows: int, names: Sequence[str] | None = None,
+                classes: int | None = None) -> np.ndarray:
+    """Class labels, one per validation row (``.txt``/``.csv`` lines or ``.npy``): a class
+    index, or where the model names its classes (``names``, e.g. a Hugging Face classifier's
+    id2label) the class's name. Every label must be one of the model's ``classes``."""
+    index = {n: i for i, n in enumerate(names or [])}
     try:
         if path.suffix == ".npy":
             labels = np.load(path, allow_pickle=False)
         else:
-            labels = np.array([int(x.strip().split(",")[0]) for x in
-                               path.read_text().splitlines() if x.strip()])
+            lines = [x.strip().split(",")[0].strip() for x in path.read_text().splitlines()
+                     if x.strip()]
+            values = []
+            for n, x in enumerate(lines, 1):
+                if x in index:  # a name first: names are what the model says it predicts
+                    values.append(index[x])
+                    continue
+                try:
+                    values.append(int(x))
+                except ValueError:
+                    raise ValueError(
+                        f"line {n}: {x!r} is not a class index"
+                        + (f" nor one of the model's labels ({', '.join(list(index)[:8])}"
+                           f"{', ...' if len(index) > 8 else ''})" if index else "")) from None
+            labels = np.array(values, dtype=np.int64)
     except (OSError, ValueError) as e:
+        expected = "a class index or name" if index else "an integer class"
         raise ValidationDataError(
-            f"cannot read labels {path}: {e}; expected one integer class per line"
+            f"cannot read labels {path}: {e}; expected {expected} per line"
         )
     if labels.ndim != 1 or labels.dtype.kind not in "iu":
         raise ValidationDataError(f"{path}: labels must be a 1-D list of integer classes")
@@ -277,7 +296,22 @@ def read_labels(path: Path, rows: int) -> np.ndarray:
         raise ValidationDataError(
             f"{path} has {len(labels)} labels for {rows} validation rows; expected one per row"
         )
+    if classes and len(labels) and (labels.min() < 0 or labels.max() >= classes):
+        row = int(np.flatnonzero((labels < 0) | (labels >= classes))[0])
+        raise ValidationDataError(
+            f"{path}: row {row + 1} has class {int(labels[row])}, but the model has {classes} "
+            f"classes (0..{classes - 1})")
     return labels.astype(np.int64)
+
+
+def _classes(source: SourceModel, names: Sequence[str] | None) -> int | None:
+    """How many classes a classifier has: its label names, or its scores' last dimension."""
+    if names:
+        return len(names)
+    for out in source.signature.outputs:
+        if out.datatype.startswith("FP") and len(out.shape) == 2 and out.shape[-1] > 0:
+            return out.shape[-1]
+    return None
 
 
 def load_validation(source: SourceModel, path: str | None, labels: str | None,
@@ -317,7 +351,8 @@ def load_validation(source: SourceModel, path: str | None, labels: str | None,
             raise ValidationDataError(
                 "--labels holds one class per row; a multi-label classifier's truth is a set "
                 "of classes per row, which F1/ROC AUC here do not take: drop --labels")
-        vset.labels = read_labels(Path(labels), vset.rows)
+        names = source.postprocessing.labels if source.postprocessing is not None else None
+        vset.labels = read_labels(Path(labels), vset.rows, names, _classes(source, names))
     vset.notes = notes
     return vset
 

@@ -89,6 +89,62 @@ def test_feature_extraction_pools_as_asked(hf_dirs, tmp_path):
         resolve_source(str(model_dir()), pooling="cls")
 
 
+def _sentence_transformers_dir(hf_dirs, out: Path) -> Path:
+    """A sentence-transformers directory saved by the library itself: the tiny BERT's encoder,
+    cls and max pooling concatenated, no Normalize (not minilm's mean + Normalize)."""
+    from sentence_transformers import SentenceTransformer, models
+
+    encoder = models.Transformer(str(hf_dirs["bert"]))
+    pooling = models.Pooling(encoder.get_word_embedding_dimension(),
+                             pooling_mode_cls_token=True, pooling_mode_max_tokens=True,
+                             pooling_mode_mean_tokens=False)
+    SentenceTransformer(modules=[encoder, pooling], device="cpu").save(str(out))
+    return out
+
+
+def test_each_text_task_is_optimized_published_and_answers_as_its_library(hf_dirs, tmp_path):
+    """Sentence embeddings (a modules.json other than minilm's) and feature extraction
+    (--pooling cls) through the real CLI, offline: published, judged on cosine, and the
+    published version answers as sentence-transformers / transformers do."""
+    import torch
+    from sentence_transformers import SentenceTransformer
+    from transformers import AutoModel
+
+    from serving.runtimes import TextEncoder, load_runtime
+
+    st_dir = _sentence_transformers_dir(hf_dirs, tmp_path / "st")
+    texts = ["a first sentence", "and a longer second one, with more words in it", "ok"]
+    repo_dir = tmp_path / "repo"
+    for name, directory, args in (("st", st_dir, []),
+                                  ("features", hf_dirs["bert"], ["--task", "embedding",
+                                                                 "--pooling", "cls"])):
+        r = run_cli("optimize", str(directory), "--name", name, "--variants",
+                    "torch-fp32,onnx-fp32", "--publish", "all", "--repository", str(repo_dir),
+                    *args, *FAST)
+        assert r.returncode == 0, r.stdout + r.stderr
+    st = SentenceTransformer(str(st_dir), device="cpu")
+    bert = AutoModel.from_pretrained(str(hf_dirs["bert"])).eval()
+    repo = ModelRepository(repo_dir)
+    for name in ("st", "features"):
+        assert len(repo.versions(name)) == 2, name
+        for v in repo.versions(name):
+            ref = repo.open(name, v)
+            m = ref.manifest
+            assert m.task == "embedding" and m.measurements.fidelity.cosine_min >= 0.999
+            enc = TextEncoder(ref.file(m.preprocessing.tokenizer_file), m.preprocessing)
+            batch = enc.pad(enc.encode(texts))
+            got = load_runtime(m, ref.path).run(batch)["embedding"]
+            if name == "st":
+                want = st.encode(texts)  # cls and max concatenated, not normalised
+                assert got.shape == (3, 128)
+            else:
+                with torch.inference_mode():
+                    want = bert(input_ids=torch.from_numpy(batch["input_ids"]),
+                                     attention_mask=torch.from_numpy(batch["attention_mask"])
+                                     ).last_hidden_state[:, 0].numpy()
+            np.testing.assert_allclose(got, want, atol=1e-4)
+
+
 def test_bin_weights_load_with_weights_only(hf_dirs, tmp_path):
     import torch
     from safetensors.torch import load_file
@@ -305,6 +361,44 @@ def test_students_of_a_classifier_are_trained_on_its_probabilities(hf_dirs, tmp_
                 "--repository", str(tmp_path / "repo"), *FAST)
     assert r.returncode == 0 and "student-l1" in r.stdout and "skipped" in r.stdout
     assert "cannot be pruned" in " ".join(r.stdout.split())
+
+
+def test_labels_may_be_the_models_class_names_and_must_be_its_classes(hf_dirs, tmp_path):
+    """--labels with id2label's names (or indices) adds F1 and ROC AUC; a name the model does
+    not have or a class index past its classes is refused with the row, nothing published."""
+    from optimizers.errors import ValidationDataError
+    from optimizers.sources.minilm import DATA
+    from optimizers.validation import read_labels, read_texts
+
+    rows = len(read_texts(DATA / "minilm_validation.txt"))
+    truth = np.random.default_rng(0).integers(0, 3, rows)
+    names, indices = tmp_path / "names.txt", tmp_path / "indices.txt"
+    names.write_text("".join(f"{hf_models.SENTIMENT[c]}\n" for c in truth))
+    indices.write_text("".join(f"{c}\n" for c in truth))
+    np.testing.assert_array_equal(read_labels(names, rows, hf_models.SENTIMENT, 3), truth)
+    np.testing.assert_array_equal(read_labels(indices, rows, hf_models.SENTIMENT, 3), truth)
+    with pytest.raises(ValidationDataError, match="nor one of the model's labels"):
+        read_labels(names, rows)  # names mean nothing without the model's label map
+
+    repo = tmp_path / "repo"
+    r = run_cli("optimize", str(hf_dirs["bert"]), "--name", "bert", "--labels", str(names),
+                "--variants", "onnx-fp32", "--publish", "all", "--repository", str(repo),
+                "--min-agreement", "0.9", *FAST)
+    assert r.returncode == 0, r.stdout + r.stderr
+    m = ModelRepository(repo).manifest("bert", 1)
+    f = m.measurements.fidelity
+    assert 0 <= f.f1 <= 1 and 0 <= f.roc_auc <= 1 and f.reference_f1 is not None
+
+    bad_name, bad_index = tmp_path / "bad-name.txt", tmp_path / "bad-index.txt"
+    bad_name.write_text(names.read_text().replace("NEUTRAL", "NEUTRL", 1))
+    bad_index.write_text("".join(f"{c}\n" for c in truth[:-1]) + "3\n")
+    for path, message in ((bad_name, "'NEUTRL' is not a class index nor one of the model's "
+                                     "labels (NEGATIVE, NEUTRAL, POSITIVE)"),
+                          (bad_index, f"row {rows} has class 3, but the model has 3 classes")):
+        r = run_cli("optimize", str(hf_dirs["bert"]), "--name", "refused", "--labels",
+                    str(path), "--variants", "onnx-fp32", "--repository", str(repo), *FAST)
+        assert r.returncode == 1 and message in " ".join(r.stderr.split()), r.stderr
+        assert "Traceback" not in r.stderr and not (repo / "refused").exists()
 
 
 def test_a_multi_label_classifier_refuses_single_class_labels(tmp_path, hf_dirs):
