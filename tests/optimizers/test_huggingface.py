@@ -377,8 +377,14 @@ def test_labels_may_be_the_models_class_names_and_must_be_its_classes(hf_dirs, t
     indices.write_text("".join(f"{c}\n" for c in truth))
     np.testing.assert_array_equal(read_labels(names, rows, hf_models.SENTIMENT, 3), truth)
     np.testing.assert_array_equal(read_labels(indices, rows, hf_models.SENTIMENT, 3), truth)
-    with pytest.raises(ValidationDataError, match="nor one of the model's labels"):
-        read_labels(names, rows)  # names mean nothing without the model's label map
+    # names mean nothing without the model's label map
+    with pytest.raises(ValidationDataError, match="line 1: 'POSITIVE' is not a class index; "):
+        read_labels(names, rows)
+    bad_name, bad_index = tmp_path / "bad-name.txt", tmp_path / "bad-index.txt"
+    bad_name.write_text(names.read_text().replace("NEUTRAL", "NEUTRL", 1))
+    bad_index.write_text("".join(f"{c}\n" for c in truth[:-1]) + "3\n")
+    with pytest.raises(ValidationDataError, match=f"row {rows} has class 3"):
+        read_labels(bad_index, rows, hf_models.SENTIMENT, 3)
 
     repo = tmp_path / "repo"
     r = run_cli("optimize", str(hf_dirs["bert"]), "--name", "bert", "--labels", str(names),
@@ -389,9 +395,6 @@ def test_labels_may_be_the_models_class_names_and_must_be_its_classes(hf_dirs, t
     f = m.measurements.fidelity
     assert 0 <= f.f1 <= 1 and 0 <= f.roc_auc <= 1 and f.reference_f1 is not None
 
-    bad_name, bad_index = tmp_path / "bad-name.txt", tmp_path / "bad-index.txt"
-    bad_name.write_text(names.read_text().replace("NEUTRAL", "NEUTRL", 1))
-    bad_index.write_text("".join(f"{c}\n" for c in truth[:-1]) + "3\n")
     for path, message in ((bad_name, "'NEUTRL' is not a class index nor one of the model's "
                                      "labels (NEGATIVE, NEUTRAL, POSITIVE)"),
                           (bad_index, f"row {rows} has class 3, but the model has 3 classes")):
