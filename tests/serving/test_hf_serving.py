@@ -80,21 +80,27 @@ def test_classifiers_answer_as_transformers_pipeline_does(server, hf_dirs):
 
 
 def test_an_int8_classifier_stays_within_its_measured_tolerance(server, hf_dirs):
+    import tritonclient.http as th
+
     c = client(server)
     version = server.v[("bert", "onnx-int8-dynamic")]
     fidelity = server.repo.manifest("bert", version).measurements.fidelity
     labels = server.repo.manifest("bert", version).postprocessing.labels
-    got = c.infer("bert", [text_input(TEXTS)], model_version=str(version)).as_numpy(
-        "probabilities")
+    res = c.infer("bert", [text_input(TEXTS)], model_version=str(version),
+                  outputs=[th.InferRequestedOutput("probabilities"),
+                           th.InferRequestedOutput("label")])
+    got = res.as_numpy("probabilities")
     want = pipeline_probabilities(hf_dirs["bert"], labels, TEXTS)
     # dynamic INT8 scales activations per batch: batch-mates here differ from the optimizer's
     tolerance = 2 * fidelity.max_prob_diff + 0.02
     assert np.abs(got - want).max() <= tolerance
-    # a row whose top two classes are further apart than the error can move them keeps its label
-    top2 = np.sort(want, 1)[:, -2:]
-    clear = top2[:, 1] - top2[:, 0] > 2 * tolerance
-    assert clear.sum() >= len(TEXTS) // 4  # the check below covers a good share of rows
-    assert (got.argmax(1) == want.argmax(1))[clear].all()
+    # the label is the served probabilities' top class; it disagrees with the pipeline's on no
+    # more rows than the top-1 agreement measured on held-out rows allows (with slack for 26
+    # rows: a label map out of order or shifted would disagree on most of them)
+    assert [x.decode() for x in res.as_numpy("label")] == [labels[i] for i in got.argmax(1)]
+    disagree = int((got.argmax(1) != want.argmax(1)).sum())
+    assert disagree <= max(2, 3 * (1 - fidelity.top1_agreement) * len(TEXTS)), \
+        (disagree, fidelity.top1_agreement)
 
 
 def test_class_count_over_tritonclient(server):
