@@ -122,6 +122,11 @@ class Settings(BaseSettings):
         30.0, json_schema_extra=_group("batching"),
         description="Seconds a request may take before it gets 504 "
                     "(serve config: versions.N.timeout_s wins).")
+    model_stuck_after_s: PositiveFloat = Field(
+        60.0, json_schema_extra=_group("batching"),
+        description="Seconds a model replica may spend on one batch before its health check "
+                    "fails (Serve replaces it) and it reports not ready; keep it above the "
+                    "longest request timeout of the versions it serves.")
 
     # ---- sizing (optiserve serve with no sizing flags) -----------------------------------
     max_threads: PositiveInt = Field(

@@ -233,6 +233,10 @@ app.kubernetes.io/part-of: optiserve
   value: "1"
 - name: RAY_SERVE_ENABLE_DIRECT_INGRESS
   value: "0"
+# a replica that cannot be scheduled is reported in its application's status (with the
+# resources required and available) after 10 s instead of 30; the rollout controller shows it
+- name: RAY_SERVE_SLOW_STARTUP_WARNING_S
+  value: "10"
 # nothing may download from a model hub at run time
 - name: HF_HUB_OFFLINE
   value: "1"
