@@ -99,6 +99,7 @@ class LocalCluster:
         env.setdefault("RAY_SERVE_THROUGHPUT_OPTIMIZED", "1")
         # a replica that cannot be scheduled is reported (with Serve's reason) after 10 s
         env.setdefault("RAY_SERVE_SLOW_STARTUP_WARNING_S", str(SLOW_STARTUP_REPORT_S))
+        env.setdefault("RAY_SERVE_SLOW_STARTUP_WARNING_PERIOD_S", str(SLOW_STARTUP_REPORT_S))
         # THROUGHPUT_OPTIMIZED turns on direct ingress: an idle HTTP server in each replica,
         # which the gateway's own server replaces
         env["RAY_SERVE_ENABLE_DIRECT_INGRESS"] = "0"

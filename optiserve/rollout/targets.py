@@ -225,7 +225,7 @@ class LocalServeTarget:
         except ServeAPIError as e:
             raise TargetError(str(e)) from None
         app = apps.get(version_app_name(model, version)) or {}
-        return app.get("status", "NOT_STARTED"), (app.get("message") or "").strip()
+        return app.get("status", "NOT_STARTED"), _message(app, app.get("deployments"))
 
 
 RAYSERVICE = {"group": "ray.io", "version": "v1", "plural": "rayservices"}
@@ -288,4 +288,12 @@ class RayServiceTarget:
         app = (status.get("applicationStatuses") or {}).get(version_app_name(model, version))
         if not app:
             return "NOT_STARTED", ""
-        return app.get("status", "NOT_STARTED"), (app.get("message") or "").strip()
+        return app.get("status", "NOT_STARTED"), _message(app, app.get("serveDeploymentStatuses"))
+
+
+def _message(app: dict, deployments: dict | None) -> str:
+    """An application's status message, with its deployments' (Serve says why a replica is not
+    scheduled, or is slow to start, on the deployment, not the application)."""
+    parts = [(app.get("message") or "").strip()]
+    parts += [(d.get("message") or "").strip() for d in (deployments or {}).values()]
+    return "\n".join(p for p in parts if p)

@@ -434,6 +434,7 @@ def test_ray_serving_environment(rendered):
                group["template"]["spec"]["containers"][0]["env"]}
         # Serve reports a replica that cannot be scheduled after 10 s (the rollout shows it)
         assert env["RAY_SERVE_SLOW_STARTUP_WARNING_S"] == "10"
+        assert env["RAY_SERVE_SLOW_STARTUP_WARNING_PERIOD_S"] == "10"
     doc = serve_config(rendered["default"])
     assert doc["proxy_location"] == "Disabled"
     gw = doc["applications"][0]

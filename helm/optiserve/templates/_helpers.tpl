@@ -237,6 +237,8 @@ app.kubernetes.io/part-of: optiserve
 # resources required and available) after 10 s instead of 30; the rollout controller shows it
 - name: RAY_SERVE_SLOW_STARTUP_WARNING_S
   value: "10"
+- name: RAY_SERVE_SLOW_STARTUP_WARNING_PERIOD_S
+  value: "10"
 # nothing may download from a model hub at run time
 - name: HF_HUB_OFFLINE
   value: "1"

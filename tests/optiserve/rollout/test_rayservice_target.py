@@ -143,6 +143,13 @@ def test_application_status_comes_from_kuberays_active_service_status():
     target = RayServiceTarget(FakeKubernetesApi(obj), "ml", "optiserve")
     assert target.app_status("minilm", 2) == ("DEPLOY_FAILED", "no such version")
     assert target.app_status("minilm", 7) == ("NOT_STARTED", "")
+    # why a replica is not scheduled is said on the deployment (KubeRay copies Serve's)
+    obj["status"]["activeServiceStatus"]["applicationStatuses"]["minilm-v3"] = {
+        "status": "DEPLOYING", "serveDeploymentStatuses": {"minilm-v3": {
+            "status": "UPDATING", "message": "has 1 replicas that have taken more than 10s to be "
+                                             "scheduled. Resources required: {'CPU': 1.75}"}}}
+    status, message = target.app_status("minilm", 3)
+    assert status == "DEPLOYING" and "to be scheduled" in message and "1.75" in message
 
 
 class FakeCoreApi:

@@ -83,12 +83,17 @@ def test_a_canary_rolls_out_at_default_sizing_and_low_traffic_with_default_flags
 
 def test_a_replica_that_cannot_be_scheduled_is_reported_within_seconds(env):
     """What the rollout shows while a canary waits for resources comes from Serve's status
-    message; optiserve serve has Serve write it after 10 s, not 30."""
+    messages (on the deployment); optiserve serve has Serve write it after 10 s, not 30. Read
+    through the target the controller uses."""
+    from optiserve.rollout.targets import LocalServeTarget
+
     api = ServeAPI(env.serve_api)
     cfg = api.deployed_config()
     template = next(a for a in cfg["applications"] if a["name"].startswith("minilm-v"))
-    big = json.loads(json.dumps(template))
-    big["name"] = big["deployments"][0]["name"] = "too-big"
+    big = json.loads(json.dumps(template))  # another version's application, asking too much
+    name = version_app_name("minilm", env.versions["degraded"])
+    big["name"] = big["deployments"][0]["name"] = name
+    big["args"]["version"] = env.versions["degraded"]
     big["deployments"][0]["ray_actor_options"] = {"num_cpus": 64}
     cfg["applications"].append(big)
     t0 = time.monotonic()
@@ -96,13 +101,12 @@ def test_a_replica_that_cannot_be_scheduled_is_reported_within_seconds(env):
     try:
         message = ""
         while time.monotonic() - t0 < 40:
-            app = (api.details().get("applications") or {}).get("too-big") or {}
-            message = app.get("message") or ""
+            _, message = LocalServeTarget(api).app_status("minilm", env.versions["degraded"])
             if "to be scheduled" in message:
                 break
             time.sleep(1)
         assert "to be scheduled" in message and "64" in message, message
         assert time.monotonic() - t0 < 25
     finally:
-        cfg["applications"] = [a for a in cfg["applications"] if a["name"] != "too-big"]
+        cfg["applications"] = [a for a in cfg["applications"] if a["name"] != name]
         api.apply(cfg)
