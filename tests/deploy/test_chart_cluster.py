@@ -1,7 +1,7 @@
 """The chart on a real cluster: upgrades that stay in place, the locked control plane, the serving
 lifecycle (readiness, drain), monitoring wiring and worker-group pass-throughs. Rendered with
 the real helm binary; what KubeRay does with the result is taken from its controller (the field
-names from its CRD, tests/deploy/rayservice.schema.json)."""
+names from its CRD, tests/deploy/kuberay/)."""
 
 from __future__ import annotations
 
