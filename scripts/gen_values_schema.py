@@ -47,6 +47,8 @@ RESOURCES = obj({"requests": ANY_OBJ, "limits": ANY_OBJ})
 IMAGE = obj({"repository": {"type": "string", "minLength": 1}, "tag": S,
              "digest": {"type": "string", "pattern": r"^(sha256:[a-f0-9]{64})?$"},
              "pullPolicy": {"enum": ["Always", "IfNotPresent", "Never"]}}, ("repository",))
+#: the GPU, init and controller images: an empty repository takes image.repository's
+DERIVED_IMAGE = obj({**IMAGE["properties"], "repository": S})
 
 
 GROUP_NAME = {"type": "string", "pattern": "^[a-z0-9]([-a-z0-9]*[a-z0-9])?$", "maxLength": 20}
@@ -123,8 +125,8 @@ def schema() -> dict:
         "properties": {
             "global": ANY_OBJ,
             "nameOverride": S, "fullnameOverride": S,
-            "image": IMAGE, "gpuImage": IMAGE, "initImage": IMAGE,
-            "controllerImage": IMAGE, "imagePullSecrets": LIST,
+            "image": IMAGE, "gpuImage": DERIVED_IMAGE, "initImage": DERIVED_IMAGE,
+            "controllerImage": DERIVED_IMAGE, "imagePullSecrets": LIST,
             "rayService": obj({
                 "upgradeStrategy": obj({"type": {"enum": ["NewCluster", "None"]}}, ("type",)),
                 "rayClusterDeletionDelaySeconds": INT0,

@@ -85,13 +85,17 @@ app.kubernetes.io/part-of: optiserve
 {{- end -}}
 
 {{/* Images ----------------------------------------------------------------------------------- */}}
+{{/* argument: (list image defaultTag [defaultRepository]); an empty repository takes the
+     default one (image.repository for the GPU, init and controller images) */}}
 {{- define "optiserve.imageRef" -}}
 {{- $img := index . 0 -}}
 {{- $defaultTag := index . 1 -}}
+{{- $repo := $img.repository -}}
+{{- if and (not $repo) (gt (len .) 2) -}}{{- $repo = index . 2 -}}{{- end -}}
 {{- if $img.digest -}}
-{{- printf "%s@%s" $img.repository $img.digest -}}
+{{- printf "%s@%s" $repo $img.digest -}}
 {{- else -}}
-{{- printf "%s:%s" $img.repository (default $defaultTag $img.tag) -}}
+{{- printf "%s:%s" $repo (default $defaultTag $img.tag) -}}
 {{- end -}}
 {{- end -}}
 
@@ -100,7 +104,7 @@ app.kubernetes.io/part-of: optiserve
 {{- end -}}
 
 {{- define "optiserve.gpuImage" -}}
-{{- include "optiserve.imageRef" (list .Values.gpuImage (printf "%s-gpu" .Chart.AppVersion)) -}}
+{{- include "optiserve.imageRef" (list .Values.gpuImage (printf "%s-gpu" .Chart.AppVersion) .Values.image.repository) -}}
 {{- end -}}
 
 {{/* The serve config (serveConfigV2) ---------------------------------------------------------
@@ -201,12 +205,12 @@ app.kubernetes.io/part-of: optiserve
 
 {{/* The image of the model init steps (verify-models): the light init image. */}}
 {{- define "optiserve.initImage" -}}
-{{- include "optiserve.imageRef" (list .Values.initImage (printf "%s-init" .Chart.AppVersion)) -}}
+{{- include "optiserve.imageRef" (list .Values.initImage (printf "%s-init" .Chart.AppVersion) .Values.image.repository) -}}
 {{- end -}}
 
 {{/* The rollout controller's image: the CLI with the controller's extra only. */}}
 {{- define "optiserve.controllerImage" -}}
-{{- include "optiserve.imageRef" (list .Values.controllerImage (printf "%s-controller" .Chart.AppVersion)) -}}
+{{- include "optiserve.imageRef" (list .Values.controllerImage (printf "%s-controller" .Chart.AppVersion) .Values.image.repository) -}}
 {{- end -}}
 
 {{/* The Secret holding Ray's authentication token (key auth_token). */}}

@@ -1,0 +1,43 @@
+"""What an operations team meets on the first day with the chart, each rendered with the real
+helm binary: one image setting for every image, disruption budgets that let nodes drain, disk
+sized for Ray's logs, the KubeRay operator's and Prometheus' places as values."""
+
+from __future__ import annotations
+
+from .conftest import CI_VALUES, helm_template, only, pod_templates, rayservice
+
+REGISTRY = "registry.example.com/team/optiserve"
+
+
+def _containers(objs: list[dict]) -> dict[str, dict]:
+    out = {}
+    for group, t in pod_templates(rayservice(objs)).items():
+        for c in t["spec"]["containers"] + t["spec"].get("initContainers", []):
+            out[f"ray-{group}/{c['name']}"] = c
+    for kind in ("Deployment",):
+        for d in only(objs, kind):
+            for c in d["spec"]["template"]["spec"]["containers"]:
+                out[f"{d['metadata']['name']}/{c['name']}"] = c
+    for p in only(objs, "Pod"):
+        for c in p["spec"]["containers"]:
+            out[f"{p['metadata']['name']}/{c['name']}"] = c
+    return out
+
+
+def test_one_image_repository_drives_every_optiserve_image(helm):
+    """Overriding image.repository alone moves every optiserve image (serving, GPU, the init
+    step in every Ray pod, the controller, the test pod) to that registry: an init image left
+    at the default registry would keep every Ray pod, head included, in ErrImagePull."""
+    objs = helm_template(helm, "-f", str(CI_VALUES["gpu"]), "--set",
+                         f"image.repository={REGISTRY}")
+    images = {where: c["image"] for where, c in _containers(objs).items()}
+    assert any(w.endswith("/verify-models") and "ray-head" in w for w in images)
+    for where, image in images.items():
+        assert image.startswith(REGISTRY + ":"), (where, image)
+    tags = {image.rsplit(":", 1)[1].rsplit("-", 1)[1] for image in images.values()}
+    assert tags == {"cpu", "gpu", "init", "controller"}
+    # a per-image repository still wins where one is set
+    objs = helm_template(helm, "--set", f"image.repository={REGISTRY}",
+                         "--set", "initImage.repository=other.example.com/init")
+    init = {c["image"] for w, c in _containers(objs).items() if w.endswith("/verify-models")}
+    assert init == {"other.example.com/init:0.1.0-init"}
