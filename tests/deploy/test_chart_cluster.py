@@ -329,7 +329,7 @@ def test_production_values(rendered):
             "labels"].items()
         assert c["labelSelector"]["matchLabels"]["optiserve.dev/ray-group"] == "cpu"
     (pdb,) = only(objs, "PodDisruptionBudget")
-    assert pdb["spec"]["maxUnavailable"] == 1
+    assert pdb["spec"]["minAvailable"] == cpu["replicas"] - 1
     assert pdb["spec"]["selector"]["matchLabels"].items() <= cpu["template"]["metadata"][
         "labels"].items()
     ft = rs["spec"]["rayClusterConfig"]["gcsFaultToleranceOptions"]

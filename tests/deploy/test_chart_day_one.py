@@ -41,3 +41,24 @@ def test_one_image_repository_drives_every_optiserve_image(helm):
                          "--set", "initImage.repository=other.example.com/init")
     init = {c["image"] for w, c in _containers(objs).items() if w.endswith("/verify-models")}
     assert init == {"other.example.com/init:0.1.0-init"}
+
+
+def test_disruption_budgets_let_nodes_drain(rendered):
+    """Ray pods are owned by a RayCluster, which has no scale subresource: Kubernetes' disruption
+    controller cannot count its expected pods, so a maxUnavailable (or percentage) budget allows
+    zero disruptions and every drain hangs (kuberay#2662). Only an integer minAvailable counts
+    the healthy pods themselves: it must leave room for one eviction per group."""
+    for values, objs in rendered.items():
+        groups = {g["groupName"]: g for g in
+                  rayservice(objs)["spec"]["rayClusterConfig"]["workerGroupSpecs"]}
+        pdbs = only(objs, "PodDisruptionBudget")
+        assert pdbs, values
+        for pdb in pdbs:
+            spec = pdb["spec"]
+            group = groups[spec["selector"]["matchLabels"]["optiserve.dev/ray-group"]]
+            assert "maxUnavailable" not in spec, (values, pdb["metadata"]["name"])
+            assert isinstance(spec["minAvailable"], int), (values, spec)
+            # what the disruption controller allows with all replicas healthy
+            allowed = group["replicas"] - spec["minAvailable"]
+            assert allowed >= 1, (values, group["groupName"], spec)
+            assert spec["minAvailable"] == max(group["replicas"] - 1, 0), (values, spec)
