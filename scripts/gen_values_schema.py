@@ -41,6 +41,8 @@ PORT = {"type": "integer", "minimum": 1, "maximum": 65535}
 ANY_OBJ = {"type": "object"}
 LIST = {"type": "array"}
 QUANTITY = {"type": ["string", "number"], "pattern": r"^[0-9.]+([EPTGMK]i?|[mkMGTPE])?$"}
+#: a disk size the chart sums (ephemeral-storage requests): whole Ki/Mi/Gi/Ti
+DISK = {"type": "string", "pattern": r"^[0-9]+(Ki|Mi|Gi|Ti)$"}
 DURATION = {"type": "string", "pattern": r"^([0-9]+(ms|s|m|h))+$"}
 STR_MAP = {"type": "object", "additionalProperties": {"type": "string"}}
 RESOURCES = obj({"requests": ANY_OBJ, "limits": ANY_OBJ})
@@ -63,7 +65,7 @@ POD_PASSTHROUGH = {"nodeSelector": STR_MAP, "tolerations": LIST, "affinity": ANY
 def ray_group(gpu: bool = False, named: bool = False) -> dict:
     props = {"enabled": B, "replicas": INT0, "minReplicas": INT0, "maxReplicas": INT0,
              "rayStartParams": {"type": "object"}, "resources": RESOURCES,
-             "shmSize": QUANTITY, "tmpSize": QUANTITY, **POD_PASSTHROUGH}
+             "shmSize": QUANTITY, "tmpSize": DISK, **POD_PASSTHROUGH}
     if gpu:
         props["gpus"] = INT1
     if named:
@@ -138,7 +140,7 @@ def schema() -> dict:
                 "source": {"enum": ["pvc", "objectStorage"]},
                 "pvc": obj({"claimName": {"type": "string", "minLength": 1}}),
                 "objectStorage": obj({"remote": S, "credentialsSecret": S,
-                                      "sizeLimit": QUANTITY, "image": IMAGE,
+                                      "sizeLimit": DISK, "image": IMAGE,
                                       "resources": RESOURCES}),
                 "verify": B, "verifyResources": RESOURCES,
             }, ("path", "source")),
@@ -173,9 +175,11 @@ def schema() -> dict:
                                                  "maximum": 3600}}),
                 "autoscaler": obj({"enabled": B, "idleTimeoutSeconds": INT0,
                                    "resources": RESOURCES}),
+                "logs": obj({"rotationMaxBytes": {"type": "integer", "minimum": 1048576},
+                             "rotationBackupCount": INT0}),
             }),
             "head": obj({"rayStartParams": {"type": "object"}, "resources": RESOURCES,
-                         "shmSize": QUANTITY, "tmpSize": QUANTITY, **POD_PASSTHROUGH}),
+                         "shmSize": QUANTITY, "tmpSize": DISK, **POD_PASSTHROUGH}),
             "workers": obj({"cpu": ray_group(), "gpu": ray_group(gpu=True),
                             "additional": {"type": "array",
                                            "items": ray_group(named=True)}}),

@@ -4,6 +4,10 @@ sized for Ray's logs, the KubeRay operator's and Prometheus' places as values.""
 
 from __future__ import annotations
 
+import re
+
+import pytest
+
 from .conftest import CI_VALUES, helm_template, only, pod_templates, rayservice
 
 REGISTRY = "registry.example.com/team/optiserve"
@@ -62,3 +66,36 @@ def test_disruption_budgets_let_nodes_drain(rendered):
             allowed = group["replicas"] - spec["minAvailable"]
             assert allowed >= 1, (values, group["groupName"], spec)
             assert spec["minAvailable"] == max(group["replicas"] - 1, 0), (values, spec)
+
+
+_UNITS = {"": 1, "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12,
+          "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40}
+
+
+def _bytes(quantity) -> int:
+    m = re.fullmatch(r"([0-9.]+)([A-Za-z]*)", str(quantity))
+    assert m and m.group(2) in _UNITS, quantity
+    return int(float(m.group(1)) * _UNITS[m.group(2)])
+
+
+@pytest.mark.parametrize("values", sorted(CI_VALUES))
+def test_ray_pods_request_the_disk_their_logs_and_models_use(rendered, values):
+    """Ray writes sessions and logs under /tmp (an emptyDir, with the model copy when models come
+    from object storage): every Ray container requests that much ephemeral storage, so the
+    scheduler places it where it fits instead of the kubelet evicting it later, and Ray's log
+    rotation is bounded well below its defaults (512 MiB x 6 per log file)."""
+    from ray._common.ray_constants import LOGGING_ROTATE_BACKUP_COUNT, LOGGING_ROTATE_BYTES
+
+    for group, t in pod_templates(rayservice(rendered[values])).items():
+        spec = t["spec"]
+        disk = sum(_bytes(v["emptyDir"]["sizeLimit"]) for v in spec["volumes"]
+                   if "emptyDir" in v and v["emptyDir"].get("medium") != "Memory")
+        assert disk >= 4 * 2**30, (values, group)
+        c = spec["containers"][0]
+        requested = c["resources"]["requests"].get("ephemeral-storage")
+        assert requested and _bytes(requested) >= disk, (values, group, requested, disk)
+        env = {e["name"]: e.get("value") for e in c["env"]}
+        max_bytes = int(env["RAY_ROTATION_MAX_BYTES"])
+        backups = int(env["RAY_ROTATION_BACKUP_COUNT"])
+        assert max_bytes * (backups + 1) <= LOGGING_ROTATE_BYTES * \
+            (LOGGING_ROTATE_BACKUP_COUNT + 1) / 16, (values, group)

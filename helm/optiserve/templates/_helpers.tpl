@@ -247,6 +247,12 @@ app.kubernetes.io/part-of: optiserve
   value: /tmp
 - name: XDG_CACHE_HOME
   value: /tmp/.cache
+# Ray's log rotation per file (its defaults, 512 MiB x 6, outgrow the /tmp emptyDir and get the
+# pod evicted): ray.logs
+- name: RAY_ROTATION_MAX_BYTES
+  value: {{ $root.Values.ray.logs.rotationMaxBytes | int64 | toString | quote }}
+- name: RAY_ROTATION_BACKUP_COUNT
+  value: {{ $root.Values.ray.logs.rotationBackupCount | int | toString | quote }}
 {{- with $root.Values.ray.env }}
 {{ toYaml . }}
 {{- end }}
@@ -380,6 +386,40 @@ while [ "$SECONDS" -lt "$end" ]; do
   sleep 1
 done
 ray stop
+{{- end -}}
+
+{{/* A size ("512Mi", "8Gi", "1Ti") in MiB, for sums of disk sizes; argument: (list size what). */}}
+{{- define "optiserve.mebibytes" -}}
+{{- $size := toString (index . 0) -}}
+{{- $m := regexFind "^[0-9]+(Ki|Mi|Gi|Ti)$" $size -}}
+{{- if not $m -}}{{- fail (printf "%s: %q must be a whole number of Ki, Mi, Gi or Ti" (index . 1) $size) -}}{{- end -}}
+{{- $n := int (regexFind "^[0-9]+" $size) -}}
+{{- $unit := regexFind "(Ki|Mi|Gi|Ti)$" $size -}}
+{{- if eq $unit "Ki" -}}{{- div (add $n 1023) 1024 -}}
+{{- else if eq $unit "Mi" -}}{{- $n -}}
+{{- else if eq $unit "Gi" -}}{{- mul $n 1024 -}}
+{{- else -}}{{- mul $n 1048576 -}}
+{{- end -}}
+{{- end -}}
+
+{{/* The Ray container's resources: the group's, with an ephemeral-storage request covering the
+     pod's disk-backed emptyDirs (/tmp with Ray's sessions and logs; the model copy when models
+     come from object storage) unless the group sets one. Argument: (list $ group). */}}
+{{- define "optiserve.rayResources" -}}
+{{- $root := index . 0 -}}
+{{- $g := index . 1 -}}
+{{- $mr := $root.Values.modelRepository -}}
+{{- $disk := int (include "optiserve.mebibytes" (list $g.tmpSize (printf "%s tmpSize" $g.name))) -}}
+{{- if eq $mr.source "objectStorage" -}}
+{{- $disk = add $disk (int (include "optiserve.mebibytes" (list $mr.objectStorage.sizeLimit "modelRepository.objectStorage.sizeLimit"))) -}}
+{{- end -}}
+{{- $res := deepCopy ($g.resources | default dict) -}}
+{{- $requests := $res.requests | default dict -}}
+{{- if not (hasKey $requests "ephemeral-storage") -}}
+{{- $_ := set $requests "ephemeral-storage" (printf "%dMi" (int $disk)) -}}
+{{- end -}}
+{{- $_ := set $res "requests" $requests -}}
+{{- toYaml $res -}}
 {{- end -}}
 
 {{/* Labels of the Ray pods. Nothing that changes with the chart or app version: KubeRay hashes
@@ -527,7 +567,7 @@ spec:
       securityContext:
         {{- include "optiserve.securityContext" $root | nindent 8 }}
       resources:
-        {{- toYaml $g.resources | nindent 8 }}
+        {{- include "optiserve.rayResources" (list $root $g) | nindent 8 }}
       volumeMounts:
         {{- include "optiserve.rayVolumeMounts" (list $root $g) | nindent 8 }}
   volumes:
