@@ -209,7 +209,9 @@ def schema() -> dict:
             "networkPolicy": obj({"enabled": B, "servingFrom": LIST, "metricsFrom": LIST,
                                   "kuberayOperator": obj({
                                       "namespace": {"type": "string", "minLength": 1},
-                                      "podLabels": {**STR_MAP, "minProperties": 1}},
+                                      "podLabels": {**STR_MAP, "minProperties": 1},
+                                      "useKubernetesProxy": B,
+                                      "apiServerCIDRs": {"type": "array", "items": S}},
                                       ("namespace", "podLabels")),
                                   "dashboardFrom": LIST}),
             "ingress": obj({

@@ -127,7 +127,7 @@ def test_dashboard_reachable_only_from_the_operators_namespace(rendered):
         assert len(rules) == 1, values
         peers = rules[0]["from"]
         assert peers[0] == {
-            "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "kuberay-system"}},
+            "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "default"}},
             "podSelector": {"matchLabels": {"app.kubernetes.io/name": "kuberay-operator"}}}
         # no peer admits every namespace, and the rollout controller (which patches the
         # RayService through the API server) is not among them
