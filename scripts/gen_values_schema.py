@@ -128,7 +128,7 @@ def schema() -> dict:
             "global": ANY_OBJ,
             "nameOverride": S, "fullnameOverride": S,
             "image": IMAGE, "gpuImage": DERIVED_IMAGE, "initImage": DERIVED_IMAGE,
-            "controllerImage": DERIVED_IMAGE, "imagePullSecrets": LIST,
+            "controllerImage": DERIVED_IMAGE, "imagePullSecrets": LIST, "checkPrerequisites": B,
             "rayService": obj({
                 "upgradeStrategy": obj({"type": {"enum": ["NewCluster", "None"]}}, ("type",)),
                 "rayClusterDeletionDelaySeconds": INT0,

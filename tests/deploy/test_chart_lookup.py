@@ -32,6 +32,12 @@ PREFIX = f"{RELEASE}-optiserve-rollout-state"  # the chart's optiserve.stateConf
 def api(tmp_path):
     with StandInApiServer() as server:
         server.kubeconfig_path = server.kubeconfig(tmp_path / "kubeconfig", NAMESPACE)
+        # the chart's prerequisites (checked by lookup; tests/deploy/test_chart_install.py)
+        server.add_secret(NAMESPACE, f"{RELEASE}-optiserve-ray-auth", {"auth_token": "t"})
+        server.add_pvc(NAMESPACE, "optiserve-models")
+        server.add_secret(NAMESPACE, "optiserve-models-s3", {"AWS_ACCESS_KEY_ID": "x"})
+        server.add_secret(NAMESPACE, "optiserve-redis", {"password": "p"})
+        server.add_secret(NAMESPACE, "serving-ray-token", {"auth_token": "t"})  # ci/groups
         yield server
 
 

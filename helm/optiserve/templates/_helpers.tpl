@@ -218,6 +218,50 @@ app.kubernetes.io/part-of: optiserve
 {{- default (printf "%s-ray-auth" (include "optiserve.fullname" .)) .Values.ray.auth.secretName -}}
 {{- end -}}
 
+{{/* What must exist before the install, checked with lookup where the chart is rendered against
+     a cluster that serves KubeRay's ray.io/v1 (install, upgrade, --dry-run=server; `helm
+     template` has no cluster and skips it): the Ray token Secret (KubeRay >= 1.6 creates none
+     when secretName is set), the models PVC, the Secrets the values name. A missing one would
+     leave pods in CreateContainerConfigError or Pending; the render fails instead, naming the
+     fix. checkPrerequisites: false turns it off (tools that render without reading the
+     cluster, like Argo CD). */}}
+{{- define "optiserve.checkPrerequisites" -}}
+{{- if and .Values.checkPrerequisites (.Capabilities.APIVersions.Has "ray.io/v1/RayService") -}}
+{{- $ns := .Release.Namespace -}}
+{{- if .Values.ray.auth.enabled -}}
+{{- $name := include "optiserve.authSecret" . -}}
+{{- $secret := lookup "v1" "Secret" $ns $name -}}
+{{- if not $secret -}}
+{{- fail (printf "Secret %s/%s (Ray's token, key auth_token) does not exist: KubeRay creates none when the chart names it. Create it first: kubectl -n %s create secret generic %s --from-literal=auth_token=\"$(openssl rand -hex 32)\" (or set ray.auth.secretName, or checkPrerequisites=false)" $ns $name $ns $name) -}}
+{{- end -}}
+{{- if not (hasKey ($secret.data | default dict) "auth_token") -}}
+{{- fail (printf "Secret %s/%s has no key auth_token (Ray's token): add it, e.g. kubectl -n %s create secret generic %s --from-literal=auth_token=\"$(openssl rand -hex 32)\" --dry-run=client -o yaml | kubectl apply -f -" $ns $name $ns $name) -}}
+{{- end -}}
+{{- end -}}
+{{- $mr := .Values.modelRepository -}}
+{{- if eq $mr.source "pvc" -}}
+{{- if not (lookup "v1" "PersistentVolumeClaim" $ns $mr.pvc.claimName) -}}
+{{- fail (printf "PersistentVolumeClaim %s/%s (the model repository, modelRepository.pvc.claimName) does not exist: create it with the published models (optiserve optimize --publish), or set modelRepository.source=objectStorage" $ns $mr.pvc.claimName) -}}
+{{- end -}}
+{{- else if $mr.objectStorage.credentialsSecret -}}
+{{- if not (lookup "v1" "Secret" $ns $mr.objectStorage.credentialsSecret) -}}
+{{- fail (printf "Secret %s/%s (modelRepository.objectStorage.credentialsSecret) does not exist: create it with the copier's credentials" $ns $mr.objectStorage.credentialsSecret) -}}
+{{- end -}}
+{{- end -}}
+{{- $ft := .Values.ray.gcsFaultTolerance -}}
+{{- if $ft.enabled -}}
+{{- range $what, $ref := dict "redisPassword" $ft.redisPassword "redisUsername" $ft.redisUsername -}}
+{{- if $ref.secretName -}}
+{{- $s := lookup "v1" "Secret" $ns $ref.secretName -}}
+{{- if not (hasKey (($s | default dict).data | default dict) $ref.key) -}}
+{{- fail (printf "Secret %s/%s with key %s (ray.gcsFaultTolerance.%s) does not exist: create it before installing" $ns $ref.secretName $ref.key $what) -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
 {{/* Environment of every Ray container. */}}
 {{- define "optiserve.rayEnv" -}}
 {{- $root := index . 0 -}}
