@@ -184,7 +184,7 @@ def schema() -> dict:
                             "additional": {"type": "array",
                                            "items": ray_group(named=True)}}),
             "rolloutController": obj({
-                "enabled": B, "prometheusUrl": {"type": "string", "pattern": "^https?://"},
+                "enabled": B, "prometheusUrl": {"type": "string", "pattern": "^(https?://.*)?$"},
                 "metricsPort": PORT, "metricsBindAddress": {"type": "string", "minLength": 1},
                 "stateConfigMap": S, "extraArgs": LIST, "env": LIST,
                 "resources": RESOURCES, "nodeSelector": STR_MAP, "tolerations": LIST,
@@ -192,6 +192,8 @@ def schema() -> dict:
             "monitoring": obj({
                 "prometheusOperator": {"enum": ["auto", True, False]},
                 "selectorLabels": STR_MAP,
+                "prometheus": obj({"discover": B, "release": {"type": "string", "minLength": 1},
+                                   "namespace": {"type": "string", "minLength": 1}}),
                 "podMonitor": monitor, "serviceMonitor": monitor,
                 "prometheusRule": obj({"enabled": B, "labels": STR_MAP}),
                 "dashboards": obj({"enabled": B, "labels": STR_MAP, "annotations": STR_MAP,

@@ -172,3 +172,61 @@ def test_upgrade_needs_a_deployed_release(helm, api):
     ready_cluster(api)
     r = helm_against(helm, api, "upgrade")
     assert r.returncode != 0 and "has no deployed releases" in r.stderr
+
+
+def _monitoring(objs: list[dict]) -> tuple[set, str, list]:
+    """(label sets of the monitors and rule, the controller's Prometheus URL, metrics peers)."""
+    labels = [o["metadata"]["labels"] for o in objs
+              if o["kind"] in ("PodMonitor", "ServiceMonitor", "PrometheusRule")]
+    assert len(labels) == 3
+    (dep,) = [o for o in objs if o["kind"] == "Deployment"]
+    env = {e["name"]: e.get("value") for e in dep["spec"]["template"]["spec"]["containers"][0]
+           ["env"]}
+    (pol,) = [p for p in objs if p["kind"] == "NetworkPolicy"
+              and p["metadata"]["name"].endswith("-rollout-controller")]
+    return labels, env["OPTISERVE_PROMETHEUS"], pol
+
+
+def test_monitors_follow_the_prometheus_the_cluster_runs(helm, api):
+    """kube-prometheus-stack installed as release "prom" in namespace "observability": its
+    Prometheus selects `release: prom`. The chart finds it (lookup) and labels its monitors and
+    rule for it, points the controller at it and lets its pods scrape."""
+    from tests.support import netpol
+
+    ready_cluster(api)
+    api.add({"apiVersion": "monitoring.coreos.com/v1", "kind": "Prometheus",
+             "metadata": {"name": "prom-kube-prometheus-stack-prometheus",
+                          "namespace": "observability"},
+             "spec": {"serviceMonitorSelector": {"matchLabels": {"release": "prom"}},
+                      "podMonitorSelector": {"matchLabels": {"release": "prom"}},
+                      "ruleSelector": {"matchLabels": {"release": "prom"}}}})
+    r = helm_against(helm, api, "install")
+    assert r.returncode == 0, r.stderr
+    labels, url, pol = _monitoring(manifests(r.stdout))
+    for lb in labels:
+        assert lb["release"] == "prom", lb
+    assert url == "http://prometheus-operated.observability.svc:9090"
+    pol["metadata"]["namespace"] = NS
+    prometheus = netpol.pod("observability", {"app.kubernetes.io/name": "prometheus",
+                                              "prometheus": "prom-kube-prometheus-stack"})
+    controller = netpol.pod(NS, pol["spec"]["podSelector"]["matchLabels"])
+    assert netpol.allowed([pol], prometheus, controller, 9464)
+    assert not netpol.allowed([pol], netpol.pod("monitoring", prometheus.labels), controller, 9464)
+
+
+def test_monitoring_values_win_and_name_the_defaults(helm, api):
+    """Without a Prometheus to find (helm template): kube-prometheus-stack's defaults, from
+    values; explicit values replace them."""
+    labels, url, _ = _monitoring(helm_template(helm))
+    assert all(lb["release"] == "kube-prometheus-stack" for lb in labels)
+    assert url == "http://prometheus-operated.monitoring.svc:9090"
+    labels, url, _ = _monitoring(helm_template(
+        helm, "--set", "monitoring.prometheus.namespace=obs",
+        "--set", "monitoring.prometheus.release=prom"))
+    assert all(lb["release"] == "prom" for lb in labels)
+    assert url == "http://prometheus-operated.obs.svc:9090"
+    labels, url, _ = _monitoring(helm_template(
+        helm, "--set", "monitoring.selectorLabels.team=ml",
+        "--set", "rolloutController.prometheusUrl=http://thanos.obs.svc:9090"))
+    assert all(lb.get("team") == "ml" and "release" not in lb for lb in labels)
+    assert url == "http://thanos.obs.svc:9090"

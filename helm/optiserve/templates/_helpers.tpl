@@ -262,6 +262,51 @@ app.kubernetes.io/part-of: optiserve
 {{- end -}}
 {{- end -}}
 
+{{/* The Prometheus that scrapes this release, as JSON {labels, namespace}: labels every monitor
+     and rule carries so it selects them, and its namespace (the controller's default URL, the
+     metrics NetworkPolicy). monitoring.selectorLabels when set; else, rendering against a
+     cluster that serves monitoring.coreos.com/v1 Prometheus, the first Prometheus found
+     (lookup): the matchLabels of its ServiceMonitor, PodMonitor and rule selectors; else
+     kube-prometheus-stack's default selector for the release monitoring.prometheus.release in
+     monitoring.prometheus.namespace. */}}
+{{- define "optiserve.prometheus" -}}
+{{- $p := .Values.monitoring.prometheus -}}
+{{- $out := dict "labels" (dict "release" $p.release) "namespace" $p.namespace -}}
+{{- if and $p.discover (.Capabilities.APIVersions.Has "monitoring.coreos.com/v1/Prometheus") -}}
+{{- $found := (lookup "monitoring.coreos.com/v1" "Prometheus" "" "").items | default list -}}
+{{- if $found -}}
+{{- $prom := first $found -}}
+{{- $labels := dict -}}
+{{- range list "serviceMonitorSelector" "podMonitorSelector" "ruleSelector" -}}
+{{- $labels = merge $labels ((index ($prom.spec | default dict) .) | default dict | dig "matchLabels" dict) -}}
+{{- end -}}
+{{- $out = dict "labels" $labels "namespace" $prom.metadata.namespace -}}
+{{- end -}}
+{{- end -}}
+{{- with .Values.monitoring.selectorLabels -}}{{- $_ := set $out "labels" . -}}{{- end -}}
+{{- toJson $out -}}
+{{- end -}}
+
+{{- define "optiserve.prometheusUrl" -}}
+{{- $ns := (include "optiserve.prometheus" . | fromJson).namespace -}}
+{{- default (printf "http://prometheus-operated.%s.svc:9090" $ns) .Values.rolloutController.prometheusUrl -}}
+{{- end -}}
+
+{{/* Who may scrape the metrics ports: networkPolicy.metricsFrom, or the Prometheus pods of the
+     Prometheus' namespace. */}}
+{{- define "optiserve.metricsFrom" -}}
+{{- if .Values.networkPolicy.metricsFrom -}}
+{{- toYaml .Values.networkPolicy.metricsFrom -}}
+{{- else -}}
+- namespaceSelector:
+    matchLabels:
+      kubernetes.io/metadata.name: {{ (include "optiserve.prometheus" . | fromJson).namespace }}
+  podSelector:
+    matchLabels:
+      app.kubernetes.io/name: prometheus
+{{- end -}}
+{{- end -}}
+
 {{/* Environment of every Ray container. */}}
 {{- define "optiserve.rayEnv" -}}
 {{- $root := index . 0 -}}
