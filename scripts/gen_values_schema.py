@@ -185,6 +185,7 @@ def schema() -> dict:
                                            "items": ray_group(named=True)}}),
             "rolloutController": obj({
                 "enabled": B, "prometheusUrl": {"type": "string", "pattern": "^(https?://.*)?$"},
+                "admissionPolicy": obj({"enabled": B}),
                 "metricsPort": PORT, "metricsBindAddress": {"type": "string", "minLength": 1},
                 "stateConfigMap": S, "extraArgs": LIST, "env": LIST,
                 "resources": RESOURCES, "nodeSelector": STR_MAP, "tolerations": LIST,
