@@ -230,3 +230,18 @@ def test_monitoring_values_win_and_name_the_defaults(helm, api):
         "--set", "rolloutController.prometheusUrl=http://thanos.obs.svc:9090"))
     assert all(lb.get("team") == "ml" and "release" not in lb for lb in labels)
     assert url == "http://thanos.obs.svc:9090"
+
+
+def test_notes_say_what_an_upgrade_does_with_the_controllers_split(helm, api):
+    """NOTES.txt (as `helm install` prints it) names the controller's field manager, says an
+    upgrade keeps its split and how Helm 4's conflict on serveConfigV2 is resolved."""
+    from optiserve.rollout.targets import FIELD_MANAGER
+
+    ready_cluster(api)
+    r = helm_against(helm, api, "install")
+    assert r.returncode == 0, r.stderr
+    notes = " ".join(r.stdout.split("NOTES:", 1)[1].split())
+    assert f"field manager {FIELD_MANAGER}" in notes
+    assert "keeps the split and canary versions the controller owns" in notes
+    assert "--force-conflicts" in notes
+    assert "puts back" not in notes
