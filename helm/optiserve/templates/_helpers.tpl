@@ -78,6 +78,43 @@ app.kubernetes.io/part-of: optiserve
 {{- toJson $owned -}}
 {{- end -}}
 
+{{/* An application from a model's state ConfigMap, checked before it enters serveConfigV2:
+     whoever can write ConfigMaps in the namespace can write the state, and an application's
+     import_path or runtime_env is code Ray runs. It must be optiserve's own version application
+     of this model in this release's repository, with known fields only (those
+     serving.config.build_serve_config and the rollout controller write). Argument:
+     (list $ model application). */}}
+{{- define "optiserve.checkOwnedApp" -}}
+{{- $root := index . 0 -}}
+{{- $model := index . 1 | toString -}}
+{{- $app := index . 2 -}}
+{{- $where := printf "ConfigMap %s/%s: state.json owned_split application %q" $root.Release.Namespace (include "optiserve.modelStateConfigMap" (list $root $model)) ($app.name | default "?" | toString) -}}
+{{- $fix := "; the chart accepts optiserve's own version applications only (delete the ConfigMap to hand the split back to values)" -}}
+{{- if contains "runtime_env" (toJson $app) -}}{{- fail (printf "%s: runtime_env is not allowed%s" $where $fix) -}}{{- end -}}
+{{- range $k, $_ := $app -}}
+{{- if not (has $k (list "name" "route_prefix" "import_path" "args" "deployments")) -}}{{- fail (printf "%s: unknown field %s%s" $where $k $fix) -}}{{- end -}}
+{{- end -}}
+{{- if ne (toString $app.import_path) "serving.app:version_app" -}}{{- fail (printf "%s: import_path %q is not serving.app:version_app%s" $where (toString $app.import_path) $fix) -}}{{- end -}}
+{{- if not (kindIs "invalid" $app.route_prefix) -}}{{- fail (printf "%s: route_prefix must be null%s" $where $fix) -}}{{- end -}}
+{{- $args := $app.args | default dict -}}
+{{- range $k, $_ := $args -}}
+{{- if not (has $k (list "repository" "model" "version")) -}}{{- fail (printf "%s: unknown field args.%s%s" $where $k $fix) -}}{{- end -}}
+{{- end -}}
+{{- if ne (toString $args.repository) (toString $root.Values.modelRepository.path) -}}{{- fail (printf "%s: args.repository %q is not %s%s" $where (toString $args.repository) $root.Values.modelRepository.path $fix) -}}{{- end -}}
+{{- if ne (toString $args.model) $model -}}{{- fail (printf "%s: args.model %q is not %s%s" $where (toString $args.model) $model $fix) -}}{{- end -}}
+{{- $name := printf "%s-v%d" $model (int $args.version) -}}
+{{- if or (le (int $args.version) 0) (ne (toString $app.name) $name) -}}{{- fail (printf "%s: name and args.version disagree (want %s)%s" $where $name $fix) -}}{{- end -}}
+{{- if ne (len ($app.deployments | default list)) 1 -}}{{- fail (printf "%s: deployments must hold exactly one deployment%s" $where $fix) -}}{{- end -}}
+{{- $d := first $app.deployments -}}
+{{- range $k, $_ := $d -}}
+{{- if not (has $k (list "name" "num_replicas" "autoscaling_config" "max_ongoing_requests" "ray_actor_options" "logging_config" "user_config")) -}}{{- fail (printf "%s: unknown field deployments[0].%s%s" $where $k $fix) -}}{{- end -}}
+{{- end -}}
+{{- if ne (toString $d.name) $name -}}{{- fail (printf "%s: deployments[0].name must be %s%s" $where $name $fix) -}}{{- end -}}
+{{- range $k, $_ := ($d.ray_actor_options | default dict) -}}
+{{- if not (has $k (list "num_cpus" "num_gpus" "memory" "resources")) -}}{{- fail (printf "%s: unknown field deployments[0].ray_actor_options.%s%s" $where $k $fix) -}}{{- end -}}
+{{- end -}}
+{{- end -}}
+
 {{/* The rollout commands' target flags (controller, start, status). */}}
 {{/* KubeRay's serving Service for a RayService. */}}
 {{- define "optiserve.serveService" -}}
@@ -161,6 +198,7 @@ app.kubernetes.io/part-of: optiserve
 {{- $declared := list -}}
 {{- range $key, $v := $m.versions -}}{{- $declared = append $declared (printf "%s-v%d" $model (atoi $key)) -}}{{- end -}}
 {{- range ($owned.applications | default list) -}}
+{{- include "optiserve.checkOwnedApp" (list $root $model .) -}}
 {{- if not (has .name $declared) -}}{{- $versionApps = append $versionApps . -}}{{- end -}}
 {{- end -}}
 {{- $route = dict "versions" $versions -}}
