@@ -216,7 +216,11 @@ def schema() -> dict:
                                       "useKubernetesProxy": B,
                                       "apiServerCIDRs": {"type": "array", "items": S}},
                                       ("namespace", "podLabels")),
-                                  "dashboardFrom": LIST}),
+                                  "dashboardFrom": LIST,
+                                  "egress": obj({"enabled": B, "dnsTo": LIST,
+                                                 "apiServerTo": LIST, "prometheusTo": LIST,
+                                                 "modelStorageTo": LIST, "redisTo": LIST,
+                                                 "extraTo": LIST})}),
             "ingress": obj({
                 "enabled": B, "className": S, "annotations": STR_MAP,
                 "hosts": {"type": "array", "items": obj({

@@ -87,3 +87,65 @@ def test_inference_is_admitted_from_configured_namespaces_only(rendered):
     nginx = netpol.pod("ingress-nginx", {"app.kubernetes.io/name": "ingress-nginx"})
     assert netpol.allowed(policies(production), nginx, ray_pod(production, "cpu"), 8000)
     assert not netpol.allowed(policies(production), stranger, ray_pod(production, "cpu"), 8000)
+
+
+# ---- egress ------------------------------------------------------------------------------------
+
+DNS = netpol.pod("kube-system", {"k8s-app": "kube-dns"})
+METADATA = [netpol.address("169.254.169.254"), netpol.address("fd00:ec2::254")]
+
+
+def _controller(objs):
+    (dep,) = only(objs, "Deployment")
+    return netpol.pod(NS, dep["spec"]["template"]["metadata"]["labels"])
+
+
+@pytest.mark.parametrize("values", sorted(CI_VALUES))
+def test_no_pod_reaches_the_cloud_metadata_endpoint(rendered, values):
+    objs = rendered[values]
+    pols = policies(objs)
+    pods = [ray_pod(objs, g) for g in pod_templates(rayservice(objs))] + [_controller(objs)]
+    for src in pods:
+        for dst in METADATA:
+            for port in (80, 443):
+                assert not netpol.allowed(pols, src, dst, port), (values, src.labels, dst.ip)
+        # name resolution works everywhere
+        assert netpol.allowed(pols, src, DNS, 53, "UDP") and netpol.allowed(pols, src, DNS, 53)
+
+
+def test_ray_pods_reach_each_other_and_nothing_else_by_default(rendered):
+    objs = rendered["default"]
+    pols = policies(objs)
+    head, worker = ray_pod(objs, "head"), ray_pod(objs, "cpu")
+    for port in (6379, 8265, 10001, 52365, 12345):
+        assert netpol.allowed(pols, worker, head, port)
+    assert not netpol.allowed(pols, worker, netpol.address("1.2.3.4"), 443)
+    assert not netpol.allowed(pols, worker, netpol.pod("other", {"app": "db"}), 5432)
+    # no autoscaler: the head does not need the API server
+    assert not netpol.allowed(pols, head, netpol.address("10.96.0.1"), 443)
+
+
+def test_the_controller_reaches_the_api_server_and_prometheus_only(rendered):
+    objs = rendered["default"]
+    pols = policies(objs)
+    ctl = _controller(objs)
+    assert netpol.allowed(pols, ctl, netpol.address("10.96.0.1"), 443)
+    assert netpol.allowed(pols, ctl, netpol.address("172.18.0.2"), 6443)
+    prom = netpol.pod("monitoring", {"app.kubernetes.io/name": "prometheus"})
+    assert netpol.allowed(pols, ctl, prom, 9090)
+    assert not netpol.allowed(pols, ctl, netpol.address("8.8.8.8"), 80)
+    assert not netpol.allowed(pols, ctl, ray_pod(objs, "head"), 8265)  # never calls Ray
+
+
+def test_model_storage_and_redis_where_the_values_use_them(rendered, helm):
+    canary = rendered["canary"]  # models copied from object storage
+    worker = ray_pod(canary, "cpu")
+    assert netpol.allowed(policies(canary), worker, netpol.address("52.216.1.2"), 443)
+    production = rendered["production"]  # GCS fault tolerance in an external Redis
+    pols = policies(production)
+    assert netpol.allowed(pols, ray_pod(production, "head"), netpol.address("10.4.0.7"), 6379)
+    assert not netpol.allowed(pols, ray_pod(production, "head"), netpol.address("10.4.0.7"), 22)
+    assert not netpol.allowed(policies(rendered["default"]), ray_pod(rendered["default"], "cpu"),
+                              netpol.address("52.216.1.2"), 443)
+    objs = helm_template(helm, "--set", "ray.autoscaler.enabled=true")
+    assert netpol.allowed(policies(objs), ray_pod(objs, "head"), netpol.address("10.96.0.1"), 443)

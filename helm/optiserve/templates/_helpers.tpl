@@ -345,6 +345,45 @@ app.kubernetes.io/part-of: optiserve
 {{- end -}}
 {{- end -}}
 
+{{/* Egress peers for "anywhere outside the cluster but the cloud metadata endpoints" (link-local
+     169.254.0.0/16 with AWS', GCP's and Azure's 169.254.169.254, Alibaba's 100.100.100.200,
+     AWS' IPv6 fd00:ec2::254), which hand out the node's cloud credentials. */}}
+{{- define "optiserve.anywhereButMetadata" -}}
+- ipBlock:
+    cidr: 0.0.0.0/0
+    except: ["169.254.0.0/16", "100.100.100.200/32"]
+- ipBlock:
+    cidr: ::/0
+    except: ["fd00:ec2::254/128", "fe80::/10"]
+{{- end -}}
+
+{{/* DNS egress (port 53, UDP and TCP) to networkPolicy.egress.dnsTo. */}}
+{{- define "optiserve.dnsEgress" -}}
+- to:
+    {{- toYaml .Values.networkPolicy.egress.dnsTo | nindent 4 }}
+  ports:
+    - port: 53
+      protocol: UDP
+    - port: 53
+      protocol: TCP
+{{- end -}}
+
+{{/* API server egress (443 and 6443; after the kubernetes Service's address translation the
+     connection goes to the control plane's own address, which no selector matches). */}}
+{{- define "optiserve.apiServerEgress" -}}
+- to:
+    {{- if .Values.networkPolicy.egress.apiServerTo }}
+    {{- toYaml .Values.networkPolicy.egress.apiServerTo | nindent 4 }}
+    {{- else }}
+    {{- include "optiserve.anywhereButMetadata" . | nindent 4 }}
+    {{- end }}
+  ports:
+    - port: 443
+      protocol: TCP
+    - port: 6443
+      protocol: TCP
+{{- end -}}
+
 {{/* Environment of every Ray container. */}}
 {{- define "optiserve.rayEnv" -}}
 {{- $root := index . 0 -}}
