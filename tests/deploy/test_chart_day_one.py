@@ -99,3 +99,34 @@ def test_ray_pods_request_the_disk_their_logs_and_models_use(rendered, values):
         backups = int(env["RAY_ROTATION_BACKUP_COUNT"])
         assert max_bytes * (backups + 1) <= LOGGING_ROTATE_BYTES * \
             (LOGGING_ROTATE_BACKUP_COUNT + 1) / 16, (values, group)
+
+
+def _dockerfile_env(path) -> dict[str, str]:
+    """ENV of a Dockerfile's last stage (KEY=VALUE pairs, line continuations joined)."""
+    text = path.read_text().replace("\\\n", " ")
+    stage = text.split("\nFROM ")[-1]
+    env = {}
+    for line in stage.splitlines():
+        if line.startswith("ENV "):
+            for pair in line[4:].split():
+                k, _, v = pair.partition("=")
+                env[k] = v
+    return env
+
+
+def test_gpus_are_visible_only_where_one_is_requested(rendered):
+    """The GPU image must not make every GPU visible: where nvidia is the container runtime's
+    default, NVIDIA_VISIBLE_DEVICES=all in an image shows all the node's GPUs to any container
+    started from it, GPU requested or not. With "void" a container sees none unless the device
+    plugin, for a container that requests nvidia.com/gpu, sets the devices it allocated."""
+    from .conftest import ROOT
+
+    env = _dockerfile_env(ROOT / "docker/Dockerfile.gpu")
+    assert env.get("NVIDIA_VISIBLE_DEVICES") == "void", env.get("NVIDIA_VISIBLE_DEVICES")
+    # every container the chart runs from the GPU image requests GPUs
+    for values, objs in rendered.items():
+        for where, c in _containers(objs).items():
+            if c["image"].endswith("-gpu"):
+                assert int(c["resources"]["limits"]["nvidia.com/gpu"]) >= 1, (values, where)
+                env = {e["name"]: e.get("value") for e in c.get("env", [])}
+                assert "NVIDIA_VISIBLE_DEVICES" not in env, (values, where)
