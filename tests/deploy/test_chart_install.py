@@ -245,3 +245,38 @@ def test_notes_say_what_an_upgrade_does_with_the_controllers_split(helm, api):
     assert "keeps the split and canary versions the controller owns" in notes
     assert "--force-conflicts" in notes
     assert "puts back" not in notes
+
+
+def test_after_a_rollout_an_upgrade_applies_the_controllers_serve_config_unchanged(helm, api):
+    """Helm 4 applies server-side: an upgrade whose serveConfigV2 differs from the value the
+    controller's field manager owns is a conflict. The controller has rolled out a canary (its
+    own code: with_split on the live config, owned_split in the state ConfigMap); an upgrade
+    that changes nothing in the serve config must send exactly the live string (equal values
+    never conflict), while one that does change it (a new version) sends the new config."""
+    from optiserve.rollout.state import OwnedSplit, RolloutSpec, RolloutState, Split
+    from optiserve.rollout.store import configmap_name
+    from optiserve.rollout.targets import owned_split, rayservice_patch
+
+    ready_cluster(api)
+    live = rayservice([d for d in yaml.safe_load_all(_previous_release(helm, api)) if d])
+    live["metadata"].update({"namespace": NS, "resourceVersion": "5", "annotations": {
+        "meta.helm.sh/release-name": RELEASE, "meta.helm.sh/release-namespace": NS}})
+    split = Split(stable=1, canary=2, weight=25, shadow=0.1, routed=(1, 2), deployed=(1, 2))
+    written = rayservice_patch(live, "minilm", split)["spec"]["serveConfigV2"]
+    live["spec"]["serveConfigV2"] = written
+    api.add(live)
+    owned = owned_split(yaml.safe_load(written), "minilm")
+    state = RolloutState(spec=RolloutSpec(model="minilm", stable=1, canary=2),
+                         phase="progressing", owned_split=OwnedSplit(**owned.model_dump()))
+    api.add_configmap(NS, configmap_name(f"{RELEASE}-optiserve-rollout-state", "minilm"),
+                      {"state.json": state.model_dump_json()})
+    r = helm_against(helm, api, "upgrade")
+    assert r.returncode == 0, r.stderr
+    assert rayservice(manifests(r.stdout))["spec"]["serveConfigV2"] == written
+    r = helm_against(helm, api, "upgrade", "--set", "serve.models.minilm.versions.1.replicas=2")
+    assert r.returncode == 0, r.stderr
+    changed = rayservice(manifests(r.stdout))["spec"]["serveConfigV2"]
+    assert changed != written
+    route = yaml.safe_load(changed)["applications"][0]["deployments"][0]["user_config"][
+        "models"]["minilm"]
+    assert (route["canary"], route["canary_weight"]) == (2, 25)  # the split is kept
