@@ -206,6 +206,8 @@ def test_monitors_follow_the_prometheus_the_cluster_runs(helm, api):
     for lb in labels:
         assert lb["release"] == "prom", lb
     assert url == "http://prometheus-operated.observability.svc:9090"
+    notes = r.stdout.split("NOTES:", 1)[1]
+    assert "They carry release=prom for the Prometheus in namespace observability" in notes
     pol["metadata"]["namespace"] = NS
     prometheus = netpol.pod("observability", {"app.kubernetes.io/name": "prometheus",
                                               "prometheus": "prom-kube-prometheus-stack"})
