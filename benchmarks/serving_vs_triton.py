@@ -46,6 +46,23 @@ so its requests carry it and optiserve's don't: the bodies differ by that only. 
 70 s per server and round (optiserve's start and settling included): 3 rounds of Triton, optiserve
 and one --optiserve-flags configuration took 632 s.
 
+Measured 2026-12-04 after the gateway's HTTP moved to uvicorn (serving/ingress.py), the
+previous hand-written listener in the same run from its checkout, same machine and model,
+`--rounds 3 --seconds 8 --tree listener=CHECKOUT`, medians:
+
+    server                   max sent/s  p99@max  p99@70%  CPU ms/req@max  @70%  idle cores
+    triton                        680.0  117.6 ms  225 ms            2.53  3.27        0.00
+    optiserve (uvicorn)           589.1  144.2 ms 1181 ms            3.11  3.91        0.12
+    optiserve@listener            616.7   77.3 ms  537 ms            2.97  3.59        0.11
+    optiserve / triton             0.87      1.23     5.26           1.23  1.20
+
+    CPU ms/request at max    optiserve: model replica 2.41, gateway 0.52 (listener 0.44), the
+                             rest of Ray 0.18; triton: python stub 2.37, tritonserver 0.17
+
+Round to round the max rates moved by up to 15 % (optiserve 504-589, Triton 644-719): the
+ratio is ~0.85 (0.78, 0.82, 0.87 per round). uvicorn / listener: 0.955 here, 1.02 in a 2-round
+run the day before (526 vs 514 sent/s): within the 5 % that would call for granian.
+
 Measured 2026-12-01 after the gateway got its own HTTP listener (the default; ``--proxy haproxy``
 is Serve's ingress), the batcher's per-request timer and Serve's controller at 0.5 s, same
 machine and model, `--rounds 3 --seconds 8 --optiserve-flags "--proxy haproxy"`, medians:

@@ -229,10 +229,15 @@ class LocalServeTarget:
 
 
 RAYSERVICE = {"group": "ray.io", "version": "v1", "plural": "rayservices"}
+#: the controller's own field manager: after a rollout it owns spec.serveConfigV2 and nothing
+#: else of the RayService (Helm's fields stay Helm's)
+FIELD_MANAGER = "optiserve-rollout-controller"
 
 
 def rayservice_patch(obj: dict, model: str, split: Split) -> dict:
-    """The merge patch that sets a split in a RayService's ``spec.serveConfigV2``.
+    """The server-side apply configuration that sets a split in a RayService's
+    ``spec.serveConfigV2``: that field alone, so the controller's field manager owns nothing
+    else.
 
     It carries the object's ``resourceVersion``, so the API server refuses it (409) if the
     RayService changed since it was read."""
@@ -240,12 +245,14 @@ def rayservice_patch(obj: dict, model: str, split: Split) -> dict:
     if not raw:
         raise TargetError("the RayService has no spec.serveConfigV2")
     new = with_split(yaml.safe_load(raw), model, split)
-    return {"metadata": {"resourceVersion": obj["metadata"]["resourceVersion"]},
+    return {"apiVersion": obj.get("apiVersion", "ray.io/v1"), "kind": "RayService",
+            "metadata": {"name": obj["metadata"]["name"],
+                         "resourceVersion": obj["metadata"]["resourceVersion"]},
             "spec": {"serveConfigV2": yaml.safe_dump(new, sort_keys=False)}}
 
 
 class RayServiceTarget:
-    """A KubeRay RayService; needs only get and patch on rayservices in its namespace."""
+    """A KubeRay RayService; needs only get and patch on its own RayService."""
 
     def __init__(self, custom_api, namespace: str, name: str, retries: int = 5):
         self.api, self.namespace, self.name, self.retries = custom_api, namespace, name, retries
@@ -269,9 +276,12 @@ class RayServiceTarget:
         for _ in range(self.retries):
             patch = rayservice_patch(self._get(), model, split)
             try:
+                # server-side apply under the controller's own field manager, forced: it takes
+                # spec.serveConfigV2 (Helm applied it first) and only that field
                 self.api.patch_namespaced_custom_object(
                     RAYSERVICE["group"], RAYSERVICE["version"], self.namespace,
-                    RAYSERVICE["plural"], self.name, patch)
+                    RAYSERVICE["plural"], self.name, patch, field_manager=FIELD_MANAGER,
+                    force=True, _content_type="application/apply-patch+yaml")
                 return
             except Exception as e:
                 if getattr(e, "status", None) == 409:  # changed since read: read again
