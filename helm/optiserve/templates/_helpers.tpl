@@ -107,7 +107,7 @@ app.kubernetes.io/part-of: optiserve
 {{- if ne (len ($app.deployments | default list)) 1 -}}{{- fail (printf "%s: deployments must hold exactly one deployment%s" $where $fix) -}}{{- end -}}
 {{- $d := first $app.deployments -}}
 {{- range $k, $_ := $d -}}
-{{- if not (has $k (list "name" "num_replicas" "autoscaling_config" "max_ongoing_requests" "ray_actor_options" "logging_config" "user_config")) -}}{{- fail (printf "%s: unknown field deployments[0].%s%s" $where $k $fix) -}}{{- end -}}
+{{- if not (has $k (list "name" "num_replicas" "autoscaling_config" "max_ongoing_requests" "max_surge_percent" "ray_actor_options" "logging_config" "user_config")) -}}{{- fail (printf "%s: unknown field deployments[0].%s%s" $where $k $fix) -}}{{- end -}}
 {{- end -}}
 {{- if ne (toString $d.name) $name -}}{{- fail (printf "%s: deployments[0].name must be %s%s" $where $name $fix) -}}{{- end -}}
 {{- range $k, $_ := ($d.ray_actor_options | default dict) -}}
