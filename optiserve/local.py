@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 from serving.settings import settings
 from serving.config import (
-    GATEWAY_APP, GATEWAY_RESOURCE, MODEL_RESOURCE, SLOW_STARTUP_REPORT_S, validate_serve_config,
+    GATEWAY_APP, GATEWAY_RESOURCE, MODEL_RESOURCE, validate_serve_config,
 )
 from .serve_api import ServeAPI
 
@@ -98,8 +98,8 @@ class LocalCluster:
         # 637 -> 866 req/s served (MiniLM INT8, 2 cores, measured)
         env.setdefault("RAY_SERVE_THROUGHPUT_OPTIMIZED", "1")
         # a replica that cannot be scheduled is reported (with Serve's reason) after 10 s
-        env.setdefault("RAY_SERVE_SLOW_STARTUP_WARNING_S", str(SLOW_STARTUP_REPORT_S))
-        env.setdefault("RAY_SERVE_SLOW_STARTUP_WARNING_PERIOD_S", str(SLOW_STARTUP_REPORT_S))
+        env.setdefault("RAY_SERVE_SLOW_STARTUP_WARNING_S", str(s.slow_startup_report_s))
+        env.setdefault("RAY_SERVE_SLOW_STARTUP_WARNING_PERIOD_S", str(s.slow_startup_report_s))
         # THROUGHPUT_OPTIMIZED turns on direct ingress: an idle HTTP server in each replica,
         # which the gateway's own server replaces
         env["RAY_SERVE_ENABLE_DIRECT_INGRESS"] = "0"

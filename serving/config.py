@@ -39,10 +39,7 @@ GATEWAY_RESOURCE = "optiserve_gateway"
 #: its stable's CPUs reserves no CPU, and asks for one of these so that it still lands where
 #: models run (never on a head started with no CPUs)
 MODEL_RESOURCE = "optiserve_model"
-#: Ray Serve puts the reason (resources required and available) in a deployment's status once a
-#: replica has waited this long to be scheduled, checked this often (its defaults, 30 s and
-#: 30 s, delay that report; measured here: 33 s)
-SLOW_STARTUP_REPORT_S = 10
+
 
 
 def version_app_name(model: str, version: int) -> str:

@@ -146,6 +146,13 @@ class Settings(BaseSettings):
     metrics_report_interval_ms: PositiveInt = Field(
         2000, json_schema_extra=_group("local"),
         description="How often Ray's workers export metrics, ms.")
+    slow_startup_report_s: PositiveInt = Field(
+        10, json_schema_extra=_group("local"),
+        description="Seconds after which (and how often) Serve reports a replica it cannot "
+                    "schedule, with the resources required and available, in its status (Ray's "
+                    "RAY_SERVE_SLOW_STARTUP_WARNING_S and _PERIOD_S; Ray's default 30 s made a "
+                    "rollout say why a canary waited only after 33 s, measured). The chart "
+                    "sets 10.")
     serve_control_loop_interval_s: PositiveFloat = Field(
         0.1, json_schema_extra=_group("local"),
         description="Serve controller's reconcile period, seconds (Ray's default). Each step "
