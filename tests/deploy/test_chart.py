@@ -457,9 +457,19 @@ def test_ray_serving_environment(rendered):
     head = rs["spec"]["rayClusterConfig"]["headGroupSpec"]["rayStartParams"]
     assert head["metrics-export-port"] == "8080" and head["num-cpus"] == "0"
     assert "optiserve_gateway" not in head.get("resources", "")
+    assert "optiserve_model" not in head.get("resources", "")  # no canary lands on the head
     for g in rs["spec"]["rayClusterConfig"]["workerGroupSpecs"]:
         assert g["rayStartParams"]["metrics-export-port"] == "8080"
-        assert json.loads(g["rayStartParams"]["resources"].strip("'")) == {"optiserve_gateway": 1}
+        # one gateway slot; model replicas (a canary sharing its stable's CPUs asks for one)
+        assert json.loads(g["rayStartParams"]["resources"].strip("'")) == {
+            "optiserve_gateway": 1, "optiserve_model": 1000}
+    for group in (rs["spec"]["rayClusterConfig"]["headGroupSpec"],
+                  *rs["spec"]["rayClusterConfig"]["workerGroupSpecs"]):
+        env = {e["name"]: e.get("value") for e in
+               group["template"]["spec"]["containers"][0]["env"]}
+        # Serve reports a replica that cannot be scheduled after 10 s (the rollout shows it)
+        assert env["RAY_SERVE_SLOW_STARTUP_WARNING_S"] == "10"
+        assert env["RAY_SERVE_SLOW_STARTUP_WARNING_PERIOD_S"] == "10"
     doc = serve_config(rendered["default"])
     assert doc["proxy_location"] == "Disabled"
     gw = doc["applications"][0]
@@ -482,7 +492,7 @@ def test_one_gateway_replica_per_worker_pod(rendered, helm):
     assert r.returncode != 0 and "more than the worker pods can ever be (4)" in r.stderr
     for g in rayservice(rendered["groups"])["spec"]["rayClusterConfig"]["workerGroupSpecs"]:
         res = json.loads(g["rayStartParams"]["resources"].strip("'"))
-        assert res["optiserve_gateway"] == 1, g["groupName"]
+        assert res["optiserve_gateway"] == 1 and res["optiserve_model"] == 1000, g["groupName"]
         if g["groupName"] == "highmem":  # the group's own custom resources are kept
             assert res["highmem"] == 1
 

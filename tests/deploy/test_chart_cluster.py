@@ -452,7 +452,7 @@ def test_worker_group_pass_throughs_and_additional_groups(rendered):
     assert (hm["replicas"], hm["minReplicas"], hm["maxReplicas"]) == (1, 0, 3)
     # the group's own resources, with the gateway slot every worker pod offers
     assert json.loads(hm["rayStartParams"]["resources"].strip("'")) == {
-        "highmem": 1, "optiserve_gateway": 1}
+        "highmem": 1, "optiserve_gateway": 1, "optiserve_model": 1000}
     hspec = hm["template"]["spec"]
     assert hspec["nodeSelector"] == {"example.com/pool": "highmem"}
     assert hspec["containers"][0]["resources"]["requests"]["memory"] == "32Gi"

@@ -215,3 +215,22 @@ def test_owned_applications_are_checked_before_they_enter_the_serve_config(helm,
             env={**os.environ, "KUBECONFIG": str(api.kubeconfig_path)})
     assert r.returncode != 0, f"{field}: rendered"
     assert f"ConfigMap {NAMESPACE}/{name}" in r.stderr and field in r.stderr, r.stderr
+
+
+def test_a_canary_sharing_its_stables_cpus_as_the_controller_writes_it_is_kept(helm, api):
+    """The controller's copy of the stable for a canary (no CPU reserved, the stable's threads,
+    the optiserve_model resource, max_surge_percent) passes the owned-application check."""
+    from optiserve.rollout.state import Split
+    from optiserve.rollout.targets import owned_split, with_split
+
+    doc = serve_config(helm_template(helm))
+    stable = int(gateway_route(doc, "minilm")["stable"])
+    new = with_split(doc, "minilm", Split(stable=stable, canary=stable + 1, weight=25,
+                                          routed=(stable, stable + 1),
+                                          deployed=(stable, stable + 1)))
+    owned = owned_split(new, "minilm")
+    canary = next(a for a in owned.applications if a["args"]["version"] == stable + 1)
+    assert canary["deployments"][0]["ray_actor_options"]["num_cpus"] == 0
+    put_state(api, "minilm", owned.route, owned.applications)
+    _, objs = render_against(helm, api)
+    assert apps_by_name(serve_config(objs))[canary["name"]] == canary

@@ -107,7 +107,7 @@ app.kubernetes.io/part-of: optiserve
 {{- if ne (len ($app.deployments | default list)) 1 -}}{{- fail (printf "%s: deployments must hold exactly one deployment%s" $where $fix) -}}{{- end -}}
 {{- $d := first $app.deployments -}}
 {{- range $k, $_ := $d -}}
-{{- if not (has $k (list "name" "num_replicas" "autoscaling_config" "max_ongoing_requests" "ray_actor_options" "logging_config" "user_config")) -}}{{- fail (printf "%s: unknown field deployments[0].%s%s" $where $k $fix) -}}{{- end -}}
+{{- if not (has $k (list "name" "num_replicas" "autoscaling_config" "max_ongoing_requests" "max_surge_percent" "ray_actor_options" "logging_config" "user_config")) -}}{{- fail (printf "%s: unknown field deployments[0].%s%s" $where $k $fix) -}}{{- end -}}
 {{- end -}}
 {{- if ne (toString $d.name) $name -}}{{- fail (printf "%s: deployments[0].name must be %s%s" $where $name $fix) -}}{{- end -}}
 {{- range $k, $_ := ($d.ray_actor_options | default dict) -}}
@@ -403,6 +403,12 @@ app.kubernetes.io/part-of: optiserve
   value: "1"
 - name: RAY_SERVE_ENABLE_DIRECT_INGRESS
   value: "0"
+# a replica that cannot be scheduled is reported in its application's status (with the
+# resources required and available) after 10 s instead of 30; the rollout controller shows it
+- name: RAY_SERVE_SLOW_STARTUP_WARNING_S
+  value: "10"
+- name: RAY_SERVE_SLOW_STARTUP_WARNING_PERIOD_S
+  value: "10"
 # nothing may download from a model hub at run time
 - name: HF_HUB_OFFLINE
   value: "1"
