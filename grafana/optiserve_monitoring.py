@@ -769,6 +769,14 @@ def alerts() -> list[Alert]:
               "rayClusterConfig change): its pods do not start or its serve applications do "
               "not run (often: no room for a second cluster, e.g. GPUs).",
               "optiserve.kuberay"),
+        Alert("OptiserveKubeRayMetricsAbsent",
+              f"absent({KUBERAY_SERVICE_READY})",
+              "15m", "warning",
+              "No KubeRay operator metrics",
+              "Prometheus has no " + KUBERAY_SERVICE_READY + " series, so the KubeRay alerts "
+              "cannot fire: the KubeRay operator's metrics are not scraped (the kuberay-operator "
+              "chart's metrics.serviceMonitor.enabled is off by default; enable it with labels "
+              "this Prometheus selects).", "optiserve.kuberay"),
         Alert("OptiserveRolloutControllerDown",
               f"max by (namespace, job) (up{sel(CONTROLLER_TARGETS)}) == 0",
               "5m", "warning",
@@ -1003,6 +1011,8 @@ def rule_tests(rules_file: str) -> dict:
          [_s(M.TRAFFIC_WEIGHT.prom, {"namespace": "prod", "model": "minilm", "version": "2",
                                      "role": "stable"}, "100x20")], "15m",
          {"severity": "critical"}),
+        ("OptiserveKubeRayMetricsAbsent", [], _kuberay_series(KUBERAY_SERVICE_READY, "true"),
+         "20m", {"severity": "warning"}),
         ("OptiserveKubeRayNotReady", _kuberay_series(KUBERAY_SERVICE_READY, "false"),
          _kuberay_series(KUBERAY_SERVICE_READY, "true"), "15m",
          {"namespace": "prod", "name": "osv-optiserve", "severity": "critical"}),

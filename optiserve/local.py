@@ -8,7 +8,9 @@ import socket
 from dataclasses import dataclass
 
 from serving.settings import settings
-from serving.config import GATEWAY_APP, GATEWAY_RESOURCE, validate_serve_config
+from serving.config import (
+    GATEWAY_APP, GATEWAY_RESOURCE, MODEL_RESOURCE, validate_serve_config,
+)
 from .serve_api import ServeAPI
 
 
@@ -95,6 +97,9 @@ class LocalCluster:
         # user code and the handle router on the replica's own event loop, handles over gRPC:
         # 637 -> 866 req/s served (MiniLM INT8, 2 cores, measured)
         env.setdefault("RAY_SERVE_THROUGHPUT_OPTIMIZED", "1")
+        # a replica that cannot be scheduled is reported (with Serve's reason) after 10 s
+        env.setdefault("RAY_SERVE_SLOW_STARTUP_WARNING_S", str(s.slow_startup_report_s))
+        env.setdefault("RAY_SERVE_SLOW_STARTUP_WARNING_PERIOD_S", str(s.slow_startup_report_s))
         # THROUGHPUT_OPTIMIZED turns on direct ingress: an idle HTTP server in each replica,
         # which the gateway's own server replaces
         env["RAY_SERVE_ENABLE_DIRECT_INGRESS"] = "0"
@@ -133,7 +138,8 @@ class LocalCluster:
         ray.init(
             num_cpus=cpus, include_dashboard=True, dashboard_host="127.0.0.1",
             # gateway replicas may run here, as many as asked (SO_REUSEPORT shares the port)
-            resources={GATEWAY_RESOURCE: 1000},
+            # model replicas too (a canary sharing its stable's CPUs asks for this one)
+            resources={GATEWAY_RESOURCE: 1000, MODEL_RESOURCE: 1000},
             dashboard_port=self.opts.dashboard_port, _metrics_export_port=self.opts.metrics_port,
             namespace="optiserve", log_to_driver=False, configure_logging=False,
         )

@@ -41,12 +41,16 @@ PORT = {"type": "integer", "minimum": 1, "maximum": 65535}
 ANY_OBJ = {"type": "object"}
 LIST = {"type": "array"}
 QUANTITY = {"type": ["string", "number"], "pattern": r"^[0-9.]+([EPTGMK]i?|[mkMGTPE])?$"}
+#: a disk size the chart sums (ephemeral-storage requests): whole Ki/Mi/Gi/Ti
+DISK = {"type": "string", "pattern": r"^[0-9]+(Ki|Mi|Gi|Ti)$"}
 DURATION = {"type": "string", "pattern": r"^([0-9]+(ms|s|m|h))+$"}
 STR_MAP = {"type": "object", "additionalProperties": {"type": "string"}}
 RESOURCES = obj({"requests": ANY_OBJ, "limits": ANY_OBJ})
 IMAGE = obj({"repository": {"type": "string", "minLength": 1}, "tag": S,
              "digest": {"type": "string", "pattern": r"^(sha256:[a-f0-9]{64})?$"},
              "pullPolicy": {"enum": ["Always", "IfNotPresent", "Never"]}}, ("repository",))
+#: the GPU, init and controller images: an empty repository takes image.repository's
+DERIVED_IMAGE = obj({**IMAGE["properties"], "repository": S})
 
 
 GROUP_NAME = {"type": "string", "pattern": "^[a-z0-9]([-a-z0-9]*[a-z0-9])?$", "maxLength": 20}
@@ -61,7 +65,7 @@ POD_PASSTHROUGH = {"nodeSelector": STR_MAP, "tolerations": LIST, "affinity": ANY
 def ray_group(gpu: bool = False, named: bool = False) -> dict:
     props = {"enabled": B, "replicas": INT0, "minReplicas": INT0, "maxReplicas": INT0,
              "rayStartParams": {"type": "object"}, "resources": RESOURCES,
-             "shmSize": QUANTITY, "tmpSize": QUANTITY, **POD_PASSTHROUGH}
+             "shmSize": QUANTITY, "tmpSize": DISK, **POD_PASSTHROUGH}
     if gpu:
         props["gpus"] = INT1
     if named:
@@ -123,8 +127,8 @@ def schema() -> dict:
         "properties": {
             "global": ANY_OBJ,
             "nameOverride": S, "fullnameOverride": S,
-            "image": IMAGE, "gpuImage": IMAGE, "initImage": IMAGE,
-            "controllerImage": IMAGE, "imagePullSecrets": LIST,
+            "image": IMAGE, "gpuImage": DERIVED_IMAGE, "initImage": DERIVED_IMAGE,
+            "controllerImage": DERIVED_IMAGE, "imagePullSecrets": LIST, "checkPrerequisites": B,
             "rayService": obj({
                 "upgradeStrategy": obj({"type": {"enum": ["NewCluster", "None"]}}, ("type",)),
                 "rayClusterDeletionDelaySeconds": INT0,
@@ -136,7 +140,7 @@ def schema() -> dict:
                 "source": {"enum": ["pvc", "objectStorage"]},
                 "pvc": obj({"claimName": {"type": "string", "minLength": 1}}),
                 "objectStorage": obj({"remote": S, "credentialsSecret": S,
-                                      "sizeLimit": QUANTITY, "image": IMAGE,
+                                      "sizeLimit": DISK, "image": IMAGE,
                                       "resources": RESOURCES}),
                 "verify": B, "verifyResources": RESOURCES,
             }, ("path", "source")),
@@ -171,14 +175,17 @@ def schema() -> dict:
                                                  "maximum": 3600}}),
                 "autoscaler": obj({"enabled": B, "idleTimeoutSeconds": INT0,
                                    "resources": RESOURCES}),
+                "logs": obj({"rotationMaxBytes": {"type": "integer", "minimum": 1048576},
+                             "rotationBackupCount": INT0}),
             }),
             "head": obj({"rayStartParams": {"type": "object"}, "resources": RESOURCES,
-                         "shmSize": QUANTITY, "tmpSize": QUANTITY, **POD_PASSTHROUGH}),
+                         "shmSize": QUANTITY, "tmpSize": DISK, **POD_PASSTHROUGH}),
             "workers": obj({"cpu": ray_group(), "gpu": ray_group(gpu=True),
                             "additional": {"type": "array",
                                            "items": ray_group(named=True)}}),
             "rolloutController": obj({
-                "enabled": B, "prometheusUrl": {"type": "string", "pattern": "^https?://"},
+                "enabled": B, "prometheusUrl": {"type": "string", "pattern": "^(https?://.*)?$"},
+                "admissionPolicy": obj({"enabled": B}),
                 "metricsPort": PORT, "metricsBindAddress": {"type": "string", "minLength": 1},
                 "stateConfigMap": S, "extraArgs": LIST, "env": LIST,
                 "resources": RESOURCES, "nodeSelector": STR_MAP, "tolerations": LIST,
@@ -186,6 +193,8 @@ def schema() -> dict:
             "monitoring": obj({
                 "prometheusOperator": {"enum": ["auto", True, False]},
                 "selectorLabels": STR_MAP,
+                "prometheus": obj({"discover": B, "release": {"type": "string", "minLength": 1},
+                                   "namespace": {"type": "string", "minLength": 1}}),
                 "podMonitor": monitor, "serviceMonitor": monitor,
                 "prometheusRule": obj({"enabled": B, "labels": STR_MAP}),
                 "dashboards": obj({"enabled": B, "labels": STR_MAP, "annotations": STR_MAP,
@@ -203,9 +212,15 @@ def schema() -> dict:
             "networkPolicy": obj({"enabled": B, "servingFrom": LIST, "metricsFrom": LIST,
                                   "kuberayOperator": obj({
                                       "namespace": {"type": "string", "minLength": 1},
-                                      "podLabels": {**STR_MAP, "minProperties": 1}},
+                                      "podLabels": {**STR_MAP, "minProperties": 1},
+                                      "useKubernetesProxy": B,
+                                      "apiServerCIDRs": {"type": "array", "items": S}},
                                       ("namespace", "podLabels")),
-                                  "dashboardFrom": LIST}),
+                                  "dashboardFrom": LIST,
+                                  "egress": obj({"enabled": B, "dnsTo": LIST,
+                                                 "apiServerTo": LIST, "prometheusTo": LIST,
+                                                 "modelStorageTo": LIST, "redisTo": LIST,
+                                                 "extraTo": LIST})}),
             "ingress": obj({
                 "enabled": B, "className": S, "annotations": STR_MAP,
                 "hosts": {"type": "array", "items": obj({

@@ -1,9 +1,12 @@
 #!/usr/bin/env python3
-"""Write tests/deploy/rayservice.schema.json from KubeRay's RayService CRD (and
-tests/deploy/httproute.schema.json from the Gateway API's HTTPRoute CRD).
+"""Write a strict schema of KubeRay's RayService from its CRD, one per KubeRay release the tests
+hold the chart to (tests/deploy/kuberay/rayservice-vX.Y.Z.schema.json: the minimum the chart
+supports, the newest, and the last release below the minimum, which must refuse the chart), and
+tests/deploy/httproute.schema.json from the Gateway API's HTTPRoute CRD.
 
-    python scripts/rayservice_schema.py --crd PATH/ray.io_rayservices.yaml \
-        --source "KubeRay <release or commit>"
+    git -C KUBERAY show v1.6.0:ray-operator/config/crd/bases/ray.io_rayservices.yaml > crd.yaml
+    python scripts/rayservice_schema.py --crd crd.yaml --source "KubeRay v1.6.0" \
+        --out tests/deploy/kuberay/rayservice-v1.6.0.schema.json
     python scripts/rayservice_schema.py --kind httproute \
         --crd PATH/gateway.networking.k8s.io_httproutes.yaml --source "Gateway API <commit>"
 
@@ -25,8 +28,7 @@ from pathlib import Path
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
-OUT = {"rayservice": ROOT / "tests/deploy/rayservice.schema.json",
-       "httproute": ROOT / "tests/deploy/httproute.schema.json"}
+OUT = {"httproute": ROOT / "tests/deploy/httproute.schema.json"}
 
 
 def strict(node, path: str = ""):
@@ -107,10 +109,14 @@ def main() -> int:
     ap.add_argument("--kind", choices=sorted(OUT), default="rayservice")
     ap.add_argument("--crd", required=True, type=Path)
     ap.add_argument("--source", required=True, help="where the CRD came from (release/commit)")
+    ap.add_argument("--out", type=Path, help="output file (required for rayservice: "
+                    "tests/deploy/kuberay/rayservice-vX.Y.Z.schema.json)")
     args = ap.parse_args()
     builder = build if args.kind == "rayservice" else build_httproute
     doc = builder(yaml.safe_load(args.crd.read_text()), args.source)
-    out = OUT[args.kind]
+    if args.out is None and args.kind not in OUT:
+        ap.error("--out is required: tests/deploy/kuberay/rayservice-vX.Y.Z.schema.json")
+    out = (args.out or OUT[args.kind]).resolve()
     out.write_text(json.dumps(doc, indent=1, sort_keys=True) + "\n")
     print(f"wrote {out.relative_to(ROOT)} ({out.stat().st_size} bytes)")
     return 0

@@ -35,8 +35,6 @@ class GatewayDeployment:
         self.ingress = None
         self._listening = None  # the server's start (a task or a thread-safe future)
         self._listen = settings().listen
-        self._loop = asyncio.get_event_loop()  # the replica's loop (reconfigure may run in a
-        # thread of Serve's pool)
 
     def _dispatch(self, method, path, headers, read_body):
         return dispatch(self.gateway, method, path, headers, read_body)
@@ -49,12 +47,16 @@ class GatewayDeployment:
             await self.ingress.drain()
         await self.gateway.close()
 
-    def reconfigure(self, user_config: dict) -> None:
+    async def reconfigure(self, user_config: dict) -> None:
         """Apply a new gateway config, all or nothing. The first config must apply (raising
         here fails the deployment, with the message in Serve's status). Once serving, a config
         that cannot be applied is refused without raising: Ray Serve stops a replica whose
         reconfigure raises, which would turn a bad config into an outage. The running config
-        stays; the refusal is logged and shown in the server metadata (``GET /v2``)."""
+        stays; the refusal is logged and shown in the server metadata (``GET /v2``).
+
+        Async, so it runs on the replica's event loop with the requests it changes (Serve moves
+        a sync reconfigure to a thread pool, where the batchers' events and tasks are not
+        safe to touch, and removed versions' batchers could not be closed)."""
         try:
             self.gateway.reconfigure(user_config)
         except Exception as e:
@@ -77,8 +79,7 @@ class GatewayDeployment:
         # reason in Serve's status (the first config) instead of a replica serving nothing
         ingress.bind()
         self.ingress = ingress
-        self._listening = asyncio.run_coroutine_threadsafe(ingress.start(), self._loop) \
-            if not _on_loop(self._loop) else self._loop.create_task(ingress.start())
+        self._listening = asyncio.get_running_loop().create_task(ingress.start())
 
     async def check_health(self) -> None:
         """Serve's health check: also fails when the HTTP server could not start or stopped."""
@@ -133,6 +134,7 @@ class ModelVersionDeployment:
         self.config = VersionConfig()
         self.runtime = self._load(self.config)
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model")
+        self._busy_since: float | None = None
         self._gpu = None
         if self.ref.manifest.device == "cuda":
             from .gpu import GpuSampler
@@ -157,8 +159,14 @@ class ModelVersionDeployment:
             self.runtime = self._load(cfg)
             self.config = cfg
 
+    def stuck_for(self) -> float:
+        """Seconds the batch now running has been running (0: none), for the health check."""
+        since = self._busy_since
+        return 0.0 if since is None else time.monotonic() - since
+
     def _run(self, groups):
         t0 = time.perf_counter()
+        self._busy_since = time.monotonic()
         try:
             out = [self.runtime.run(g) for g in groups]
         except InputRejected:
@@ -169,6 +177,8 @@ class ModelVersionDeployment:
             log.exception("%s:%s failed on a batch", self.ref.name, self.ref.version)
             raise ModelExecutionError(f"{self.ref.name}:{self.ref.version} failed on a batch: "
                                       f"{type(e).__name__}: {str(e)[:500]}") from None
+        finally:
+            self._busy_since = None
         return out, time.perf_counter() - t0
 
     async def infer(self, groups):
@@ -178,15 +188,24 @@ class ModelVersionDeployment:
         self.recorder.inc(M.COMPUTE_TIME, self.tags, elapsed)
         return out
 
+    def _stuck(self) -> str | None:
+        """Why this replica cannot serve: its single model thread has been on one batch past
+        the request timeout (a batch the gateway gave up on; nothing else can run)."""
+        limit = settings().model_stuck_after_s
+        if self.stuck_for() > limit:
+            return (f"{self.ref.name}:{self.ref.version}: a batch has been running for "
+                    f"{self.stuck_for():.0f} s (limit {limit:g} s); the model is stuck")
+        return None
+
+    async def check_health(self) -> None:
+        """Serve's health check: a replica stuck on a batch fails it, so Serve replaces it."""
+        reason = self._stuck()
+        if reason:
+            raise RuntimeError(reason)
+
     async def ready(self) -> bool:
-        return self.runtime is not None
-
-
-def _on_loop(loop) -> bool:
-    try:
-        return asyncio.get_running_loop() is loop
-    except RuntimeError:
-        return False
+        """Readiness as the gateway asks it: loaded, and not stuck on a batch."""
+        return self.runtime is not None and self._stuck() is None
 
 
 def _reserved_cpus() -> int:

@@ -31,7 +31,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from .protocol.errors import (
-    InvalidInput, ModelUnavailable, Overloaded, RequestTimeout, ShadowDropped, is_infrastructure,
+    BatchTimeout, InvalidInput, ModelUnavailable, Overloaded, RequestTimeout, ShadowDropped,
+    is_infrastructure,
 )
 
 
@@ -120,6 +121,11 @@ class AdaptiveBatcher:
     @property
     def inflight(self) -> int:
         return self._inflight
+
+    @property
+    def idle(self) -> bool:
+        """Nothing waiting and no batch running: a mirrored copy would cost no one a wait."""
+        return self._waiting_rows == 0 and self._inflight == 0 and not self._closed
 
     def update(self, policy: BatchPolicy) -> None:
         """Change the policy in place; queued requests keep their place."""
@@ -295,10 +301,25 @@ class AdaptiveBatcher:
             self._inflight -= 1
             self._wakeup.set()
 
+    async def _call(self, payloads: list[Any]) -> list[Any]:
+        """One call of the model, bounded by the request timeout: a replica stuck on a batch
+        must not hold an in-flight slot for good (every later request would wait behind it,
+        then time out). Past the deadline the call is cancelled (Serve cancels the request on
+        the replica) and the batch's requests fail with 504."""
+        timeout = self.policy.timeout_s
+        if timeout is None:
+            return await self._run_batch(payloads)
+        try:
+            return await asyncio.wait_for(self._run_batch(payloads), timeout)
+        except asyncio.TimeoutError:
+            raise BatchTimeout(f"{self.label} did not answer a batch of {len(payloads)} "
+                               f"request(s) within {timeout:g} s; the model replica may be "
+                               "stuck") from None
+
     async def _run(self, batch: list[_Item]) -> None:
         """Run a batch; on an error of the model, bisect so that only the culprit fails."""
         try:
-            results = await self._run_batch([i.payload for i in batch])
+            results = await self._call([i.payload for i in batch])
             if len(results) != len(batch):
                 raise RuntimeError(f"batch returned {len(results)} results for {len(batch)} "
                                    "requests")

@@ -35,6 +35,11 @@ VERSION_IMPORT = "serving.app:version_app"
 #: The custom Ray resource a gateway replica asks for: each node that may answer HTTP offers
 #: it (one per serving pod on Kubernetes, so replicas = pods; many on a local machine)
 GATEWAY_RESOURCE = "optiserve_gateway"
+#: offered by every node that may run model replicas (many units each): a canary that shares
+#: its stable's CPUs reserves no CPU, and asks for one of these so that it still lands where
+#: models run (never on a head started with no CPUs)
+MODEL_RESOURCE = "optiserve_model"
+
 
 
 def version_app_name(model: str, version: int) -> str:

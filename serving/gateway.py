@@ -197,6 +197,27 @@ def agreement(task: str, stable: np.ndarray, canary: np.ndarray) -> np.ndarray:
     return np.clip(np.nan_to_num(cos, nan=0.0), -1.0, 1.0)
 
 
+def compare_outputs(served: Manifest, served_out: dict[str, np.ndarray],
+                    mirror_out: dict[str, np.ndarray]) -> tuple[np.ndarray, str | None]:
+    """Per-row agreement of a mirrored answer with the served one, on the served version's
+    primary output, matched by name and shape. Outputs that cannot be compared (the other
+    version renamed, dropped or resized it) disagree on every row (0), with the reason."""
+    name = served.signature.outputs[0].name
+    a = served_out.get(name)
+    rows = 0 if a is None else len(a)
+    b = mirror_out.get(name)
+    if b is None:
+        return np.zeros(rows), (f"the other version has no output {name!r} (it has "
+                                f"{', '.join(sorted(mirror_out)) or 'none'})")
+    if a.shape != b.shape:
+        return np.zeros(rows), (f"output {name!r} has shape {list(b.shape)} there, "
+                                f"{list(a.shape)} here")
+    try:
+        return agreement(served.task, a, b), None
+    except Exception as e:  # a dtype that does not compare: disagreement, with why
+        return np.zeros(rows), f"output {name!r} cannot be compared: {e}"
+
+
 class Gateway:
     """Serves the OIP for the configured models; ``reconfigure`` applies a new config in place."""
 
@@ -303,7 +324,13 @@ class Gateway:
             coro.close()
             return
         self._shadow_tasks.add(task)
-        task.add_done_callback(self._shadow_tasks.discard)
+        task.add_done_callback(self._background_done)
+
+    def _background_done(self, task: asyncio.Task) -> None:
+        """Nobody awaits a background task: what it raises is logged here, never lost."""
+        self._shadow_tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("a background task of the gateway failed", exc_info=task.exception())
 
     # ---- lookups -----------------------------------------------------------------------------
     def model(self, name: str) -> ModelState:
@@ -477,7 +504,13 @@ class Gateway:
             self.recorder.set(M.INFLIGHT, vs.tags, vs.inflight)
         self.recorder.inc(M.ROWS, vs.tags, rows)
         if routed:  # requests pinned to a version are not mirrored
-            target = shadow_target(st.policy, vs.version, self._rng)
+            other = st.policy.canary if vs.version == st.policy.stable else st.policy.stable
+            mirror = st.versions.get(other) if other is not None else None
+            # room to mirror beyond the configured share: the other version is idle and this
+            # one has nothing waiting (low traffic); under load only the configured share
+            room = (mirror is not None and mirror.batcher.idle
+                    and vs.batcher.queued_rows == 0)
+            target = shadow_target(st.policy, vs.version, self._rng, room=room)
             if target is not None:
                 self._spawn(self._shadow(st, vs, st.versions[target], req, outputs))
         outputs = apply_class_counts(outputs, req.classification, vs.manifest)
@@ -501,8 +534,11 @@ class Gateway:
             log.warning("shadow request to %s:%s failed: %s", mirror.model, mirror.version, e)
             self.recorder.inc(M.SHADOW_REQUESTS, {**tags, "outcome": "failed"})
             return
-        primary = mirror.manifest.signature.outputs[0].name
-        scores = agreement(served.manifest.task, served_out[primary], out[primary])
+        scores, reason = compare_outputs(served.manifest, served_out, out)
+        if reason:
+            # a canary whose outputs cannot be compared disagrees: counted, not lost
+            log.warning("shadow comparison of %s:%s with %s:%s: %s; counted as disagreement",
+                        served.model, served.version, mirror.model, mirror.version, reason)
         for s in scores:
             self.recorder.observe(M.SHADOW_AGREEMENT, tags, float(s))
         # the exact sum takes scores below 0 (anti-correlated embeddings) as 0, like the

@@ -197,6 +197,16 @@ class Recorder:
     def forget(self, spec: MetricSpec, tags: dict[str, str]) -> None:
         """Stop reporting a gauge series (Ray drops it once it is not refreshed)."""
 
+    def _zero(self, spec: MetricSpec, tags: dict[str, str], _value: float = 0.0) -> None:
+        """Export a counter series at 0 (``Counter.inc`` takes only increments > 0): the same
+        record ``inc`` makes, of 0, with Serve's replica tags added as ``inc`` adds them."""
+        from ray.serve.metrics import _add_serve_context_tag_values
+
+        obj = self.get(spec)
+        tags = dict(tags)
+        _add_serve_context_tag_values(obj._tag_keys, tags)
+        obj._record(0.0, tags)
+
 
 class BufferedRecorder(Recorder):
     """Counters and gauges kept in plain dicts and pushed every ``interval_s`` by a background
@@ -213,6 +223,8 @@ class BufferedRecorder(Recorder):
         super().__init__()
         self._counts: dict[tuple, float] = {}
         self._gauges: dict[tuple, float] = {}
+        #: counter series already exported (at 0 or more)
+        self._exported: set[tuple] = set()
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, args=(interval_s,),
@@ -242,13 +254,23 @@ class BufferedRecorder(Recorder):
 
     def flush(self) -> None:
         """Push the summed counters and every gauge. Each series on its own: one that Ray
-        refuses must not cost the others (Ray's counters take only increments > 0, so a series
-        that has not moved is skipped)."""
+        refuses must not cost the others.
+
+        A counter series that was zero-initialised (``inc(spec, tags, 0)``) is exported at 0
+        before its first event: Prometheus' ``increase()`` only counts what happens after a
+        series' first sample, so a series born at N would lose its first N events, the first
+        errors of a canary at its first step among them. Ray's ``Counter.inc`` refuses 0, so
+        the zero goes in as a raw record of 0."""
         with self._lock:
             counts, self._counts = self._counts, {}
-        for (spec, tags), value in counts.items():
+        for key, value in counts.items():
+            spec, tags = key
             if value > 0:
                 self._push(Recorder.inc, spec, tags, value)
+                self._exported.add(key)
+            elif key not in self._exported:
+                self._push(Recorder._zero, spec, tags, 0.0)
+                self._exported.add(key)
         for (spec, tags), value in list(self._gauges.items()):
             self._push(Recorder.set, spec, tags, value)
 

@@ -122,6 +122,11 @@ class Settings(BaseSettings):
         30.0, json_schema_extra=_group("batching"),
         description="Seconds a request may take before it gets 504 "
                     "(serve config: versions.N.timeout_s wins).")
+    model_stuck_after_s: PositiveFloat = Field(
+        60.0, json_schema_extra=_group("batching"),
+        description="Seconds a model replica may spend on one batch before its health check "
+                    "fails (Serve replaces it) and it reports not ready; keep it above the "
+                    "longest request timeout of the versions it serves.")
 
     # ---- sizing (optiserve serve with no sizing flags) -----------------------------------
     max_threads: PositiveInt = Field(
@@ -141,6 +146,13 @@ class Settings(BaseSettings):
     metrics_report_interval_ms: PositiveInt = Field(
         2000, json_schema_extra=_group("local"),
         description="How often Ray's workers export metrics, ms.")
+    slow_startup_report_s: PositiveInt = Field(
+        10, json_schema_extra=_group("local"),
+        description="Seconds after which (and how often) Serve reports a replica it cannot "
+                    "schedule, with the resources required and available, in its status (Ray's "
+                    "RAY_SERVE_SLOW_STARTUP_WARNING_S and _PERIOD_S; Ray's default 30 s made a "
+                    "rollout say why a canary waited only after 33 s, measured). The chart "
+                    "sets 10.")
     serve_control_loop_interval_s: PositiveFloat = Field(
         0.1, json_schema_extra=_group("local"),
         description="Serve controller's reconcile period, seconds (Ray's default). Each step "

@@ -20,6 +20,32 @@ RepositoryOption = typer.Option(
 )
 
 
+def model_name(value: str | None) -> str | None:
+    """Typer callback of a MODEL argument: the one name check (serving.repository.schema),
+    before anything is contacted."""
+    if value is None:
+        return value
+    from serving.repository.schema import check_model_name
+
+    try:
+        return check_model_name(value)
+    except ValueError as e:
+        raise typer.BadParameter(str(e)) from None
+
+
+def model_ref(value: str | None) -> str | None:
+    """Typer callback of a MODEL[:VERSION] argument."""
+    if value is None:
+        return value
+    from serving.repository import parse_ref
+
+    try:
+        parse_ref(value)
+    except ValueError as e:
+        raise typer.BadParameter(str(e)) from None
+    return value
+
+
 def fail(message: str, code: int = 1) -> NoReturn:
     """Print an error the user can act on and exit non-zero."""
     err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False)

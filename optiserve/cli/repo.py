@@ -9,7 +9,7 @@ import typer
 from rich.table import Table
 
 from serving.repository import ModelRepository, RepositoryError, parse_ref
-from .common import RepositoryOption, console, err_console, fail
+from .common import RepositoryOption, console, err_console, fail, model_name, model_ref
 
 app = typer.Typer(help="Inspect the model repository.", no_args_is_help=True)
 
@@ -40,7 +40,8 @@ def list_command(repository: Optional[str] = RepositoryOption) -> None:
 
 
 @app.command("show")
-def show_command(ref: str = typer.Argument(..., help="MODEL or MODEL:VERSION"),
+def show_command(ref: str = typer.Argument(..., help="MODEL or MODEL:VERSION",
+                                          callback=model_ref),
                  repository: Optional[str] = RepositoryOption,
                  as_json: bool = typer.Option(False, "--json", help="Print the raw manifest.")
                  ) -> None:
@@ -81,7 +82,8 @@ def show_command(ref: str = typer.Argument(..., help="MODEL or MODEL:VERSION"),
 
 
 @app.command("verify")
-def verify_command(model: Optional[str] = typer.Argument(None, help="Only this model."),
+def verify_command(model: Optional[str] = typer.Argument(None, help="Only this model.",
+                                                        callback=model_name),
                    repository: Optional[str] = RepositoryOption) -> None:
     """Check every artifact's sha256 against its manifest; exit 1 on any mismatch."""
     repo = ModelRepository(repository)

@@ -11,7 +11,7 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from .common import RepositoryOption, console, err_console, fail
+from .common import RepositoryOption, console, err_console, fail, model_name
 
 app = typer.Typer(help="Canary rollouts judged on Prometheus data.", no_args_is_help=True)
 
@@ -99,13 +99,23 @@ def _run_until_done(ctl, model: str, poll_s: float = 1.0) -> int:
         ctl.release(model)
 
 
+def _load(ctl, model: str):
+    """The model's rollout state; one that cannot be read stops the command, named."""
+    from optiserve.rollout.state import UnreadableState
+
+    try:
+        return ctl.store.load(model)
+    except UnreadableState as e:
+        fail(str(e))
+
+
 def _run(ctl, model: str, poll_s: float) -> int:
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     while not stop.is_set():
         ctl.tick(only=model)
-        st = ctl.store.load(model)
+        st = _load(ctl, model)
         if st is not None and st.settled:
             return _exit_code(st)
         if st is not None and st.phase in ("inconclusive", "paused") and st.request is None:
@@ -123,7 +133,7 @@ def _run(ctl, model: str, poll_s: float) -> int:
 
 @app.command("start")
 def start_command(
-    model: str = typer.Argument(..., help="Model name."),
+    model: str = typer.Argument(..., help="Model name.", callback=model_name),
     canary: str = typer.Option(..., "--canary", help="Version to roll out, or 'latest' (the "
                                                       "newest in the repository); deployed "
                                                       "first when it is not served."),
@@ -173,6 +183,7 @@ def start_command(
     """Roll out a version: deploy it if it is not served, walk the steps judged on
     Prometheus, then retire the loser (locally it runs here until it ends)."""
     from ..rollout import RolloutError
+    from ..rollout.state import UnreadableState
 
     try:
         weights = [float(s) for s in steps.split(",") if s.strip()]
@@ -206,7 +217,7 @@ def start_command(
                        keep=keep,
                        deploy_timeout_s=parse_duration(deploy_timeout, "--deploy-timeout"),
                        max_prediction_ratio=max_prediction_ratio or None)
-    except RolloutError as e:
+    except (RolloutError, UnreadableState) as e:
         fail(str(e))
     if detach or target != "local":
         console.print(f"rollout of {model}:{version} recorded (stable {st.spec.stable}); "
@@ -217,7 +228,7 @@ def start_command(
 
 @app.command("status")
 def status_command(
-    model: str = typer.Argument(...),
+    model: str = typer.Argument(..., callback=model_name),
     as_json: bool = typer.Option(False, "--json"),
     prometheus: str = PromOpt,
     target: str = TargetOpt, serve_api: str = ServeApiOpt,
@@ -228,7 +239,7 @@ def status_command(
     """Phase, step, weight, the last analysis against its thresholds, and the history."""
     ctl = build(target, serve_api, namespace, rayservice, state_dir, state_configmap,
                 prometheus, repository)
-    st = ctl.store.load(model)
+    st = _load(ctl, model)
     if st is None:
         fail(f"no rollout of {model} has been recorded")
     if as_json:
@@ -272,12 +283,13 @@ def _request_command(action: str, model, target, serve_api, namespace, rayservic
     import time
 
     from ..rollout import RolloutError
+    from ..rollout.state import UnreadableState
 
     ctl = build(target, serve_api, namespace, rayservice, state_dir, state_configmap,
                 prometheus, repository, on_event=_print_event)
     try:
         st = ctl.request(model, action)
-    except RolloutError as e:
+    except (RolloutError, UnreadableState) as e:
         fail(str(e))
     if ctl.runner_alive(st) or detach:
         console.print(f"{action} of {model} recorded; the running controller carries it out")
@@ -285,7 +297,7 @@ def _request_command(action: str, model, target, serve_api, namespace, rayservic
             return
         deadline = time.monotonic() + wait_s
         while time.monotonic() < deadline:
-            st = ctl.store.load(model)
+            st = _load(ctl, model)
             if st.request is None:
                 console.print(f"{model}: {st.phase} ({st.reason})", highlight=False)
                 return
@@ -293,7 +305,7 @@ def _request_command(action: str, model, target, serve_api, namespace, rayservic
         fail(f"the {action} is recorded but no runner carried it out within {wait_s:.0f} s; "
              "it will be when the controller runs")
     code = _run_until_done(ctl, model)
-    st = ctl.store.load(model)
+    st = _load(ctl, model)
     console.print(f"{model}: {st.phase} ({st.reason})", highlight=False)
     if code not in (0, 3, 4):
         raise typer.Exit(code)
@@ -307,7 +319,8 @@ _DETACH = typer.Option(False, "--detach", help="Only record it; a running `rollo
 
 def _request_cli(action: str, doc: str):
     """The ``rollout <action>`` command: the same flags for each of them."""
-    def command(model: str = typer.Argument(...), prometheus: str = PromOpt,
+    def command(model: str = typer.Argument(..., callback=model_name),
+                prometheus: str = PromOpt,
                 wait: float = _WAIT, detach: bool = _DETACH,
                 target: str = TargetOpt,
                 serve_api: str = ServeApiOpt, namespace: Optional[str] = NamespaceOpt,

@@ -13,6 +13,7 @@ import typer
 import yaml
 
 from .common import RepositoryOption, console, err_console, fail
+from .common import model_ref as model_ref_check
 
 #: exit code when no configuration met the SLO (the closest trial is reported)
 SLO_NOT_MET = 3
@@ -35,7 +36,7 @@ def _short(config: dict) -> str:
 
 
 def tune_command(
-    model_ref: str = typer.Argument(..., metavar="MODEL[:VERSION]",
+    model_ref: str = typer.Argument(..., metavar="MODEL[:VERSION]", callback=model_ref_check,
                                     help="The version to tune [default: the newest]."),
     repository: Optional[str] = RepositoryOption,
     slo_p99_ms: float = typer.Option(100.0, "--slo-p99-ms", help="p99 latency objective (ms)."),

@@ -26,7 +26,7 @@ from serving.settings import settings
 from .analysis import analyze, confirmation_queries
 from .prometheus import Prometheus, PrometheusUnavailable
 from .state import (
-    Analysis, Request, RolloutSpec, RolloutState, Split, now,
+    Analysis, Request, RolloutSpec, RolloutState, Split, UnreadableState, now,
 )
 from .store import StaleState, StateStore
 from .targets import Target, TargetError, owned_split, with_split
@@ -128,6 +128,8 @@ class Controller:
         self.runner_id = runner_id or f"{socket.gethostname()}:{os.getpid()}"
         #: model -> (monotonic time before which it is not retried, current delay)
         self._backoff: dict[str, tuple[float, float]] = {}
+        #: models whose state cannot be read, with the reason last logged
+        self._unreadable_seen: dict[str, str] = {}
 
     # ---- commands (any process) ----------------------------------------------------------------
     def start(self, model: str, canary: int, **options) -> RolloutState:
@@ -229,12 +231,24 @@ class Controller:
         rollout raises ends the loop: an unexpected error is logged and counted, and that
         rollout alone is retried with a growing delay."""
         try:
-            states = [self.store.load(only)] if only else self.store.list()
+            models = [only] if only else self.store.models()
         except Exception:
-            log.exception("cannot read the rollout state; retrying")
+            log.exception("cannot list the rollout states; retrying")
             self.metrics.error(only or "", "store")
             return
-        for st in states:
+        for model in models:
+            # each rollout is read and advanced on its own: one state that cannot be read (a
+            # newer format, a hand edit, an API error) is reported and skipped, never the rest
+            try:
+                st = self.store.load(model)
+            except UnreadableState as e:
+                self._unreadable(model, str(e))
+                continue
+            except Exception as e:
+                log.warning("cannot read the rollout state of %s: %s; retrying", model, e)
+                self.metrics.error(model, "store")
+                continue
+            self._unreadable_seen.pop(model, None)
             if st is None:
                 continue
             if not st.settled:
@@ -263,6 +277,13 @@ class Controller:
                 self.metrics.observe(self.store.load(st.model) or st)
             except Exception:
                 log.exception("rollout of %s: cannot export its metrics", st.model)
+
+    def _unreadable(self, model: str, reason: str) -> None:
+        """Count it every pass; log it when the reason changes (not every second)."""
+        self.metrics.error(model, "store")
+        if self._unreadable_seen.get(model) != reason:
+            self._unreadable_seen[model] = reason
+            log.error("%s; skipped (the other rollouts go on)", reason)
 
     def run(self, stop: threading.Event, poll_s: float = 1.0) -> None:
         while not stop.is_set():
@@ -357,6 +378,7 @@ class Controller:
             st.confirmed = True
             if st.phase == "progressing" and st.applied_step == st.step:
                 st.step_started_at, st.judged_at, st.waited_intervals = t, None, 0
+                st.reset_at = None
             self._event(st, f"the gateway reports {_describe(d)}")
             self._save(st)
             return
@@ -415,6 +437,16 @@ class Controller:
             self._finish(st, "rolled_back", f"{spec.model}:{spec.canary} was not ready after "
                                             f"{spec.deploy_timeout_s:.0f} s ({status})")
             return
+        if message and message != st.deploy_message:
+            # Serve's reason (e.g. "... taken more than 10s to be scheduled ... Resources
+            # required ..."), shown as soon as Serve reports it instead of after the timeout
+            st.deploy_message = message
+            log.warning("rollout of %s: %s:%s is not ready (%s): %s", spec.model, spec.model,
+                        spec.canary, status, message)
+            self._event(st, f"{spec.model}:{spec.canary} is not ready yet ({status}): "
+                            f"{message[-500:]}")
+            self._save(st)
+            return
         self._beat(st)
 
     def _step(self, st: RolloutState) -> None:
@@ -425,19 +457,27 @@ class Controller:
                       deployed=current.deployed)
         st.applied_step = st.step
         st.step_started_at, st.judged_at, st.waited_intervals = None, None, 0
+        st.reset_at = None
         self._decide(st, split, f"step {st.step + 1}")
 
     def _judge(self, st: RolloutState) -> None:
         spec = st.spec
         t = now()
-        since_judged = t - (st.judged_at or st.step_started_at)
+        # evidence starts at the step's start, or at the last reset of a held step (a failed
+        # analysis): no window ever reaches back before it, so one burst is counted once and a
+        # step is never judged on the previous step's split
+        start = max(st.step_started_at, st.reset_at or st.step_started_at)
+        since_judged = t - (st.judged_at or start)
         if since_judged < timedelta(seconds=spec.interval_s):
             self._beat(st)
             return
-        # the window starts at the step's start and grows while the step waits for data, so
-        # evidence accumulates at low traffic; it never shrinks below a few scrape intervals
-        window_s = max((t - st.step_started_at).total_seconds(),
-                       settings().rollout_min_window_scrapes * spec.scrape_interval_s)
+        # the window grows while the step waits for data, so evidence accumulates at low
+        # traffic; shorter than a few scrape intervals it holds too few samples to judge: wait
+        # for more instead of widening it into the past
+        window_s = (t - start).total_seconds()
+        if window_s < settings().rollout_min_window_scrapes * spec.scrape_interval_s:
+            self._beat(st)
+            return
         a = analyze(self.prom, spec, st.step, st.weight, window_s)
         st.record(a)
         st.judged_at = t
@@ -477,8 +517,8 @@ class Controller:
             self._finish(st, "rolled_back", f"{a.reason} (failed analyses: {st.failures}, "
                                             f"budget {spec.failure_budget})")
             return
-        # judge the held step on fresh data only
-        st.step_started_at, st.judged_at = t, None
+        # judge the held step on fresh data only (from now on; see _judge)
+        st.reset_at, st.judged_at = t, None
         self._event(st, f"analysis failed ({a.reason}); {st.failures}/{spec.failure_budget} "
                         "of the failure budget used, holding the step")
         self._save(st)

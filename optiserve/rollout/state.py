@@ -7,6 +7,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, field_validator, model_validator
 
+from serving.repository.schema import check_model_name
+
 Phase = Literal["pending", "progressing", "inconclusive", "paused", "promoted", "rolled_back",
                 "aborted"]
 TERMINAL: frozenset[str] = frozenset({"promoted", "rolled_back", "aborted"})
@@ -34,6 +36,7 @@ class RolloutSpec(BaseModel):
 
     model: str = Field(description="Model name.")
     stable: PositiveInt = Field(description="Version serving today.")
+
     canary: PositiveInt = Field(description="Version under test.")
     steps: list[float] = Field([10, 25, 50, 100], description="Canary weights (percent).")
     interval_s: float = Field(30.0, gt=0, description="How long each step is held and judged.")
@@ -75,6 +78,11 @@ class RolloutSpec(BaseModel):
         2.0, gt=1, description="Flag a canary whose observed compute per row is more than this "
                                "factor off what the optimizer measured for it (a hardware or "
                                "thread mismatch); advisory, it does not fail the step.")
+
+    @field_validator("model")
+    @classmethod
+    def _model_name(cls, v: str) -> str:
+        return check_model_name(v)
 
     @field_validator("steps")
     @classmethod
@@ -182,6 +190,47 @@ class Request(BaseModel):
     by: str = ""
 
 
+#: The state document's format. 1: the first (no schema_version field); 2: schema_version,
+#: reset_at. A state of a newer format is refused by name (a newer optiserve wrote it).
+STATE_SCHEMA_VERSION = 2
+
+
+class UnreadableState(ValueError):
+    """A rollout's saved state cannot be used; the message names the model and why."""
+
+
+def parse_state(raw: str | bytes, model: str = "") -> RolloutState:
+    """A saved state, migrated from an older format; a newer or malformed one is refused with
+    :class:`UnreadableState` naming the model (the controller skips it, the others go on)."""
+    import json
+
+    from pydantic import ValidationError
+
+    where = f"rollout state of {model}" if model else "rollout state"
+    try:
+        doc = json.loads(raw)
+    except ValueError as e:
+        raise UnreadableState(f"{where} is not JSON: {e}") from None
+    if not isinstance(doc, dict):
+        raise UnreadableState(f"{where} is not a JSON object")
+    version = doc.get("schema_version", 1)
+    if not isinstance(version, int) or version < 1:
+        raise UnreadableState(f"{where}: schema_version {version!r} is not a format number")
+    if version > STATE_SCHEMA_VERSION:
+        raise UnreadableState(
+            f"{where} has format {version}, written by a newer optiserve; this one reads up to "
+            f"{STATE_SCHEMA_VERSION}: upgrade the rollout controller (the rollout is left "
+            "as it is)")
+    if version == 1:  # 1 -> 2: the format number; reset_at starts unknown
+        doc["schema_version"] = 2
+    try:
+        return RolloutState.model_validate(doc)
+    except ValidationError as e:
+        err = e.errors()[0]
+        field = ".".join(str(x) for x in err["loc"])
+        raise UnreadableState(f"{where}: {field}: {err['msg']}") from None
+
+
 class RolloutState(BaseModel):
     """Where a rollout is; saved after every change so a restarted controller resumes.
 
@@ -189,6 +238,7 @@ class RolloutState(BaseModel):
     compare-and-swap) before it is applied, and ``applied`` is set once the target took it; the
     step's clock starts when the gateway reports the new weights (``confirmed``)."""
 
+    schema_version: int = STATE_SCHEMA_VERSION
     spec: RolloutSpec
     phase: Phase = "pending"
     step: int = 0
@@ -213,6 +263,9 @@ class RolloutState(BaseModel):
     #: when a runner last looked at this rollout (the CLI waits for a live runner)
     heartbeat_at: datetime | None = None
     step_started_at: datetime | None = None
+    #: when the held step's evidence was last reset (a failed analysis): no analysis window
+    #: reaches back before it, nor before step_started_at
+    reset_at: datetime | None = None
     #: when the current step was last judged (None: not yet); the next analysis is due one
     #: interval later, over a window that starts at step_started_at
     judged_at: datetime | None = None
@@ -222,6 +275,8 @@ class RolloutState(BaseModel):
     history: list[Transition] = Field(default_factory=list)
     analyses: list[Analysis] = Field(default_factory=list)
     reason: str = ""
+    #: what Serve last said of a canary being deployed (e.g. why it cannot be scheduled)
+    deploy_message: str = ""
     #: the split the controller last decided for the model (recorded before it is applied)
     owned_split: OwnedSplit | None = None
     created_at: datetime = Field(default_factory=now)

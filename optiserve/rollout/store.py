@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Protocol
 
-from .state import RolloutState
+from .state import RolloutState, parse_state
 
 
 _LABEL_VALUE = re.compile(r"([A-Za-z0-9][-A-Za-z0-9_.]{0,61})?[A-Za-z0-9]")
@@ -36,9 +36,12 @@ class StaleState(Exception):
 
 
 class StateStore(Protocol):
-    def load(self, model: str) -> RolloutState | None: ...
+    def load(self, model: str) -> RolloutState | None:
+        """The model's state (None: no rollout); UnreadableState when it cannot be used."""
     def save(self, state: RolloutState) -> RolloutState: ...
-    def list(self) -> list[RolloutState]: ...
+    def models(self) -> list[str]:
+        """The models that may have a state, each read on its own (one unreadable state must
+        not stop the others)."""
 
 
 class FileStateStore:
@@ -64,7 +67,7 @@ class FileStateStore:
         path = self._path(model)
         if not path.is_file():
             return None
-        return RolloutState.model_validate_json(path.read_text())
+        return parse_state(path.read_text(), model)
 
     def save(self, state: RolloutState) -> RolloutState:
         from .state import now
@@ -83,11 +86,10 @@ class FileStateStore:
             os.replace(tmp, self._path(state.model))
             return new
 
-    def list(self) -> list[RolloutState]:
+    def models(self) -> list[str]:
         if not self.dir.is_dir():
             return []
-        return [RolloutState.model_validate_json(p.read_text())
-                for p in sorted(self.dir.glob("*.json"))]
+        return [p.stem for p in sorted(self.dir.glob("*.json"))]
 
 
 class ConfigMapStateStore:
@@ -120,10 +122,10 @@ class ConfigMapStateStore:
     def load(self, model: str) -> RolloutState | None:
         cm = self._read(model)
         raw = (cm.data or {}).get(self.KEY) if cm is not None else None
-        return RolloutState.model_validate_json(raw) if raw else None
+        return parse_state(raw, model) if raw else None
 
-    def list(self) -> list[RolloutState]:
-        return [st for st in (self.load(m) for m in sorted(self._models())) if st is not None]
+    def models(self) -> list[str]:
+        return sorted(self._models())
 
     def save(self, state: RolloutState) -> RolloutState:
         from kubernetes import client
@@ -134,7 +136,7 @@ class ConfigMapStateStore:
         cm = self._read(state.model)
         if cm is not None:
             current = (cm.data or {}).get(self.KEY)
-            if current and RolloutState.model_validate_json(current).revision != state.revision:
+            if current and parse_state(current, state.model).revision != state.revision:
                 raise StaleState(f"rollout of {state.model} changed since it was read")
         elif state.revision != 0:
             raise StaleState(f"rollout state of {state.model} was deleted since it was read")

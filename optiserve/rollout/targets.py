@@ -4,13 +4,23 @@ A split (:class:`~optiserve.rollout.state.Split`) says which versions of a model
 application and which the gateway routes to, with what weights. Both targets edit the same
 declarative serve config: weights are the gateway deployment's ``user_config`` (applied in place,
 ``reconfigure``, no replica restarts); adding or removing a version adds or removes its
-``<model>-v<N>`` application, a copy of the stable version's (same resources, replicas and
-threads), and leaves every other application untouched.
+``<model>-v<N>`` application, a copy of the stable version's (same replicas and threads), and
+leaves every other application untouched.
+
+A canary shares its stable's CPUs while both run. The sizing rule fills a machine (on 2 CPUs:
+gateway 0.25 + model 1.75), so a copy asking for the stable's 1.75 CPUs more could not be
+scheduled anywhere (measured: the rollout waited out its deploy timeout). The copy reserves no
+CPU and keeps the stable's threads; it asks for the ``optiserve_model`` resource instead, which
+every node that runs models offers, so it lands beside models and never on a head with no CPUs.
+When the canary outlives the stable it borrowed from (promotion), the same apply gives it the
+stable's full reservation back; it is started with a surge (``max_surge_percent`` 100), so the
+borrowing replica serves until its replacement is up.
 """
 
 from __future__ import annotations
 
 import copy
+import math
 import time
 from dataclasses import dataclass
 from typing import Protocol
@@ -18,8 +28,8 @@ from typing import Protocol
 import yaml
 
 from serving.config import (
-    VERSION_IMPORT, ConfigError, GatewayConfig, gateway_user_config, validate_serve_config,
-    version_app_name,
+    MODEL_RESOURCE, VERSION_IMPORT, ConfigError, GatewayConfig, gateway_user_config,
+    validate_serve_config, version_app_name,
 )
 from ..serve_api import ServeAPI, ServeAPIError
 from .state import OwnedSplit, Split
@@ -82,7 +92,9 @@ def traffic_of(doc: dict, model: str) -> Traffic:
                    deployed=tuple(sorted(_version_apps(doc, model))))
 
 
-def _clone_app(template: dict, model: str, version: int) -> dict:
+def _clone_app(template: dict, model: str, version: int, borrow: bool = False) -> dict:
+    """A copy of ``template`` (another version's application) serving ``version``; with
+    ``borrow``, sharing the template's CPUs (see the module's docstring)."""
     app = copy.deepcopy(template)
     old = app["name"]
     app["name"] = version_app_name(model, version)
@@ -90,7 +102,32 @@ def _clone_app(template: dict, model: str, version: int) -> dict:
     for dep in app.get("deployments") or []:
         if dep.get("name") == old:
             dep["name"] = app["name"]
+        # a replacement starts before the replica it replaces stops (no gap in serving)
+        dep["max_surge_percent"] = 100
+        if borrow:
+            _borrow_cpus(dep)
     return app
+
+
+def _borrow_cpus(dep: dict) -> None:
+    actor = dep.setdefault("ray_actor_options", {})
+    cpus = float(actor.get("num_cpus", 1))
+    if actor.get("num_gpus") or cpus == 0:
+        return  # a GPU is not shared this way; nothing to borrow
+    uc = dep.setdefault("user_config", {})
+    # the threads the template runs with: set, or what the replica derives from its CPUs
+    uc.setdefault("intra_op_threads", max(1, math.ceil(cpus - 1e-9)))
+    actor["num_cpus"] = 0
+    actor["resources"] = {**(actor.get("resources") or {}), MODEL_RESOURCE: 1}
+
+
+def borrows_cpus(app: dict) -> bool:
+    """Whether a version application shares another's CPUs (a canary's copy)."""
+    deps = app.get("deployments") or []
+    return bool(deps) and all(
+        float((d.get("ray_actor_options") or {}).get("num_cpus", 1)) == 0
+        and MODEL_RESOURCE in ((d.get("ray_actor_options") or {}).get("resources") or {})
+        for d in deps)
 
 
 def with_split(doc: dict, model: str, split: Split) -> dict:
@@ -109,11 +146,20 @@ def with_split(doc: dict, model: str, split: Split) -> dict:
     if not apps:
         raise TargetError(f"model {model!r} has no version application to copy")
     template = apps.get(split.stable) or apps[min(apps)]
+    lenders = {v: a for v, a in apps.items() if not borrows_cpus(a)}
+    lender = lenders.get(int(route.get("stable", -1))) or lenders.get(split.stable) \
+        or next(iter(lenders.values()), template)
     kept = [a for a in new["applications"]
             if not (a.get("import_path") == VERSION_IMPORT
                     and (a.get("args") or {}).get("model") == model
                     and int(a["args"]["version"]) not in split.deployed)]
-    kept += [_clone_app(template, model, v) for v in split.deployed if v not in apps]
+    kept += [_clone_app(lender, model, v, borrow=True) for v in split.deployed if v not in apps]
+    if not any(v in lenders for v in split.deployed) and not borrows_cpus(lender):
+        # the versions left all borrowed from one that is going: they get its share back
+        kept = [_clone_app(lender, model, int(a["args"]["version"]))
+                if a.get("import_path") == VERSION_IMPORT
+                and (a.get("args") or {}).get("model") == model and borrows_cpus(a) else a
+                for a in kept]
     new["applications"] = kept
     versions = {int(k): v for k, v in (route.get("versions") or {}).items()}
     base = versions.get(split.stable) or next(iter(versions.values()), {}) or {}
@@ -179,14 +225,19 @@ class LocalServeTarget:
         except ServeAPIError as e:
             raise TargetError(str(e)) from None
         app = apps.get(version_app_name(model, version)) or {}
-        return app.get("status", "NOT_STARTED"), (app.get("message") or "").strip()
+        return app.get("status", "NOT_STARTED"), _message(app, app.get("deployments"))
 
 
 RAYSERVICE = {"group": "ray.io", "version": "v1", "plural": "rayservices"}
+#: the controller's own field manager: after a rollout it owns spec.serveConfigV2 and nothing
+#: else of the RayService (Helm's fields stay Helm's)
+FIELD_MANAGER = "optiserve-rollout-controller"
 
 
 def rayservice_patch(obj: dict, model: str, split: Split) -> dict:
-    """The merge patch that sets a split in a RayService's ``spec.serveConfigV2``.
+    """The server-side apply configuration that sets a split in a RayService's
+    ``spec.serveConfigV2``: that field alone, so the controller's field manager owns nothing
+    else.
 
     It carries the object's ``resourceVersion``, so the API server refuses it (409) if the
     RayService changed since it was read."""
@@ -194,12 +245,14 @@ def rayservice_patch(obj: dict, model: str, split: Split) -> dict:
     if not raw:
         raise TargetError("the RayService has no spec.serveConfigV2")
     new = with_split(yaml.safe_load(raw), model, split)
-    return {"metadata": {"resourceVersion": obj["metadata"]["resourceVersion"]},
+    return {"apiVersion": obj.get("apiVersion", "ray.io/v1"), "kind": "RayService",
+            "metadata": {"name": obj["metadata"]["name"],
+                         "resourceVersion": obj["metadata"]["resourceVersion"]},
             "spec": {"serveConfigV2": yaml.safe_dump(new, sort_keys=False)}}
 
 
 class RayServiceTarget:
-    """A KubeRay RayService; needs only get and patch on rayservices in its namespace."""
+    """A KubeRay RayService; needs only get and patch on its own RayService."""
 
     def __init__(self, custom_api, namespace: str, name: str, retries: int = 5):
         self.api, self.namespace, self.name, self.retries = custom_api, namespace, name, retries
@@ -223,9 +276,12 @@ class RayServiceTarget:
         for _ in range(self.retries):
             patch = rayservice_patch(self._get(), model, split)
             try:
+                # server-side apply under the controller's own field manager, forced: it takes
+                # spec.serveConfigV2 (Helm applied it first) and only that field
                 self.api.patch_namespaced_custom_object(
                     RAYSERVICE["group"], RAYSERVICE["version"], self.namespace,
-                    RAYSERVICE["plural"], self.name, patch)
+                    RAYSERVICE["plural"], self.name, patch, field_manager=FIELD_MANAGER,
+                    force=True, _content_type="application/apply-patch+yaml")
                 return
             except Exception as e:
                 if getattr(e, "status", None) == 409:  # changed since read: read again
@@ -242,4 +298,12 @@ class RayServiceTarget:
         app = (status.get("applicationStatuses") or {}).get(version_app_name(model, version))
         if not app:
             return "NOT_STARTED", ""
-        return app.get("status", "NOT_STARTED"), (app.get("message") or "").strip()
+        return app.get("status", "NOT_STARTED"), _message(app, app.get("serveDeploymentStatuses"))
+
+
+def _message(app: dict, deployments: dict | None) -> str:
+    """An application's status message, with its deployments' (Serve says why a replica is not
+    scheduled, or is slow to start, on the deployment, not the application)."""
+    parts = [(app.get("message") or "").strip()]
+    parts += [(d.get("message") or "").strip() for d in (deployments or {}).values()]
+    return "\n".join(p for p in parts if p)

@@ -62,6 +62,11 @@ class RequestTimeout(InferenceError):
     outcome = "timeout"
 
 
+class BatchTimeout(RequestTimeout):
+    """A batch's model call passed its deadline (the request timeout): its requests get 504
+    and its in-flight slot is freed; not bisected (the replica, not a request, is at fault)."""
+
+
 class InputRejected(InvalidInput):
     """The model itself refused a request's tensors (e.g. an index out of its range): the
     request's fault, raised for that request alone after its batch was bisected."""

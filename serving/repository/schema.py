@@ -43,12 +43,15 @@ Task = Literal["embedding", "classification", "token-classification", "generic"]
 Runtime = Literal["onnxruntime", "openvino", "torch", "sklearn"]
 Device = Literal["cpu", "cuda"]
 
-_NAME_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}$")
+_NAME_RE = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}")
 
 
 def check_model_name(name: str) -> str:
-    """Validate a model name (used as a directory name and a URL path segment)."""
-    if not _NAME_RE.match(name):
+    """Validate a model name: the one check every place a name enters uses (the command line,
+    the repository, the serve config, the API, rollout state), since a name becomes a directory
+    name, a URL path segment, a Serve application name, a ConfigMap name and a PromQL literal.
+    The whole string must match (``re.match`` with ``$`` let ``"minilm\\n"`` through)."""
+    if not isinstance(name, str) or not _NAME_RE.fullmatch(name):
         raise ValueError(
             f"model name {name!r} is invalid: expected 1-63 characters of letters, digits, "
             "'_', '.', '-', starting with a letter or digit"

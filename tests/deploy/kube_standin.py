@@ -11,24 +11,34 @@ experiment; every request is recorded in ``requests`` so a test can check):
 - ``GET /api/v1``, ``GET /apis/<group>/<version>``: the resources of each group version, so Helm
   can map every kind the chart renders to a REST resource (it refuses a manifest whose kinds it
   cannot map, like a cluster without the CRDs);
-- ``GET /api/v1/namespaces/<ns>/configmaps/<name>``: a ConfigMap put in ``configmaps``;
+- ``GET`` of an object put in with ``add`` (``add_configmap``, ``add_secret``...): namespaced
+  (``/api/v1/namespaces/<ns>/<plural>/<name>``, ``/apis/<g>/<v>/namespaces/<ns>/<plural>/<name>``)
+  or cluster-scoped (``/api/v1/namespaces/<name>``, ``/apis/<g>/<v>/<plural>/<name>``);
+- ``GET`` of a collection (in a namespace or across all): a list of those objects, filtered by
+  a ``labelSelector`` of ``k=v`` pairs (Helm reads its release records so, for ``upgrade``);
 - anything else: a 404 ``Status``, as the API server answers for a missing object.
 
-It holds no state beyond ``configmaps`` and accepts no writes (a POST/PUT/PATCH/DELETE is 405).
+It holds no state beyond what a test adds and accepts no writes (a POST/PUT/PATCH/DELETE is
+405): nothing is installed, Helm only renders against it (``--dry-run=server``).
 """
 
 from __future__ import annotations
 
+import base64
+import gzip
 import json
 import re
 import threading
+from urllib.parse import parse_qs
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 #: group version -> (plural, kind, namespaced) of the resources the chart renders
 RESOURCES: dict[str, list[tuple[str, str, bool]]] = {
     "v1": [("configmaps", "ConfigMap", True), ("pods", "Pod", True),
-           ("serviceaccounts", "ServiceAccount", True), ("services", "Service", True)],
+           ("serviceaccounts", "ServiceAccount", True), ("services", "Service", True),
+           ("secrets", "Secret", True), ("persistentvolumeclaims", "PersistentVolumeClaim", True),
+           ("namespaces", "Namespace", False)],
     "apps/v1": [("deployments", "Deployment", True)],
     "rbac.authorization.k8s.io/v1": [("roles", "Role", True),
                                      ("rolebindings", "RoleBinding", True)],
@@ -39,10 +49,16 @@ RESOURCES: dict[str, list[tuple[str, str, bool]]] = {
     "gateway.networking.k8s.io/v1": [("httproutes", "HTTPRoute", True)],
     "monitoring.coreos.com/v1": [("podmonitors", "PodMonitor", True),
                                  ("servicemonitors", "ServiceMonitor", True),
-                                 ("prometheusrules", "PrometheusRule", True)],
+                                 ("prometheusrules", "PrometheusRule", True),
+                                 ("prometheuses", "Prometheus", True)],
+    "admissionregistration.k8s.io/v1": [
+        ("validatingadmissionpolicies", "ValidatingAdmissionPolicy", False),
+        ("validatingadmissionpolicybindings", "ValidatingAdmissionPolicyBinding", False)],
 }
 VERSION = {"major": "1", "minor": "33", "gitVersion": "v1.33.0", "platform": "linux/amd64"}
-_CONFIGMAP = re.compile(r"/api/v1/namespaces/([^/]+)/configmaps/([^/]+)")
+#: /api/v1/... or /apis/<group>/<version>/..., then [namespaces/<ns>/]<plural>[/<name>]
+_PATH = re.compile(r"/(?:api/(?P<core>v1)|apis/(?P<gv>[^/]+/[^/]+))"
+                   r"(?:/namespaces/(?P<ns>[^/]+))?(?:/(?P<plural>[^/]+)(?:/(?P<name>[^/]+))?)?")
 
 
 def _status(code: int, reason: str, message: str) -> dict:
@@ -57,7 +73,8 @@ class StandInApiServer:
     def __init__(self, without: tuple[str, ...] = ()):
         """``without``: group versions this server does not serve (a cluster without CRDs)."""
         self.resources = {gv: r for gv, r in RESOURCES.items() if gv not in without}
-        self.configmaps: dict[tuple[str, str], dict] = {}
+        #: (group version, plural, namespace or "", name) -> object
+        self.objects: dict[tuple[str, str, str, str], dict] = {}
         self.requests: list[tuple[str, str]] = []
         outer = self
 
@@ -71,9 +88,9 @@ class StandInApiServer:
                 self.wfile.write(data)
 
             def do_GET(self):  # noqa: N802 (http.server's naming)
-                path = self.path.split("?", 1)[0]
+                path, _, query = self.path.partition("?")
                 outer.requests.append(("GET", path))
-                self._send(*outer.answer(path))
+                self._send(*outer.answer(path, parse_qs(query)))
 
             def _refuse(self):
                 outer.requests.append((self.command, self.path.split("?", 1)[0]))
@@ -92,15 +109,60 @@ class StandInApiServer:
         host, port = self._server.server_address[:2]
         return f"http://{host}:{port}"
 
+    def add(self, obj: dict) -> dict:
+        """Put an object in (apiVersion, kind, metadata.name, metadata.namespace if namespaced)."""
+        gv, kind = obj["apiVersion"], obj["kind"]
+        (plural, namespaced), = [(p, n) for p, k, n in RESOURCES[gv] if k == kind]
+        meta = obj.setdefault("metadata", {})
+        meta.setdefault("resourceVersion", "1")
+        meta.setdefault("labels", {})
+        ns = meta["namespace"] if namespaced else ""
+        self.objects[(gv, plural, ns, meta["name"])] = obj
+        return obj
+
     def add_configmap(self, namespace: str, name: str, data: dict[str, str],
                       labels: dict[str, str] | None = None) -> None:
-        self.configmaps[(namespace, name)] = {
-            "apiVersion": "v1", "kind": "ConfigMap",
-            "metadata": {"name": name, "namespace": namespace, "labels": labels or {},
-                         "resourceVersion": "1"},
-            "data": data}
+        self.add({"apiVersion": "v1", "kind": "ConfigMap",
+                  "metadata": {"name": name, "namespace": namespace, "labels": labels or {}},
+                  "data": data})
 
-    def answer(self, path: str) -> tuple[int, dict]:
+    def add_secret(self, namespace: str, name: str, data: dict[str, str],
+                   labels: dict[str, str] | None = None) -> None:
+        """``data`` as plain strings (base64-encoded here, as the API server returns them)."""
+        self.add({"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
+                  "metadata": {"name": name, "namespace": namespace, "labels": labels or {}},
+                  "data": {k: base64.b64encode(v.encode()).decode() for k, v in data.items()}})
+
+    def add_pvc(self, namespace: str, name: str) -> None:
+        self.add({"apiVersion": "v1", "kind": "PersistentVolumeClaim",
+                  "metadata": {"name": name, "namespace": namespace},
+                  "spec": {"accessModes": ["ReadOnlyMany"],
+                           "resources": {"requests": {"storage": "10Gi"}}},
+                  "status": {"phase": "Bound"}})
+
+    def add_namespace(self, name: str) -> None:
+        self.add({"apiVersion": "v1", "kind": "Namespace", "metadata": {
+            "name": name, "labels": {"kubernetes.io/metadata.name": name}}})
+
+    def add_helm_release(self, namespace: str, release: str, manifest: str, chart: dict,
+                         config: dict, version: int = 1) -> None:
+        """A deployed release as Helm's Secret storage driver records it (sh.helm.release.v1.*:
+        the release as JSON, gzipped and base64-encoded into data.release), so ``helm upgrade``
+        finds a previous release."""
+        record = {"name": release, "namespace": namespace, "version": version,
+                  "info": {"status": "deployed", "first_deployed": "2026-01-01T00:00:00Z",
+                           "last_deployed": "2026-01-01T00:00:00Z", "description": "stand-in"},
+                  "chart": {"metadata": chart, "templates": [], "values": {}},
+                  "config": config, "manifest": manifest}
+        blob = base64.b64encode(gzip.compress(json.dumps(record).encode())).decode()
+        self.add({"apiVersion": "v1", "kind": "Secret", "type": "helm.sh/release.v1",
+                  "metadata": {"name": f"sh.helm.release.v1.{release}.v{version}",
+                               "namespace": namespace,
+                               "labels": {"owner": "helm", "name": release,
+                                          "status": "deployed", "version": str(version)}},
+                  "data": {"release": base64.b64encode(blob.encode()).decode()}})
+
+    def answer(self, path: str, query: dict | None = None) -> tuple[int, dict]:
         if path == "/version":
             return 200, VERSION
         if path == "/api":
@@ -123,11 +185,27 @@ class StandInApiServer:
                                         "namespaced": namespaced, "kind": kind,
                                         "verbs": ["get", "list"]}
                                        for plural, kind, namespaced in self.resources[gv]]}
-        m = _CONFIGMAP.fullmatch(path)
-        if m and (m.group(1), m.group(2)) in self.configmaps:
-            return 200, self.configmaps[(m.group(1), m.group(2))]
-        what = f'configmaps "{m.group(2)}"' if m else path
-        return 404, _status(404, "NotFound", f"{what} not found")
+        m = _PATH.fullmatch(path)
+        if m:
+            gv = m.group("core") or m.group("gv")
+            ns, plural, name = m.group("ns") or "", m.group("plural"), m.group("name")
+            if plural is None and ns:  # /api/v1/namespaces/<name>: cluster-scoped Namespace
+                plural, name, ns = "namespaces", ns, ""
+            if name is not None:
+                obj = self.objects.get((gv, plural, ns, name))
+                if obj is not None:
+                    return 200, obj
+                return 404, _status(404, "NotFound", f'{plural} "{name}" not found')
+            if plural is not None:
+                wanted = dict(kv.split("=", 1) for sel in (query or {}).get("labelSelector", [])
+                              for kv in sel.split(",") if "=" in kv)
+                items = [o for (g, p, n, _), o in sorted(self.objects.items())
+                         if g == gv and p == plural and (not ns or n == ns)
+                         and wanted.items() <= o["metadata"].get("labels", {}).items()]
+                kind = {p: k for p, k, _ in RESOURCES.get(gv, [])}.get(plural, "Object")
+                return 200, {"kind": f"{kind}List", "apiVersion": gv,
+                             "metadata": {"resourceVersion": "1"}, "items": items}
+        return 404, _status(404, "NotFound", f"{path} not found")
 
     def kubeconfig(self, path: Path, namespace: str = "default") -> Path:
         path.write_text(json.dumps({

@@ -1,7 +1,10 @@
-"""The chart on a real cluster: upgrades that stay in place, the locked control plane, the serving
-lifecycle (readiness, drain), monitoring wiring and worker-group pass-throughs. Rendered with
-the real helm binary; what KubeRay does with the result is taken from its controller (the field
-names from its CRD, tests/deploy/rayservice.schema.json)."""
+"""What the chart gives a cluster, checked without one (no API server, kubelet or KubeRay runs
+here): upgrades that stay in place, the locked control plane, the serving lifecycle (readiness,
+drain), monitoring wiring and worker-group pass-throughs. Rendered with the real helm binary
+(`helm template`, or `--dry-run=server` against tests/deploy/kube_standin.py, a stand-in API
+server); what KubeRay does with the result is taken from its source (the field names from its
+CRDs, tests/deploy/kuberay/; its new-cluster rule in test_chart_install.py). The preStop drain
+runs with the real wget against a real gateway server, `ray` being a logging stand-in."""
 
 from __future__ import annotations
 
@@ -75,48 +78,53 @@ def test_upgrade_settings_are_exposed(helm):
     assert r.returncode != 0 and "upgradeStrategy" in r.stderr
 
 
-def test_readme_says_what_applies_in_place():
-    text = (CHART / "README.md").read_text()
-    section = text[text.index("## Upgrades"):]
-    for needle in ("in place", "new cluster", "serve.models", "rayClusterDeletionDelaySeconds",
-                   "upgradeStrategy", "workers.additional", "image"):
-        assert needle in section, needle
+def test_a_version_bump_upgrades_in_place_through_helm_upgrade(helm, tmp_path):
+    """`helm upgrade --dry-run=server` (Helm's upgrade path, reading the deployed revision from
+    the stand-in API server) from chart 0.1.0 to 9.9.9 with pinned images: what KubeRay hashes
+    is unchanged, so it keeps the running cluster (the README's "Upgrades" table)."""
+    from .kube_standin import StandInApiServer
+    from .test_chart_install import _cluster_hash_input, manifests
+
+    old_chart, new_chart = _bumped_chart(tmp_path, "0.1.0"), _bumped_chart(tmp_path, "9.9.9")
+    with StandInApiServer() as api:
+        kubeconfig = api.kubeconfig(tmp_path / "kubeconfig", "serving")
+        api.add_secret("serving", "osv-optiserve-ray-auth", {"auth_token": "t"})
+        api.add_pvc("serving", "optiserve-models")
+        r = run([helm, "template", "osv", str(old_chart), "--namespace", "serving", *PINNED])
+        assert r.returncode == 0, r.stderr
+        previous = rayservice([d for d in yaml.safe_load_all(r.stdout) if d])
+        api.add_helm_release("serving", "osv", r.stdout,
+                             yaml.safe_load((old_chart / "Chart.yaml").read_text()), {})
+
+        def upgrade(*args):
+            u = run([helm, "upgrade", "osv", str(new_chart), "--namespace", "serving",
+                     "--dry-run=server", "--disable-openapi-validation", *args],
+                    env={**os.environ, "KUBECONFIG": str(kubeconfig)})
+            assert u.returncode == 0, u.stderr
+            assert "REVISION: 2" in u.stdout
+            return rayservice(manifests(u.stdout))
+
+        assert _cluster_hash_input(upgrade(*PINNED)) == _cluster_hash_input(previous)
+        # unpinned, the images follow the chart's appVersion: a new cluster (documented)
+        assert _cluster_hash_input(upgrade()) != _cluster_hash_input(previous)
+    section = (CHART / "README.md").read_text().split("## Upgrades", 1)[1]
+    assert "image" in section and "new cluster" in section
 
 
 # ---- the locked control plane -----------------------------------------------------------------
 
 
-def test_ray_token_auth_from_a_secret_reaches_kuberay_and_the_controller(helm, tmp_path):
+def test_ray_token_auth_from_a_secret_reaches_kuberay(helm):
+    """KubeRay reads the token from the Secret for its own calls and injects it into the Ray
+    containers; the rollout controller never calls Ray (tests/deploy/test_chart_rbac.py checks
+    it gets no token)."""
     objs = helm_template(helm)
     cluster = rayservice(objs)["spec"]["rayClusterConfig"]
     assert cluster["authOptions"] == {"mode": "token", "secretName": "osv-optiserve-ray-auth"}
-    (dep,) = only(objs, "Deployment")
-    spec = dep["spec"]["template"]["spec"]
-    (vol,) = [v for v in spec["volumes"] if v["name"] == "ray-auth"]
-    assert vol["secret"]["secretName"] == "osv-optiserve-ray-auth"
-    assert vol["secret"]["items"] == [{"key": "auth_token", "path": "auth_token"}]
-    c = spec["containers"][0]
-    (mount,) = [m for m in c["volumeMounts"] if m["name"] == "ray-auth"]
-    env = {e["name"]: e.get("value") for e in c["env"]}
-    assert env["RAY_AUTH_TOKEN_PATH"] == f"{mount['mountPath']}/auth_token"
-    # the controller's Serve API client reads exactly that file
-    from optiserve import serve_api
-
-    (tmp_path / "auth_token").write_text("s3cret\n")
-    saved = {k: os.environ.pop(k, None) for k in ("RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH")}
-    try:
-        os.environ["RAY_AUTH_TOKEN_PATH"] = str(tmp_path / "auth_token")
-        assert serve_api._token() == "s3cret"
-    finally:
-        for k, v in saved.items():
-            os.environ.pop(k, None)
-            if v is not None:
-                os.environ[k] = v
-    # off: no authOptions, no mount
     objs = helm_template(helm, "--set", "ray.auth.enabled=false")
     assert "authOptions" not in rayservice(objs)["spec"]["rayClusterConfig"]
-    (dep,) = only(objs, "Deployment")
-    assert "ray-auth" not in json.dumps(dep)
+    objs = helm_template(helm, "--set", "ray.auth.secretName=mine")
+    assert rayservice(objs)["spec"]["rayClusterConfig"]["authOptions"]["secretName"] == "mine"
 
 
 def test_dashboard_reachable_only_from_the_operators_namespace(rendered):
@@ -127,7 +135,7 @@ def test_dashboard_reachable_only_from_the_operators_namespace(rendered):
         assert len(rules) == 1, values
         peers = rules[0]["from"]
         assert peers[0] == {
-            "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "kuberay-system"}},
+            "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "default"}},
             "podSelector": {"matchLabels": {"app.kubernetes.io/name": "kuberay-operator"}}}
         # no peer admits every namespace, and the rollout controller (which patches the
         # RayService through the API server) is not among them
@@ -329,7 +337,7 @@ def test_production_values(rendered):
             "labels"].items()
         assert c["labelSelector"]["matchLabels"]["optiserve.dev/ray-group"] == "cpu"
     (pdb,) = only(objs, "PodDisruptionBudget")
-    assert pdb["spec"]["maxUnavailable"] == 1
+    assert pdb["spec"]["minAvailable"] == cpu["replicas"] - 1
     assert pdb["spec"]["selector"]["matchLabels"].items() <= cpu["template"]["metadata"][
         "labels"].items()
     ft = rs["spec"]["rayClusterConfig"]["gcsFaultToleranceOptions"]
@@ -367,6 +375,8 @@ def test_install_against_a_cluster_asks_it_for_the_monitoring_api(helm, tmp_path
     without = () if served else ("monitoring.coreos.com/v1",)
     with StandInApiServer(without=without) as api:
         kubeconfig = api.kubeconfig(tmp_path / "kubeconfig", "serving")
+        api.add_secret("serving", "osv-optiserve-ray-auth", {"auth_token": "t"})
+        api.add_pvc("serving", "optiserve-models")
         r = run([helm, "template", "osv", str(CHART), "--namespace", "serving",
                  "--dry-run=server", "--disable-openapi-validation"],
                 env={**os.environ, "KUBECONFIG": str(kubeconfig)})
@@ -442,7 +452,7 @@ def test_worker_group_pass_throughs_and_additional_groups(rendered):
     assert (hm["replicas"], hm["minReplicas"], hm["maxReplicas"]) == (1, 0, 3)
     # the group's own resources, with the gateway slot every worker pod offers
     assert json.loads(hm["rayStartParams"]["resources"].strip("'")) == {
-        "highmem": 1, "optiserve_gateway": 1}
+        "highmem": 1, "optiserve_gateway": 1, "optiserve_model": 1000}
     hspec = hm["template"]["spec"]
     assert hspec["nodeSelector"] == {"example.com/pool": "highmem"}
     assert hspec["containers"][0]["resources"]["requests"]["memory"] == "32Gi"

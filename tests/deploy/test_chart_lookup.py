@@ -32,6 +32,12 @@ PREFIX = f"{RELEASE}-optiserve-rollout-state"  # the chart's optiserve.stateConf
 def api(tmp_path):
     with StandInApiServer() as server:
         server.kubeconfig_path = server.kubeconfig(tmp_path / "kubeconfig", NAMESPACE)
+        # the chart's prerequisites (checked by lookup; tests/deploy/test_chart_install.py)
+        server.add_secret(NAMESPACE, f"{RELEASE}-optiserve-ray-auth", {"auth_token": "t"})
+        server.add_pvc(NAMESPACE, "optiserve-models")
+        server.add_secret(NAMESPACE, "optiserve-models-s3", {"AWS_ACCESS_KEY_ID": "x"})
+        server.add_secret(NAMESPACE, "optiserve-redis", {"password": "p"})
+        server.add_secret(NAMESPACE, "serving-ray-token", {"auth_token": "t"})  # ci/groups
         yield server
 
 
@@ -178,3 +184,53 @@ def test_the_stand_in_is_what_helm_talks_to(helm, api, tmp_path):
              "--dry-run=server", "--disable-openapi-validation"],
             env={**os.environ, "KUBECONFIG": str(dead)})
     assert r.returncode != 0 and "127.0.0.1:9" in r.stderr
+
+
+@pytest.mark.parametrize("tamper, field", [
+    (lambda a: a.update(import_path="evil.module:app"), "import_path"),
+    (lambda a: a.update(runtime_env={"pip": ["evil"]}), "runtime_env"),
+    (lambda a: a["deployments"][0]["ray_actor_options"].update(
+        runtime_env={"env_vars": {"X": "1"}}), "runtime_env"),
+    (lambda a: a.update(working_dir="s3://evil"), "working_dir"),
+    (lambda a: a["args"].update(repository="/tmp/evil"), "args.repository"),
+    (lambda a: a["args"].update(model="other"), "args.model"),
+    (lambda a: a["deployments"][0].update(placement_group_bundles=[{"CPU": 64}]),
+     "placement_group_bundles"),
+    (lambda a: a.update(route_prefix="/evil"), "route_prefix"),
+])
+def test_owned_applications_are_checked_before_they_enter_the_serve_config(helm, api, tamper,
+                                                                          field):
+    """Anyone who can write ConfigMaps in the namespace can write the state: an application in
+    it that is not optiserve's own version application (its import_path, no runtime_env, known
+    fields only, this release's repository and model) fails the render, naming the field,
+    instead of running at the next upgrade."""
+    import copy
+
+    v2 = copy.deepcopy(canary_v2_app(helm))
+    tamper(v2)
+    name = put_state(api, "minilm", {"versions": {"1": {}, "2": {}}, "stable": 1, "canary": 2,
+                                     "canary_weight": 10, "shadow": 0}, [v2])
+    r = run([helm, "template", RELEASE, str(CHART), "--namespace", NAMESPACE,
+             "--dry-run=server", "--disable-openapi-validation"],
+            env={**os.environ, "KUBECONFIG": str(api.kubeconfig_path)})
+    assert r.returncode != 0, f"{field}: rendered"
+    assert f"ConfigMap {NAMESPACE}/{name}" in r.stderr and field in r.stderr, r.stderr
+
+
+def test_a_canary_sharing_its_stables_cpus_as_the_controller_writes_it_is_kept(helm, api):
+    """The controller's copy of the stable for a canary (no CPU reserved, the stable's threads,
+    the optiserve_model resource, max_surge_percent) passes the owned-application check."""
+    from optiserve.rollout.state import Split
+    from optiserve.rollout.targets import owned_split, with_split
+
+    doc = serve_config(helm_template(helm))
+    stable = int(gateway_route(doc, "minilm")["stable"])
+    new = with_split(doc, "minilm", Split(stable=stable, canary=stable + 1, weight=25,
+                                          routed=(stable, stable + 1),
+                                          deployed=(stable, stable + 1)))
+    owned = owned_split(new, "minilm")
+    canary = next(a for a in owned.applications if a["args"]["version"] == stable + 1)
+    assert canary["deployments"][0]["ray_actor_options"]["num_cpus"] == 0
+    put_state(api, "minilm", owned.route, owned.applications)
+    _, objs = render_against(helm, api)
+    assert apps_by_name(serve_config(objs))[canary["name"]] == canary

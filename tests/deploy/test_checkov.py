@@ -62,12 +62,18 @@ def test_checkov_kustomize(checkov):
 
 
 def test_checkov_ray_pod_templates(checkov, rendered, tmp_path):
+    """The Ray pods as KubeRay makes them (its init container and autoscaler sidecar added,
+    tests/deploy/kuberay_pods.py): checkov's Kubernetes checks, a second opinion beside the
+    Pod Security tests."""
+    from .kuberay_pods import kuberay_pods
+
     for values, objs in rendered.items():
+        specs = kuberay_pods(rayservice(objs))
         for group, t in pod_templates(rayservice(objs)).items():
             pod = {"apiVersion": "v1", "kind": "Pod",
                    "metadata": {**t["metadata"], "name": f"{values}-ray-{group}",
                                 "namespace": "optiserve"},
-                   "spec": t["spec"]}
+                   "spec": specs[group]}
             (tmp_path / f"{values}-{group}.yaml").write_text(yaml.safe_dump(pod))
         for np in only(objs, "NetworkPolicy"):
             np = {**np, "metadata": {**np["metadata"], "namespace": "optiserve"}}

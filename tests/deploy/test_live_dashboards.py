@@ -172,11 +172,27 @@ def live(minilm_build, tmp_path_factory):
             req = urllib.request.Request(url + "/v2/models/minilm/infer", data=b"{not json",
                                          headers={"content-type": "application/json"})
             assert _get_request(req)[0] == 400
+        # held where it is (weights kept, its steps so far recorded): ten 5 s steps cannot all
+        # pass within the 20 s of traffic, and a paused rollout cannot end on its own, so the
+        # `promoted` fixture's `rollout promote` always has a rollout to promote
+        pause = _cli(optiserve, env, "rollout", "pause", "minilm", *target)
+        assert pause.returncode == 0 and "minilm: paused" in _flat(pause.stdout), \
+            pause.stdout + pause.stderr
         yield {"prometheus": prom_url, "url": url, "work": work, "env": env, "target": target,
                "optiserve": optiserve, "stable": stable, "canary": canary,
                "started": started}
     finally:
         procs.stop_all()
+
+
+def _cli(optiserve: list[str], env: dict, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([*optiserve, *args], capture_output=True, text=True, env=env, cwd=ROOT,
+                          timeout=180, check=False)
+
+
+def _flat(text: str) -> str:
+    """The CLI's output with its line wrapping undone."""
+    return " ".join(text.split())
 
 
 def _get_request(req) -> tuple[int, bytes]:
@@ -327,19 +343,15 @@ def promoted(live):
     controller reports the rollout promoted and the gateway routes everything to the former
     canary, as stable, with no role series left over; then a little fresh traffic."""
     prom, canary = live["prometheus"], str(live["canary"])
-    phase = _phase(prom)
-    # the rollout may have ended on its own meanwhile (every step passed): then it is promoted
-    # already, and `promote` would refuse
-    if phase != "promoted":
-        assert phase in ("progressing", "inconclusive", "paused"), \
-            f"the rollout is {phase}, nothing to promote:\n" + \
-            (live["work"] / "controller.log").read_text()[-3000:]
-        r = subprocess.run([*live["optiserve"], "rollout", "promote", "minilm", *live["target"]],
-                           capture_output=True, text=True, env=live["env"], cwd=ROOT,
-                           timeout=180, check=False)
-        # `promote` applies the decision itself or records it for the running controller and
-        # waits for it; either way Prometheus below is what counts
-        assert r.returncode == 0 or _phase(prom) == "promoted", r.stdout + r.stderr
+    # the `live` fixture paused the rollout, so it is still there to promote (Prometheus shows
+    # it within a scrape or two)
+    _wait("the paused rollout in Prometheus", lambda: _phase(prom) == "paused", 30,
+          log=live["work"] / "controller.log")
+    r = _cli(live["optiserve"], live["env"], "rollout", "promote", "minilm", *live["target"])
+    # the CLI itself succeeds and reports what the controller did; Prometheus below must then
+    # show the same
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "minilm: promoted" in _flat(r.stdout), r.stdout + r.stderr
     want = {(canary, "stable"): 100.0}
 
     def done() -> bool:

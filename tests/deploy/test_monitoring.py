@@ -241,7 +241,7 @@ def test_alert_rules_cover_the_issue():
             "OptiserveCanaryOffPrediction",
             # the cluster: scraping, KubeRay's RayService conditions, overload, the controller
             "OptiserveTargetDown", "OptiserveMetricsAbsent", "OptiserveKubeRayNotReady",
-            "OptiserveKubeRayUpgradeStuck", "OptiserveOverloaded",
+            "OptiserveKubeRayUpgradeStuck", "OptiserveKubeRayMetricsAbsent", "OptiserveOverloaded",
             "OptiserveRolloutControllerDown"} <= names
 
 

@@ -230,16 +230,16 @@ def test_a_full_queue_is_refused_with_retry_after():
 
 def test_timeout_gives_504_and_the_request_is_not_run():
     async def main():
-        model = Model(delay=0.3)
-        b = AdaptiveBatcher(model, BatchPolicy(max_batch_size=1, max_delay_s=0.0,
-                                               max_inflight=1, timeout_s=0.1), label="m:1")
-        first = asyncio.create_task(b.submit("first", 1))
+        model = Model(delay=0.5)
+        policy = BatchPolicy(max_batch_size=1, max_delay_s=0.0, max_inflight=1, timeout_s=1.0)
+        b = AdaptiveBatcher(model, policy, label="m:1")
+        first = asyncio.create_task(b.submit("first", 1))  # holds the only slot for 0.5 s
         await asyncio.sleep(0.01)
+        b.update(BatchPolicy(max_batch_size=1, max_delay_s=0.0, max_inflight=1, timeout_s=0.1))
         with pytest.raises(RequestTimeout, match="m:1 did not answer within 0.1 s"):
             await b.submit("second", 1)
-        with pytest.raises(RequestTimeout):
-            await first
-        await asyncio.sleep(0.4)
+        assert await first == "out:first"
+        await asyncio.sleep(0.1)
         assert ["second"] not in model.batches  # abandoned before dispatch: never run
     run(main())
 
@@ -255,3 +255,62 @@ def test_policy_changes_in_place():
         await asyncio.gather(*[b.submit(i, 1) for i in range(6)])
         assert [len(x) for x in model.batches] == [6]
     run(main())
+
+
+def test_a_stuck_model_call_frees_its_slot_at_the_deadline():
+    """A replica stuck on a batch (its call never returns) used to hold the version's in-flight
+    slot for good: every later request waited behind it and got 504. The batch's call now ends
+    at the request timeout: its requests get 504, the slot is free, and the next batch runs
+    (on a replica that answers)."""
+    async def main():
+        stuck, calls = asyncio.Event(), []
+
+        async def model(payloads):
+            calls.append(payloads)
+            if len(calls) == 1:
+                await stuck.wait()  # never set: the first call hangs
+            return [f"out:{p}" for p in payloads]
+
+        b = AdaptiveBatcher(model, BatchPolicy(max_batch_size=4, max_delay_s=0.0,
+                                               max_inflight=1, timeout_s=0.3))
+        first = asyncio.create_task(b.submit("a", 1))
+        await asyncio.sleep(0.05)
+        assert b.inflight == 1
+        with pytest.raises(RequestTimeout, match="did not answer"):
+            await first
+        await asyncio.sleep(0.05)
+        assert b.inflight == 0  # the slot came back with the deadline
+        assert await asyncio.wait_for(b.submit("b", 1), 2) == "out:b"
+        assert len(calls) == 2
+    run(main())
+
+
+def test_a_replica_stuck_on_a_batch_fails_its_health_check_and_readiness(monkeypatch):
+    """The other half of the deadline: the gateway gave up on the batch, but the replica's one
+    model thread is still on it, so nothing else can run there. Its health check must fail
+    (Serve replaces it) and it must report not ready, once the batch has run past the limit."""
+    import time
+    from types import SimpleNamespace
+
+    from serving import settings as S
+    from serving.app import ModelVersionDeployment
+
+    monkeypatch.setenv("OPTISERVE_MODEL_STUCK_AFTER_S", "5")
+    S.settings.cache_clear()
+    try:
+        replica = object.__new__(ModelVersionDeployment.func_or_class)
+        replica.ref = SimpleNamespace(name="m", version=3)
+        replica.runtime = object()
+        replica._busy_since = None
+        asyncio.run(replica.check_health())
+        assert asyncio.run(replica.ready())
+        replica._busy_since = time.monotonic() - 2  # busy, within the limit: healthy
+        asyncio.run(replica.check_health())
+        assert asyncio.run(replica.ready())
+        replica._busy_since = time.monotonic() - 6
+        with pytest.raises(RuntimeError, match=r"m:3: a batch has been running for 6 s "
+                                               r"\(limit 5 s\); the model is stuck"):
+            asyncio.run(replica.check_health())
+        assert not asyncio.run(replica.ready())
+    finally:
+        S.settings.cache_clear()

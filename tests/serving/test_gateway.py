@@ -236,3 +236,164 @@ def test_predicted_compute_is_exported_per_batch_size_and_forgotten_with_its_ver
     assert sorted((c[2]["batch_size"], c[2]["quantile"]) for c in forgotten) == sorted(got)
     assert all(c[2]["version"] == str(measured) for c in forgotten)
     assert [c for c in gateway.rec.of(M.PREDICTED_COMPUTE) if c[0] == "set"] == []
+
+
+# ---- reconfigure on the loop; removed versions answer at once (fault 5) -------------------------
+
+async def serve_reconfigures(deployment, user_config: dict) -> None:
+    """What Ray Serve does with a replica's reconfigure: a coroutine runs on the replica's
+    loop; a plain method is run in a thread of its pool (RAY_SERVE_RUN_SYNC_IN_THREADPOOL)."""
+    import inspect
+
+    if inspect.iscoroutinefunction(deployment.reconfigure):
+        await deployment.reconfigure(user_config)
+    else:
+        await asyncio.get_running_loop().run_in_executor(None, deployment.reconfigure,
+                                                         user_config)
+
+
+def test_a_removed_versions_queued_requests_are_answered_at_once_naming_it(gateway):
+    """Requests queued on a version that a new config removes get 503 naming the version right
+    away, not a 504 after the request timeout: the gateway deployment's reconfigure runs on its
+    loop (as Serve calls it), where the removed version's batcher is closed. (A sync
+    reconfigure ran in Serve's thread pool, where the batcher could not be closed.)"""
+    from serving.app import GatewayDeployment
+
+    removed, kept = gateway.v["sum"], gateway.v["max"]
+    release = asyncio.Event()
+
+    async def slow(feeds):
+        await release.wait()
+        return [{"y": np.zeros((len(f["x"]), 1), np.float32)} for f in feeds]
+
+    dep = GatewayDeployment.func_or_class(str(gateway.repo.root))
+    dep.gateway = gateway  # the fixture's gateway, with its stand-in backends
+    gateway.models["reducer"].versions[removed].backend = slow
+    x = request(np.ones((1, 2), np.float32))
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        await serve_reconfigures(dep, {"models": {"reducer": {"versions": {removed: {
+            "max_inflight_batches": 1, "max_batch_size": 1}, kept: {}}, "stable": removed}}})
+        first = asyncio.ensure_future(call(gateway, x))  # in flight, holding the only slot
+        await asyncio.sleep(0.05)
+        queued = [asyncio.ensure_future(call(gateway, x)) for _ in range(3)]
+        await asyncio.sleep(0.05)
+        t0 = loop.time()
+        await serve_reconfigures(dep, {"models": {"reducer": {"versions": {kept: {}},
+                                                              "stable": kept}}})
+        answers = await asyncio.wait_for(asyncio.gather(*queued), 5)
+        waited = loop.time() - t0
+        release.set()
+        return answers, waited, await first
+
+    answers, waited, (first_status, _) = asyncio.run(main())
+    assert waited < 1.0
+    for status, doc in answers:
+        assert status == 503 and f"reducer:{removed} was unloaded" in doc["error"]
+    assert first_status == 200  # the batch in flight still finishes
+
+
+def test_the_gateway_deployment_reconfigures_on_its_loop():
+    """Serve runs a sync reconfigure in a thread pool; the gateway's is a coroutine, so it
+    runs on the replica's loop with the batchers it changes."""
+    import inspect
+
+    from serving.app import GatewayDeployment
+
+    cls = GatewayDeployment.func_or_class
+    assert inspect.iscoroutinefunction(cls.reconfigure)
+
+
+# ---- the shadow comparison cannot crash unobserved (fault 6) ------------------------------------
+
+@pytest.mark.parametrize("mirror_out, reason", [
+    ({"z": np.ones((2, 1), np.float32)}, "has no output 'y'"),
+    ({"y": np.ones((2, 4), np.float32)}, "has shape [2, 4] there, [2, 1] here"),
+    ({"extra": np.ones((2, 1)), "y": np.array([[6.0], [4.0]], np.float32)}, None),
+])
+def test_outputs_are_compared_by_name_and_shape(gateway, mirror_out, reason, caplog):
+    """A canary with renamed, resized or reordered outputs: compared by name and shape; what
+    cannot be compared disagrees (0 per row) with the reason in the log, nothing raises."""
+    canary = gateway.v["max"]
+
+    async def other(feeds):
+        return [mirror_out for _ in feeds]
+
+    gateway.models["reducer"].versions[canary].backend = other
+    gateway.reconfigure({"models": {"reducer": {
+        "versions": {gateway.v["sum"]: {}, canary: {}}, "stable": gateway.v["sum"],
+        "canary": canary, "canary_weight": 0, "shadow": 1.0}}})
+    x = np.array([[1.0, 2.0, 3.0], [-1.0, 2.0, 3.0]], dtype=np.float32)
+
+    async def main():
+        status, _ = await call(gateway, request(x))
+        await asyncio.sleep(0.2)
+        return status
+
+    with caplog.at_level("WARNING", logger="ray.serve.optiserve.gateway"):
+        assert asyncio.run(main()) == 200
+    agree = [c[3] for c in gateway.rec.of(M.SHADOW_AGREEMENT)]
+    compared = [c for c in gateway.rec.of(M.SHADOW_REQUESTS) if c[2]["outcome"] == "compared"]
+    assert len(compared) == 1 and len(agree) == 2
+    if reason:
+        assert agree == [0.0, 0.0]
+        assert any(reason in r.getMessage() for r in caplog.records), caplog.text
+    else:
+        assert agree == [1.0, 1.0]  # matched by name: the reordered outputs still compare
+    assert not [r for r in caplog.records if "background task" in r.getMessage()]
+
+
+def test_a_background_task_that_raises_is_logged(gateway, caplog):
+    async def boom():
+        raise RuntimeError("lost in the background")
+
+    async def main():
+        gateway._spawn(boom())
+        await asyncio.sleep(0.05)
+
+    with caplog.at_level("ERROR", logger="ray.serve.optiserve.gateway"):
+        asyncio.run(main())
+    assert any("background task" in r.getMessage() for r in caplog.records)
+
+
+# ---- the shadow share rises as traffic falls (fault 10) ----------------------------------------
+def _mirrored(gw) -> int:
+    return sum(1 for c in gw.rec.of(M.SHADOW_REQUESTS) if c[2]["outcome"] == "compared")
+
+
+def test_at_low_traffic_every_request_is_mirrored_whatever_the_configured_share(gateway):
+    """One request at a time (a quiet endpoint): with shadow 0.1 only a tenth used to be
+    compared, so a healthy canary waited minutes for evidence. With the canary idle each copy
+    costs no one a wait, so all are mirrored."""
+    gateway.reconfigure({"models": {"reducer": {
+        "versions": {gateway.v["sum"]: {}, gateway.v["max"]: {}}, "stable": gateway.v["sum"],
+        "canary": gateway.v["max"], "canary_weight": 0, "shadow": 0.1}}})
+    x = np.ones((1, 3), np.float32)
+
+    async def main():
+        for _ in range(20):
+            assert (await call(gateway, request(x)))[0] == 200
+            await asyncio.sleep(0.05)  # the copy runs after the answer; the next comes later
+
+    asyncio.run(main())
+    assert _mirrored(gateway) == 20
+
+
+def test_under_load_the_share_falls_back_to_the_configured_one(gateway):
+    """Many requests at once: the canary is busy, so copies go at the configured share (a
+    tenth) plus the few that find it idle — never all of them."""
+    gateway.reconfigure({"models": {"reducer": {
+        "versions": {gateway.v["sum"]: {}, gateway.v["max"]: {}}, "stable": gateway.v["sum"],
+        "canary": gateway.v["max"], "canary_weight": 0, "shadow": 0.1}}})
+    x = np.ones((1, 3), np.float32)
+
+    async def main():
+        for _ in range(4):  # bursts of 100 concurrent requests
+            results = await asyncio.gather(*[call(gateway, request(x)) for _ in range(100)])
+            assert {s for s, _ in results} == {200}
+        await asyncio.sleep(0.5)
+
+    asyncio.run(main())
+    mirrored = _mirrored(gateway)
+    assert 10 <= mirrored <= 0.3 * 400, mirrored

@@ -39,3 +39,15 @@ def test_shadow_mirrors_to_the_other_version_at_the_configured_share():
     assert shadow_target(full, 2, rng) == 1
     assert shadow_target(p, 3, rng) is None  # a pinned third version is never mirrored
     assert shadow_target(TrafficPolicy(stable=1), 1, rng) is None
+
+
+def test_with_room_every_request_is_mirrored_and_without_it_the_share_holds():
+    rng = random.Random(7)
+    p = TrafficPolicy(stable=1, canary=2, canary_weight=10, shadow=0.1)
+    assert all(shadow_target(p, 1, rng, room=True) == 2 for _ in range(1000))
+    assert all(shadow_target(p, 2, rng, room=True) == 1 for _ in range(1000))
+    share = sum(shadow_target(p, 1, rng) == 2 for _ in range(10_000)) / 10_000
+    assert 0.08 < share < 0.12
+    # room never mirrors what is not to be mirrored
+    assert shadow_target(p, 3, rng, room=True) is None
+    assert shadow_target(TrafficPolicy(stable=1, canary=2, shadow=0.0), 1, rng, room=True) is None

@@ -78,6 +78,23 @@ def replica_ids(server) -> dict[str, list[str]]:
                          for r in d["replicas"]) for name, app in apps.items()}
 
 
+def test_a_versions_error_series_start_at_zero_so_its_first_errors_count(server):
+    """First in this module, before anything errs on fp32. A rollout judges a canary on
+    increase() of its error series; a series first scraped at N loses those N events (the
+    first errors of a canary at its first step). So every outcome series of a loaded version
+    is exported at 0 before any request, and the first errors show in increase()."""
+    prom, fp32 = server.prometheus, str(server.versions["fp32"])
+    sel = f'model="minilm",version="{fp32}",outcome="client_error",code="400"'
+    for s in (sel, f'model="minilm",version="{fp32}",outcome="timeout",code="504"'):
+        got = prom.wait_for(f"sum(ray_optiserve_requests_total{{{s}}})", timeout=30)
+        assert float(got[0]["value"][1]) == 0.0, (s, got)
+    url = f"{server.url}/v2/models/minilm/versions/{fp32}/infer"
+    assert [http("POST", url, b"{nope")[0] for _ in range(3)] == [400] * 3
+    got = prom.wait_for(f"sum(increase(ray_optiserve_requests_total{{{sel}}}[5m]))",
+                        timeout=30, predicate=lambda r: r and float(r[0]["value"][1]) >= 3)
+    assert float(got[0]["value"][1]) >= 3, got
+
+
 def test_tritonclient_binary_and_json_text(server, serving_repo):
     import tritonclient.http as th
 

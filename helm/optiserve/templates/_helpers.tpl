@@ -78,6 +78,43 @@ app.kubernetes.io/part-of: optiserve
 {{- toJson $owned -}}
 {{- end -}}
 
+{{/* An application from a model's state ConfigMap, checked before it enters serveConfigV2:
+     whoever can write ConfigMaps in the namespace can write the state, and an application's
+     import_path or runtime_env is code Ray runs. It must be optiserve's own version application
+     of this model in this release's repository, with known fields only (those
+     serving.config.build_serve_config and the rollout controller write). Argument:
+     (list $ model application). */}}
+{{- define "optiserve.checkOwnedApp" -}}
+{{- $root := index . 0 -}}
+{{- $model := index . 1 | toString -}}
+{{- $app := index . 2 -}}
+{{- $where := printf "ConfigMap %s/%s: state.json owned_split application %q" $root.Release.Namespace (include "optiserve.modelStateConfigMap" (list $root $model)) ($app.name | default "?" | toString) -}}
+{{- $fix := "; the chart accepts optiserve's own version applications only (delete the ConfigMap to hand the split back to values)" -}}
+{{- if contains "runtime_env" (toJson $app) -}}{{- fail (printf "%s: runtime_env is not allowed%s" $where $fix) -}}{{- end -}}
+{{- range $k, $_ := $app -}}
+{{- if not (has $k (list "name" "route_prefix" "import_path" "args" "deployments")) -}}{{- fail (printf "%s: unknown field %s%s" $where $k $fix) -}}{{- end -}}
+{{- end -}}
+{{- if ne (toString $app.import_path) "serving.app:version_app" -}}{{- fail (printf "%s: import_path %q is not serving.app:version_app%s" $where (toString $app.import_path) $fix) -}}{{- end -}}
+{{- if not (kindIs "invalid" $app.route_prefix) -}}{{- fail (printf "%s: route_prefix must be null%s" $where $fix) -}}{{- end -}}
+{{- $args := $app.args | default dict -}}
+{{- range $k, $_ := $args -}}
+{{- if not (has $k (list "repository" "model" "version")) -}}{{- fail (printf "%s: unknown field args.%s%s" $where $k $fix) -}}{{- end -}}
+{{- end -}}
+{{- if ne (toString $args.repository) (toString $root.Values.modelRepository.path) -}}{{- fail (printf "%s: args.repository %q is not %s%s" $where (toString $args.repository) $root.Values.modelRepository.path $fix) -}}{{- end -}}
+{{- if ne (toString $args.model) $model -}}{{- fail (printf "%s: args.model %q is not %s%s" $where (toString $args.model) $model $fix) -}}{{- end -}}
+{{- $name := printf "%s-v%d" $model (int $args.version) -}}
+{{- if or (le (int $args.version) 0) (ne (toString $app.name) $name) -}}{{- fail (printf "%s: name and args.version disagree (want %s)%s" $where $name $fix) -}}{{- end -}}
+{{- if ne (len ($app.deployments | default list)) 1 -}}{{- fail (printf "%s: deployments must hold exactly one deployment%s" $where $fix) -}}{{- end -}}
+{{- $d := first $app.deployments -}}
+{{- range $k, $_ := $d -}}
+{{- if not (has $k (list "name" "num_replicas" "autoscaling_config" "max_ongoing_requests" "max_surge_percent" "ray_actor_options" "logging_config" "user_config")) -}}{{- fail (printf "%s: unknown field deployments[0].%s%s" $where $k $fix) -}}{{- end -}}
+{{- end -}}
+{{- if ne (toString $d.name) $name -}}{{- fail (printf "%s: deployments[0].name must be %s%s" $where $name $fix) -}}{{- end -}}
+{{- range $k, $_ := ($d.ray_actor_options | default dict) -}}
+{{- if not (has $k (list "num_cpus" "num_gpus" "memory" "resources")) -}}{{- fail (printf "%s: unknown field deployments[0].ray_actor_options.%s%s" $where $k $fix) -}}{{- end -}}
+{{- end -}}
+{{- end -}}
+
 {{/* The rollout commands' target flags (controller, start, status). */}}
 {{/* KubeRay's serving Service for a RayService. */}}
 {{- define "optiserve.serveService" -}}
@@ -85,13 +122,17 @@ app.kubernetes.io/part-of: optiserve
 {{- end -}}
 
 {{/* Images ----------------------------------------------------------------------------------- */}}
+{{/* argument: (list image defaultTag [defaultRepository]); an empty repository takes the
+     default one (image.repository for the GPU, init and controller images) */}}
 {{- define "optiserve.imageRef" -}}
 {{- $img := index . 0 -}}
 {{- $defaultTag := index . 1 -}}
+{{- $repo := $img.repository -}}
+{{- if and (not $repo) (gt (len .) 2) -}}{{- $repo = index . 2 -}}{{- end -}}
 {{- if $img.digest -}}
-{{- printf "%s@%s" $img.repository $img.digest -}}
+{{- printf "%s@%s" $repo $img.digest -}}
 {{- else -}}
-{{- printf "%s:%s" $img.repository (default $defaultTag $img.tag) -}}
+{{- printf "%s:%s" $repo (default $defaultTag $img.tag) -}}
 {{- end -}}
 {{- end -}}
 
@@ -100,7 +141,7 @@ app.kubernetes.io/part-of: optiserve
 {{- end -}}
 
 {{- define "optiserve.gpuImage" -}}
-{{- include "optiserve.imageRef" (list .Values.gpuImage (printf "%s-gpu" .Chart.AppVersion)) -}}
+{{- include "optiserve.imageRef" (list .Values.gpuImage (printf "%s-gpu" .Chart.AppVersion) .Values.image.repository) -}}
 {{- end -}}
 
 {{/* The serve config (serveConfigV2) ---------------------------------------------------------
@@ -157,6 +198,7 @@ app.kubernetes.io/part-of: optiserve
 {{- $declared := list -}}
 {{- range $key, $v := $m.versions -}}{{- $declared = append $declared (printf "%s-v%d" $model (atoi $key)) -}}{{- end -}}
 {{- range ($owned.applications | default list) -}}
+{{- include "optiserve.checkOwnedApp" (list $root $model .) -}}
 {{- if not (has .name $declared) -}}{{- $versionApps = append $versionApps . -}}{{- end -}}
 {{- end -}}
 {{- $route = dict "versions" $versions -}}
@@ -201,17 +243,145 @@ app.kubernetes.io/part-of: optiserve
 
 {{/* The image of the model init steps (verify-models): the light init image. */}}
 {{- define "optiserve.initImage" -}}
-{{- include "optiserve.imageRef" (list .Values.initImage (printf "%s-init" .Chart.AppVersion)) -}}
+{{- include "optiserve.imageRef" (list .Values.initImage (printf "%s-init" .Chart.AppVersion) .Values.image.repository) -}}
 {{- end -}}
 
 {{/* The rollout controller's image: the CLI with the controller's extra only. */}}
 {{- define "optiserve.controllerImage" -}}
-{{- include "optiserve.imageRef" (list .Values.controllerImage (printf "%s-controller" .Chart.AppVersion)) -}}
+{{- include "optiserve.imageRef" (list .Values.controllerImage (printf "%s-controller" .Chart.AppVersion) .Values.image.repository) -}}
 {{- end -}}
 
 {{/* The Secret holding Ray's authentication token (key auth_token). */}}
 {{- define "optiserve.authSecret" -}}
 {{- default (printf "%s-ray-auth" (include "optiserve.fullname" .)) .Values.ray.auth.secretName -}}
+{{- end -}}
+
+{{/* What must exist before the install, checked with lookup where the chart is rendered against
+     a cluster that serves KubeRay's ray.io/v1 (install, upgrade, --dry-run=server; `helm
+     template` has no cluster and skips it): the Ray token Secret (KubeRay >= 1.6 creates none
+     when secretName is set), the models PVC, the Secrets the values name. A missing one would
+     leave pods in CreateContainerConfigError or Pending; the render fails instead, naming the
+     fix. checkPrerequisites: false turns it off (tools that render without reading the
+     cluster, like Argo CD). */}}
+{{- define "optiserve.checkPrerequisites" -}}
+{{- if and .Values.checkPrerequisites (.Capabilities.APIVersions.Has "ray.io/v1/RayService") -}}
+{{- $ns := .Release.Namespace -}}
+{{- if .Values.ray.auth.enabled -}}
+{{- $name := include "optiserve.authSecret" . -}}
+{{- $secret := lookup "v1" "Secret" $ns $name -}}
+{{- if not $secret -}}
+{{- fail (printf "Secret %s/%s (Ray's token, key auth_token) does not exist: KubeRay creates none when the chart names it. Create it first: kubectl -n %s create secret generic %s --from-literal=auth_token=\"$(openssl rand -hex 32)\" (or set ray.auth.secretName, or checkPrerequisites=false)" $ns $name $ns $name) -}}
+{{- end -}}
+{{- if not (hasKey ($secret.data | default dict) "auth_token") -}}
+{{- fail (printf "Secret %s/%s has no key auth_token (Ray's token): add it, e.g. kubectl -n %s create secret generic %s --from-literal=auth_token=\"$(openssl rand -hex 32)\" --dry-run=client -o yaml | kubectl apply -f -" $ns $name $ns $name) -}}
+{{- end -}}
+{{- end -}}
+{{- $mr := .Values.modelRepository -}}
+{{- if eq $mr.source "pvc" -}}
+{{- if not (lookup "v1" "PersistentVolumeClaim" $ns $mr.pvc.claimName) -}}
+{{- fail (printf "PersistentVolumeClaim %s/%s (the model repository, modelRepository.pvc.claimName) does not exist: create it with the published models (optiserve optimize --publish), or set modelRepository.source=objectStorage" $ns $mr.pvc.claimName) -}}
+{{- end -}}
+{{- else if $mr.objectStorage.credentialsSecret -}}
+{{- if not (lookup "v1" "Secret" $ns $mr.objectStorage.credentialsSecret) -}}
+{{- fail (printf "Secret %s/%s (modelRepository.objectStorage.credentialsSecret) does not exist: create it with the copier's credentials" $ns $mr.objectStorage.credentialsSecret) -}}
+{{- end -}}
+{{- end -}}
+{{- $ft := .Values.ray.gcsFaultTolerance -}}
+{{- if $ft.enabled -}}
+{{- range $what, $ref := dict "redisPassword" $ft.redisPassword "redisUsername" $ft.redisUsername -}}
+{{- if $ref.secretName -}}
+{{- $s := lookup "v1" "Secret" $ns $ref.secretName -}}
+{{- if not (hasKey (($s | default dict).data | default dict) $ref.key) -}}
+{{- fail (printf "Secret %s/%s with key %s (ray.gcsFaultTolerance.%s) does not exist: create it before installing" $ns $ref.secretName $ref.key $what) -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{/* The Prometheus that scrapes this release, as JSON {labels, namespace}: labels every monitor
+     and rule carries so it selects them, and its namespace (the controller's default URL, the
+     metrics NetworkPolicy). monitoring.selectorLabels when set; else, rendering against a
+     cluster that serves monitoring.coreos.com/v1 Prometheus, the first Prometheus found
+     (lookup): the matchLabels of its ServiceMonitor, PodMonitor and rule selectors; else
+     kube-prometheus-stack's default selector for the release monitoring.prometheus.release in
+     monitoring.prometheus.namespace. */}}
+{{- define "optiserve.prometheus" -}}
+{{- $p := .Values.monitoring.prometheus -}}
+{{- $out := dict "labels" (dict "release" $p.release) "namespace" $p.namespace -}}
+{{- if and $p.discover (.Capabilities.APIVersions.Has "monitoring.coreos.com/v1/Prometheus") -}}
+{{- $found := (lookup "monitoring.coreos.com/v1" "Prometheus" "" "").items | default list -}}
+{{- if $found -}}
+{{- $prom := first $found -}}
+{{- $labels := dict -}}
+{{- range list "serviceMonitorSelector" "podMonitorSelector" "ruleSelector" -}}
+{{- $labels = merge $labels ((index ($prom.spec | default dict) .) | default dict | dig "matchLabels" dict) -}}
+{{- end -}}
+{{- $out = dict "labels" $labels "namespace" $prom.metadata.namespace -}}
+{{- end -}}
+{{- end -}}
+{{- with .Values.monitoring.selectorLabels -}}{{- $_ := set $out "labels" . -}}{{- end -}}
+{{- toJson $out -}}
+{{- end -}}
+
+{{- define "optiserve.prometheusUrl" -}}
+{{- $ns := (include "optiserve.prometheus" . | fromJson).namespace -}}
+{{- default (printf "http://prometheus-operated.%s.svc:9090" $ns) .Values.rolloutController.prometheusUrl -}}
+{{- end -}}
+
+{{/* Who may scrape the metrics ports: networkPolicy.metricsFrom, or the Prometheus pods of the
+     Prometheus' namespace. */}}
+{{- define "optiserve.metricsFrom" -}}
+{{- if .Values.networkPolicy.metricsFrom -}}
+{{- toYaml .Values.networkPolicy.metricsFrom -}}
+{{- else -}}
+- namespaceSelector:
+    matchLabels:
+      kubernetes.io/metadata.name: {{ (include "optiserve.prometheus" . | fromJson).namespace }}
+  podSelector:
+    matchLabels:
+      app.kubernetes.io/name: prometheus
+{{- end -}}
+{{- end -}}
+
+{{/* Egress peers for "anywhere outside the cluster but the cloud metadata endpoints" (link-local
+     169.254.0.0/16 with AWS', GCP's and Azure's 169.254.169.254, Alibaba's 100.100.100.200,
+     AWS' IPv6 fd00:ec2::254), which hand out the node's cloud credentials. */}}
+{{- define "optiserve.anywhereButMetadata" -}}
+- ipBlock:
+    cidr: 0.0.0.0/0
+    except: ["169.254.0.0/16", "100.100.100.200/32"]
+- ipBlock:
+    cidr: ::/0
+    except: ["fd00:ec2::254/128", "fe80::/10"]
+{{- end -}}
+
+{{/* DNS egress (port 53, UDP and TCP) to networkPolicy.egress.dnsTo. */}}
+{{- define "optiserve.dnsEgress" -}}
+- to:
+    {{- toYaml .Values.networkPolicy.egress.dnsTo | nindent 4 }}
+  ports:
+    - port: 53
+      protocol: UDP
+    - port: 53
+      protocol: TCP
+{{- end -}}
+
+{{/* API server egress (443 and 6443; after the kubernetes Service's address translation the
+     connection goes to the control plane's own address, which no selector matches). */}}
+{{- define "optiserve.apiServerEgress" -}}
+- to:
+    {{- if .Values.networkPolicy.egress.apiServerTo }}
+    {{- toYaml .Values.networkPolicy.egress.apiServerTo | nindent 4 }}
+    {{- else }}
+    {{- include "optiserve.anywhereButMetadata" . | nindent 4 }}
+    {{- end }}
+  ports:
+    - port: 443
+      protocol: TCP
+    - port: 6443
+      protocol: TCP
 {{- end -}}
 
 {{/* Environment of every Ray container. */}}
@@ -233,6 +403,12 @@ app.kubernetes.io/part-of: optiserve
   value: "1"
 - name: RAY_SERVE_ENABLE_DIRECT_INGRESS
   value: "0"
+# a replica that cannot be scheduled is reported in its application's status (with the
+# resources required and available) after 10 s instead of 30; the rollout controller shows it
+- name: RAY_SERVE_SLOW_STARTUP_WARNING_S
+  value: "10"
+- name: RAY_SERVE_SLOW_STARTUP_WARNING_PERIOD_S
+  value: "10"
 # nothing may download from a model hub at run time
 - name: HF_HUB_OFFLINE
   value: "1"
@@ -243,6 +419,12 @@ app.kubernetes.io/part-of: optiserve
   value: /tmp
 - name: XDG_CACHE_HOME
   value: /tmp/.cache
+# Ray's log rotation per file (its defaults, 512 MiB x 6, outgrow the /tmp emptyDir and get the
+# pod evicted): ray.logs
+- name: RAY_ROTATION_MAX_BYTES
+  value: {{ $root.Values.ray.logs.rotationMaxBytes | int64 | toString | quote }}
+- name: RAY_ROTATION_BACKUP_COUNT
+  value: {{ $root.Values.ray.logs.rotationBackupCount | int | toString | quote }}
 {{- with $root.Values.ray.env }}
 {{ toYaml . }}
 {{- end }}
@@ -376,6 +558,40 @@ while [ "$SECONDS" -lt "$end" ]; do
   sleep 1
 done
 ray stop
+{{- end -}}
+
+{{/* A size ("512Mi", "8Gi", "1Ti") in MiB, for sums of disk sizes; argument: (list size what). */}}
+{{- define "optiserve.mebibytes" -}}
+{{- $size := toString (index . 0) -}}
+{{- $m := regexFind "^[0-9]+(Ki|Mi|Gi|Ti)$" $size -}}
+{{- if not $m -}}{{- fail (printf "%s: %q must be a whole number of Ki, Mi, Gi or Ti" (index . 1) $size) -}}{{- end -}}
+{{- $n := int (regexFind "^[0-9]+" $size) -}}
+{{- $unit := regexFind "(Ki|Mi|Gi|Ti)$" $size -}}
+{{- if eq $unit "Ki" -}}{{- div (add $n 1023) 1024 -}}
+{{- else if eq $unit "Mi" -}}{{- $n -}}
+{{- else if eq $unit "Gi" -}}{{- mul $n 1024 -}}
+{{- else -}}{{- mul $n 1048576 -}}
+{{- end -}}
+{{- end -}}
+
+{{/* The Ray container's resources: the group's, with an ephemeral-storage request covering the
+     pod's disk-backed emptyDirs (/tmp with Ray's sessions and logs; the model copy when models
+     come from object storage) unless the group sets one. Argument: (list $ group). */}}
+{{- define "optiserve.rayResources" -}}
+{{- $root := index . 0 -}}
+{{- $g := index . 1 -}}
+{{- $mr := $root.Values.modelRepository -}}
+{{- $disk := int (include "optiserve.mebibytes" (list $g.tmpSize (printf "%s tmpSize" $g.name))) -}}
+{{- if eq $mr.source "objectStorage" -}}
+{{- $disk = add $disk (int (include "optiserve.mebibytes" (list $mr.objectStorage.sizeLimit "modelRepository.objectStorage.sizeLimit"))) -}}
+{{- end -}}
+{{- $res := deepCopy ($g.resources | default dict) -}}
+{{- $requests := $res.requests | default dict -}}
+{{- if not (hasKey $requests "ephemeral-storage") -}}
+{{- $_ := set $requests "ephemeral-storage" (printf "%dMi" (int $disk)) -}}
+{{- end -}}
+{{- $_ := set $res "requests" $requests -}}
+{{- toYaml $res -}}
 {{- end -}}
 
 {{/* Labels of the Ray pods. Nothing that changes with the chart or app version: KubeRay hashes
@@ -523,7 +739,7 @@ spec:
       securityContext:
         {{- include "optiserve.securityContext" $root | nindent 8 }}
       resources:
-        {{- toYaml $g.resources | nindent 8 }}
+        {{- include "optiserve.rayResources" (list $root $g) | nindent 8 }}
       volumeMounts:
         {{- include "optiserve.rayVolumeMounts" (list $root $g) | nindent 8 }}
   volumes:

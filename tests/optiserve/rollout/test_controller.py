@@ -11,6 +11,8 @@ test_rollout_e2e."""
 
 from __future__ import annotations
 
+import copy
+
 import re
 from datetime import datetime, timedelta, timezone
 
@@ -93,6 +95,7 @@ class RecordingTarget:
         self.prom, self.report = prom, True
         self.applied: list[tuple] = []
         self.deploying: set[int] = set()
+        self.deploying_message = ""
         self.status = "RUNNING"
         self._report()
 
@@ -114,7 +117,9 @@ class RecordingTarget:
         self._report()
 
     def app_status(self, model, version):
-        return ("DEPLOYING", "") if version in self.deploying else (self.status, "boom")
+        if version in self.deploying:
+            return "DEPLOYING", self.deploying_message
+        return self.status, "boom"
 
     def served(self) -> tuple[tuple[int, ...], tuple[int, ...]]:
         t = traffic_of(self.doc, "m")
@@ -159,10 +164,49 @@ def test_a_waiting_step_accumulates_evidence_until_it_can_be_judged(tmp_path, cl
     assert target.applied == [(1, 2, 50.0), (1, 2, 100.0), (2, None, 0.0)]
 
 
-def test_the_window_is_never_shorter_than_four_scrape_intervals(tmp_path, clock):
+def test_a_window_shorter_than_four_scrapes_waits_instead_of_widening(tmp_path, clock):
+    """Interval 2 s, scrapes every 15 s: the first analysis waits until the step has 60 s of
+    its own data; it never reaches back before the step's start."""
     ctl, prom, _ = make(tmp_path, rate=10, interval_s=2, scrape_interval_s=15)
-    run_for(ctl, clock, 5)
+    run_for(ctl, clock, 30)
+    assert prom.windows == []  # too few scrapes of this step yet: no analysis
+    run_for(ctl, clock, 40)
     assert prom.windows and prom.windows[0] == 60
+
+
+class BurstPrometheus(StandInPrometheus):
+    """The stand-in's traffic plus one burst of canary errors at ``burst_at``: the error
+    query over a window counts the burst when the window reaches back to it."""
+
+    def __init__(self, rate, clock, burst_at, burst=50):
+        super().__init__(rate)
+        self.clock, self.burst_at, self.burst = clock, burst_at, burst
+
+    def query(self, expr: str):
+        if "outcome=~" in expr and "requests_total" in expr:
+            window = float(re.search(r"\[(\d+)s\]", expr).group(1))
+            since = (self.clock() - self.burst_at).total_seconds()
+            return float(self.burst) if 0 <= since <= window else 0.0
+        return super().query(expr)
+
+
+def test_a_burst_of_errors_spends_one_unit_of_the_failure_budget(tmp_path, clock):
+    """A burst fails one analysis; the held step is then judged on data after the failure
+    only, so the burst is not counted again (it used to be: the window was widened to four
+    scrape intervals, reaching back before the reset, and one burst rolled the canary back
+    with a budget of 1)."""
+    # the burst falls in the first analysis's window, whenever that is judged
+    prom = BurstPrometheus(10, clock, burst_at=clock() + timedelta(seconds=10))
+    target = RecordingTarget(prom)
+    ctl = Controller(FileStateStore(tmp_path / "state"), target, prom)
+    ctl.start("m", 2, steps=[50, 100], interval_s=10, min_requests=20, max_wait_intervals=6,
+              scrape_interval_s=4, shadow=0.5, max_p99_ratio=None, keep=True, failure_budget=1)
+    run_for(ctl, clock, 120)
+    st = ctl.store.load("m")
+    assert st.phase == "promoted", (st.reason, [a.reason for a in st.analyses])
+    assert st.failures == 1
+    failed = [a for a in st.analyses if a.outcome == "fail"]
+    assert len(failed) == 1 and "error_rate" in failed[0].reason
 
 
 def test_too_little_data_pauses_as_inconclusive_and_resume_waits_again(tmp_path, clock):
@@ -257,6 +301,63 @@ def test_a_canary_that_is_not_served_is_deployed_then_rolled_out_and_the_old_sta
     # the application of the canary is a copy of stable's, version changed
     app = next(a for a in target.doc["applications"] if a["name"] == "m-v2")
     assert app["args"]["version"] == 2 and app["deployments"][0]["name"] == "m-v2"
+
+
+def test_a_canary_shares_its_stables_cpus_and_gets_the_full_share_when_it_outlives_it(
+        tmp_path, clock):
+    """The sizing rule fills the machine, so a canary asking for the stable's CPUs again could
+    not be scheduled (fault 9). While both run, the canary reserves no CPU, keeps the stable's
+    threads and asks for the model-node resource; once the stable is retired, the same apply
+    gives the canary the stable's reservation back, started with a surge (no gap)."""
+    from serving.config import MODEL_RESOURCE, validate_serve_config
+
+    ctl, prom, target = make(tmp_path, rate=5, versions=(1,), keep=False, retire_after_s=20)
+    stable = copy.deepcopy(target.doc["applications"][1]["deployments"][0])
+    stable["ray_actor_options"]["num_cpus"] = 1.75  # what the sizing rule gives on 2 CPUs
+    target.doc["applications"][1]["deployments"][0] = copy.deepcopy(stable)
+    target.deploying.add(2)
+    run_for(ctl, clock, 5)
+    dep = next(a for a in target.doc["applications"] if a["name"] == "m-v2")["deployments"][0]
+    assert dep["ray_actor_options"] == {"num_cpus": 0, "resources": {MODEL_RESOURCE: 1}}
+    assert dep["user_config"] == {"intra_op_threads": 2}  # the stable's threads (ceil 1.75)
+    validate_serve_config(target.doc, repository_check=False)
+    target.deploying.clear()
+    run_until(ctl, clock, lambda st: st.phase == "promoted")
+    dep = next(a for a in target.doc["applications"] if a["name"] == "m-v2")["deployments"][0]
+    assert dep["ray_actor_options"]["num_cpus"] == 0  # the old stable is still there, at 0 %
+    run_until(ctl, clock, lambda st: st.settled, seconds=30)
+    assert target.served() == ((2,), (2,))
+    dep = target.doc["applications"][1]["deployments"][0]
+    assert dep["name"] == "m-v2"
+    assert dep["ray_actor_options"] == stable["ray_actor_options"]  # the full share back
+    assert dep["user_config"] == stable["user_config"] and dep["max_surge_percent"] == 100
+    validate_serve_config(target.doc, repository_check=False)
+
+
+def test_a_rolled_back_canary_leaves_the_stable_as_it_was(tmp_path, clock):
+    ctl, _, target = make(tmp_path, rate=5, versions=(1,), keep=False)
+    before = copy.deepcopy(target.doc["applications"][1])
+    target.status = "DEPLOY_FAILED"
+    run_until(ctl, clock, lambda st: st.settled, seconds=60)
+    assert target.doc["applications"][1:] == [before]
+
+
+def test_why_a_canary_cannot_be_scheduled_is_reported_as_soon_as_serve_says_it(tmp_path, clock):
+    ctl, _, target = make(tmp_path, rate=5, versions=(1,))
+    target.deploying.add(2)
+    seen = []
+    ctl.on_event = lambda st, msg: seen.append(msg)
+    run_for(ctl, clock, 3)
+    reason = ("Deployment 'm-v2' in application 'm-v2' has 1 replicas that have taken more than "
+              "10s to be scheduled. ... Resources required for each replica: {\"CPU\": 1.75}")
+    target.deploying_message = reason
+    clock.advance(1)
+    ctl.tick()
+    assert seen[-1] == f"m:2 is not ready yet (DEPLOYING): {reason}"
+    st = ctl.store.load("m")
+    assert st.phase == "pending" and st.deploy_message == reason
+    run_for(ctl, clock, 3)
+    assert sum(reason in m for m in seen) == 1  # said once, not at every tick
 
 
 @pytest.mark.parametrize("keep", [False, True])

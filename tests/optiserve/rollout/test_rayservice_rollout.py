@@ -64,7 +64,8 @@ class KubeRayStandIn:
         self.obj["status"] = {"activeServiceStatus": {"applicationStatuses": statuses}}
         return copy.deepcopy(self.obj)
 
-    def patch_namespaced_custom_object(self, group, version, namespace, plural, name, body):
+    def patch_namespaced_custom_object(self, group, version, namespace, plural, name, body,
+                                       **kw):
         if body["metadata"]["resourceVersion"] != self.obj["metadata"]["resourceVersion"]:
             raise ApiException(409, "Conflict")
         self.helm_upgrade(body["spec"]["serveConfigV2"])

@@ -48,7 +48,9 @@ class FakeKubernetesApi:
         self.gets += 1
         return copy.deepcopy(self.obj)
 
-    def patch_namespaced_custom_object(self, group, version, namespace, plural, name, body):
+    def patch_namespaced_custom_object(self, group, version, namespace, plural, name, body,
+                                       **kw):
+        assert kw["_content_type"] == "application/apply-patch+yaml" and kw["force"] is True
         self.patches.append(body)
         if self.interfere > 0:
             self.interfere -= 1
@@ -69,7 +71,7 @@ def split(stable=1, canary=2, weight=50.0, shadow=0.1, routed=(1, 2), deployed=(
 def test_patch_changes_only_the_gateway_traffic_and_carries_resource_version():
     obj = rayservice("42")
     patch = rayservice_patch(obj, "minilm", split(weight=25.0))
-    assert patch["metadata"] == {"resourceVersion": "42"}
+    assert patch["metadata"] == {"name": "optiserve", "resourceVersion": "42"}
     before, after = yaml.safe_load(obj["spec"]["serveConfigV2"]), yaml.safe_load(
         patch["spec"]["serveConfigV2"])
     route = gateway_user_config(after)["models"]["minilm"]
@@ -143,6 +145,13 @@ def test_application_status_comes_from_kuberays_active_service_status():
     target = RayServiceTarget(FakeKubernetesApi(obj), "ml", "optiserve")
     assert target.app_status("minilm", 2) == ("DEPLOY_FAILED", "no such version")
     assert target.app_status("minilm", 7) == ("NOT_STARTED", "")
+    # why a replica is not scheduled is said on the deployment (KubeRay copies Serve's)
+    obj["status"]["activeServiceStatus"]["applicationStatuses"]["minilm-v3"] = {
+        "status": "DEPLOYING", "serveDeploymentStatuses": {"minilm-v3": {
+            "status": "UPDATING", "message": "has 1 replicas that have taken more than 10s to be "
+                                             "scheduled. Resources required: {'CPU': 1.75}"}}}
+    status, message = target.app_status("minilm", 3)
+    assert status == "DEPLOYING" and "to be scheduled" in message and "1.75" in message
 
 
 class FakeCoreApi:
@@ -194,7 +203,8 @@ def test_each_model_has_its_own_configmap_and_saves_refuse_stale_reads():
     cm = api.objects["rel-rollout-state-minilm"]
     assert cm.metadata.labels == {"app.kubernetes.io/managed-by": "optiserve-rollout-controller",
                                   "optiserve.io/model": "minilm"}
-    assert [s.model for s in store.list()] == ["My_Model", "minilm"]
+    states = [store.load(m) for m in store.models()]  # served models; some have no rollout
+    assert [st.model for st in states if st is not None] == ["My_Model", "minilm"]
     store.save(b)  # another model's save does not conflict
     a2 = store.save(a)
     with pytest.raises(StaleState):
@@ -209,3 +219,65 @@ def api_hash(model: str) -> str:
     import hashlib
 
     return hashlib.sha256(model.encode()).hexdigest()[:8]
+
+
+def test_the_split_is_applied_server_side_with_its_own_field_manager_on_one_field():
+    """What the real Kubernetes client sends (to a local HTTP server recording the request, the
+    API server standing in): a server-side apply (content type application/apply-patch+yaml)
+    with the controller's own field manager, forced, of spec.serveConfigV2 alone (and the
+    resourceVersion read, as precondition). So after a rollout only that field is the
+    controller's, and Helm's own fields stay Helm's."""
+    import json
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+    from urllib.parse import parse_qs, urlsplit
+
+    from kubernetes import client
+
+    from optiserve.rollout.targets import FIELD_MANAGER
+
+    obj = rayservice("42")
+    seen = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def _reply(self, body):
+            data = json.dumps(body).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def do_GET(self):  # noqa: N802
+            self._reply(obj)
+
+        def do_PATCH(self):  # noqa: N802
+            body = self.rfile.read(int(self.headers["Content-Length"]))
+            url = urlsplit(self.path)
+            seen.append((url.path, parse_qs(url.query), self.headers["Content-Type"],
+                         json.loads(body)))
+            self._reply(obj)
+
+        def log_message(self, *a):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        cfg = client.Configuration(host=f"http://127.0.0.1:{server.server_address[1]}")
+        api = client.CustomObjectsApi(client.ApiClient(cfg))
+        RayServiceTarget(api, "ml", "optiserve").apply("minilm", split(weight=25.0))
+    finally:
+        server.shutdown()
+        server.server_close()
+    ((path, query, content_type, body),) = seen
+    assert path == "/apis/ray.io/v1/namespaces/ml/rayservices/optiserve"
+    assert content_type == "application/apply-patch+yaml"
+    assert query == {"fieldManager": [FIELD_MANAGER], "force": ["true"]}
+    assert FIELD_MANAGER == "optiserve-rollout-controller"
+    assert body["apiVersion"] == "ray.io/v1" and body["kind"] == "RayService"
+    assert body["metadata"] == {"name": "optiserve", "resourceVersion": "42"}
+    assert list(body["spec"]) == ["serveConfigV2"]
+    route = gateway_user_config(yaml.safe_load(body["spec"]["serveConfigV2"]))["models"][
+        "minilm"]
+    assert route["canary_weight"] == 25.0

@@ -90,7 +90,11 @@ def test_tune_interrupted_resumed_applied_end_to_end(server, tiny_repo, tmp_path
     assert all(t["state"] == "complete" and t["value"] > 0 for t in trials), trials
     for t in trials:
         best = t["steps"][t["best_step"]]
-        assert best["errors"] == 0 and best["p99_ms"] <= 1000 and best["cpu_percent"] >= 0
+        assert best["errors"] == 0 and best["p99_ms"] <= 1000
+        # the machine's CPU use over each step (psutil, all cores: 0-100): the server and the
+        # load generator were busy, so no step can read 0, and none more than every core
+        cpu = [s["cpu_percent"] for s in t["steps"]]
+        assert all(c is not None and 0 < c <= 100 for c in cpu), (t["number"], cpu)
     # batching-only trials changed nothing but the gateway's user_config: the same model and
     # gateway replicas (ids and pids) served them; the layout change started a second replica
     assert trials[1]["applied"] == "in place" and trials[3]["applied"] == "in place"
