@@ -53,6 +53,7 @@ import numpy as np
 
 
 from serving.runtimes import TextEncoder, available_cpus
+from tests.support.optimize_args import optimize_args
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -68,34 +69,6 @@ def inputs(enc: TextEncoder, texts: list[str], batch: int, tokens: int) -> dict[
             i += 1
         rows.append(np.array([cls, *ids[: tokens - 2], sep], dtype=np.int64))
     return enc.pad(rows)
-
-
-def optimize_args(extra: list[str]):
-    """The CLI's own option parsing, so `-- --students l3 ...` means what it means there."""
-    import typer.main
-
-    from optiserve.cli.optimize import optimize_command
-
-    captured = {}
-
-    def capture(opts, progress=None):
-        captured["opts"] = opts
-        raise SystemExit(0)
-
-    import optimizers
-
-    real = optimizers.optimize
-    optimizers.optimize = capture
-    try:
-        app = typer.Typer(add_completion=False)
-        app.command()(optimize_command)
-        typer.main.get_command(app)(["minilm", "--publish", "none", "-q", *extra],
-                                    standalone_mode=False)
-    except SystemExit:
-        pass
-    finally:
-        optimizers.optimize = real
-    return captured["opts"]
 
 
 def main() -> None:

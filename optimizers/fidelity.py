@@ -3,11 +3,15 @@
 - embeddings: cosine similarity per row (mean, min) and top-k neighbour agreement;
 - classifiers: top-1 agreement and the largest probability difference (F1 / ROC AUC with labels:
   binary F1 of the second class and its ROC AUC for two classes, macro averages for more);
+- token classifiers: token-label agreement (special tokens and padding left out), entity F1
+  (entities as serving groups them, matched on type, start and end) and the largest probability
+  difference;
 - anything else: cosine per flattened row and the largest absolute difference.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -23,8 +27,12 @@ class FidelityBudget:
     min_top1: float = 0.99
     max_f1_drop: float = 0.01
     neighbours: int = 5
+    min_entity_f1: float = 0.98
 
     def describe(self, task: str, with_labels: bool = False) -> str:
+        if task == "token-classification":
+            return (f"token-label agreement >= {self.min_top1} and entity F1 >= "
+                    f"{self.min_entity_f1}")
         if task == "classification":
             text = f"top-1 agreement >= {self.min_top1}"
             if with_labels:
@@ -62,10 +70,11 @@ def neighbour_agreement(ref: np.ndarray, cand: np.ndarray, k: int) -> float | No
     return float(np.mean([len(set(x) & set(y)) / k for x, y in zip(a, b)]))
 
 
-def probabilities(x: np.ndarray) -> np.ndarray:
-    """Rows as probabilities: as they are when they already sum to 1, else softmax of logits."""
+def probabilities(x: np.ndarray, multi_label: bool = False) -> np.ndarray:
+    """Rows as probabilities: as they are when they already sum to 1 (or are a multi-label
+    classifier's independent probabilities), else softmax of logits."""
     x = x.reshape(len(x), -1).astype(np.float64)
-    if np.all(x >= 0) and np.allclose(x.sum(1), 1.0, atol=1e-3):
+    if multi_label or (np.all(x >= 0) and np.allclose(x.sum(1), 1.0, atol=1e-3)):
         return x
     z = np.exp(x - x.max(1, keepdims=True))
     return z / z.sum(1, keepdims=True)
@@ -89,18 +98,86 @@ def _task_metrics(probs: np.ndarray, labels: np.ndarray) -> tuple[float, float |
     return f1, auc
 
 
+@dataclass
+class TokenRows:
+    """What token classification is judged with, per validation row: the text, the positions of
+    its real tokens (special tokens and padding left out) and their character offsets; and the
+    version's label names."""
+
+    texts: Sequence[str]
+    keep: Sequence[np.ndarray]
+    offsets: Sequence[np.ndarray]
+    labels: Sequence[str]
+    ignore: Sequence[str] = ("O",)
+
+
+def _token_rows(ref: np.ndarray, cand: np.ndarray, tokens: TokenRows):
+    """Per row: (reference labels, candidate labels, largest probability difference)."""
+    for i, keep in enumerate(tokens.keep):
+        pr, pc = ref[i, keep].astype(np.float64), cand[i, keep].astype(np.float64)
+        yield i, pr, pc
+
+
+def _token_fidelity(ref: np.ndarray, cand: np.ndarray, tokens: TokenRows, budget, n: int,
+                    max_abs: float, describe: str) -> Fidelity:
+    from serving.tasks import entities
+
+    same = total = 0
+    diff = 0.0
+    found: list[set] = [set(), set()]
+    for i, pr, pc in _token_rows(ref, cand, tokens):
+        la, lb = pr.argmax(1), pc.argmax(1)
+        same += int((la == lb).sum())
+        total += len(la)
+        if len(pr):
+            diff = max(diff, float(np.abs(pr - pc).max()))
+        for side, (p, idx) in enumerate(((pr, la), (pc, lb))):
+            names = [tokens.labels[k] for k in idx]
+            scores = p[np.arange(len(idx)), idx] if len(idx) else []
+            for e in entities(tokens.texts[i], names, scores, tokens.offsets[i], tokens.ignore):
+                found[side].add((i, e["entity_group"], e["start"], e["end"]))
+    agreement = same / total if total else 1.0
+    both = len(found[0]) + len(found[1])
+    f1 = 2 * len(found[0] & found[1]) / both if both else 1.0
+    passed = agreement >= budget.min_top1 and f1 >= budget.min_entity_f1
+    return Fidelity(samples=n, max_abs_diff=max_abs, max_prob_diff=diff,
+                    token_agreement=agreement, entity_f1=f1, passed=passed, budget=describe)
+
+
+def _aligned(reference: dict[str, np.ndarray], candidate: dict[str, np.ndarray]):
+    """Per-token outputs of two sets of batches can be padded to different widths: pad the
+    narrower with zeros (padding is never judged)."""
+    ref, cand = dict(reference), dict(candidate)
+    for k in ref:
+        a, b = ref[k], cand[k]
+        if a.ndim >= 3 and a.shape[1] != b.shape[1]:
+            width = max(a.shape[1], b.shape[1])
+            pad = lambda x: np.pad(x, [(0, 0), (0, width - x.shape[1])]  # noqa: E731
+                                   + [(0, 0)] * (x.ndim - 2))
+            ref[k], cand[k] = pad(a), pad(b)
+    return ref, cand
+
+
 def compare(task: str, reference: dict[str, np.ndarray], candidate: dict[str, np.ndarray],
-            budget: FidelityBudget, labels: np.ndarray | None = None) -> Fidelity:
-    """Fidelity of ``candidate`` outputs against ``reference`` outputs (same rows, same order)."""
+            budget: FidelityBudget, labels: np.ndarray | None = None, *,
+            multi_label: bool = False, tokens: TokenRows | None = None) -> Fidelity:
+    """Fidelity of ``candidate`` outputs against ``reference`` outputs (same rows, same order).
+    ``multi_label``: a classifier's independent (sigmoid) probabilities; ``tokens``: what token
+    classification is judged with (required for that task)."""
     names = list(reference)
+    reference, candidate = _aligned(reference, candidate)
     primary = names[0]
     ref, cand = reference[primary], candidate[primary]
     n = len(ref)
     max_abs = max(float(np.max(np.abs(reference[k].astype(np.float64) - candidate[k])))
                   if reference[k].size else 0.0 for k in names)
     describe = budget.describe(task, labels is not None)
+    if task == "token-classification":
+        if tokens is None:  # pragma: no cover - a programming error
+            raise ValueError("token classification is judged with its rows' tokens")
+        return _token_fidelity(ref, cand, tokens, budget, n, max_abs, describe)
     if task == "classification":
-        pr, pc = probabilities(ref), probabilities(cand)
+        pr, pc = probabilities(ref, multi_label), probabilities(cand, multi_label)
         top1 = float(np.mean(pr.argmax(1) == pc.argmax(1)))
         fields = dict(top1_agreement=top1, max_prob_diff=float(np.max(np.abs(pr - pc))))
         passed = top1 >= budget.min_top1
@@ -118,11 +195,48 @@ def compare(task: str, reference: dict[str, np.ndarray], candidate: dict[str, np
     return Fidelity(samples=n, max_abs_diff=max_abs, passed=passed, budget=describe, **fields)
 
 
-def row_scores(task: str, reference: dict[str, np.ndarray], candidate: dict[str, np.ndarray]
-               ) -> np.ndarray:
-    """Per-row agreement (higher is better): cosine, or the reference class's probability kept."""
+def row_scores(task: str, reference: dict[str, np.ndarray], candidate: dict[str, np.ndarray],
+               *, multi_label: bool = False, tokens: TokenRows | None = None) -> np.ndarray:
+    """Per-row agreement (higher is better): cosine, or the reference class's probability kept
+    (token classification: the share of the row's tokens labelled alike, less the largest
+    probability difference)."""
     primary = next(iter(reference))
+    reference, candidate = _aligned(reference, candidate)
+    if task == "token-classification":
+        out = np.ones(len(reference[primary]))
+        for i, pr, pc in _token_rows(reference[primary], candidate[primary], tokens):
+            if len(pr):
+                out[i] = float(np.mean(pr.argmax(1) == pc.argmax(1))) - np.abs(pr - pc).max()
+        return out
     if task == "classification":
-        pr, pc = probabilities(reference[primary]), probabilities(candidate[primary])
+        pr = probabilities(reference[primary], multi_label)
+        pc = probabilities(candidate[primary], multi_label)
         return 1.0 - np.abs(pr - pc).max(1) - (pr.argmax(1) != pc.argmax(1))
     return np.min([row_cosines(reference[k], candidate[k]) for k in reference], axis=0)
+
+
+def judge(source, reference: dict[str, np.ndarray], candidate: dict[str, np.ndarray],
+          budget: FidelityBudget, vset, labels: np.ndarray | None = None) -> Fidelity:
+    """:func:`compare` in the source's own terms, on the rows of validation set ``vset``."""
+    return compare(source.task, reference, candidate, budget, labels,
+                   multi_label=source.multi_label, tokens=token_rows(source, vset))
+
+
+def scores(source, reference: dict[str, np.ndarray], candidate: dict[str, np.ndarray], vset
+           ) -> np.ndarray:
+    """:func:`row_scores` in the source's own terms."""
+    return row_scores(source.task, reference, candidate, multi_label=source.multi_label,
+                      tokens=token_rows(source, vset))
+
+
+def token_rows(source, vset) -> TokenRows | None:
+    """The rows' tokens for a token classifier (None for other tasks)."""
+    if source.task != "token-classification":
+        return None
+    keep, offsets = [], []
+    for e in vset.encodings():
+        mask = np.asarray(e.special_tokens_mask) == 0
+        keep.append(np.flatnonzero(mask))
+        offsets.append(np.asarray(e.offsets, dtype=np.int64).reshape(-1, 2)[mask])
+    post = source.postprocessing
+    return TokenRows(vset.texts, keep, offsets, post.labels, post.ignore_labels)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import shutil
 import tempfile
+import time
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,13 +24,15 @@ from serving.repository import (
 from serving.runtimes import available_cpus
 
 from .errors import OptimizeError
-from .fidelity import FidelityBudget, compare
+from .fidelity import FidelityBudget, judge as judge_fidelity
 from .measure import measure_in_subprocess
 from .progress import Progress, Silent
 from .selection import best_throughput, fidelity_score, pareto_front, recommend_batching
 from .sources import SourceModel, resolve_source
 from .validation import Split, ValidationSet, load_validation, split_validation
-from .variants import VARIANTS, BuildContext, VariantBuild, VariantSkipped, default_variants
+from .variants import (
+    VARIANTS, BuildContext, VariantBuild, VariantSkipped, build_order, default_variants,
+)
 
 OPTISERVE_VERSION = "0.1.0"
 
@@ -52,11 +55,18 @@ class OptimizeOptions:
     #: (a replica reserves one Ray CPU unless --cpus-per-replica says more); match the two.
     threads: int = 1
     task: str | None = None
+    #: Hugging Face encoders served as feature extraction: "mean" or "cls" pooling.
+    pooling: str | None = None
     inputs: list[str] = field(default_factory=list)
     outputs: list[str] | None = None
     repository: str | None = None
     min_time_s: float = 1.0
+    #: Most seconds one search (fp32 nodes, accuracy control) may take.
     tune_seconds: float = 300.0
+    #: Seconds every search together may take once their best cases are measured; they run
+    #: fastest best case first, each within what is left (none starts with less than a
+    #: quarter of it).
+    search_seconds: float = 90.0
     #: Keep every built candidate (model file + extras) under this directory.
     keep_build: str | None = None
     #: scikit-learn sources: load a joblib pickle (runs its code); skops types to trust.
@@ -84,6 +94,8 @@ class VariantOutcome:
     measurements: Measurements | None = None
     candidate_dir: Path | None = None
     batching: BatchingPolicy | None = None
+    #: Seconds spent building and measuring it.
+    seconds: float = 0.0
 
     @property
     def passed(self) -> bool:
@@ -105,6 +117,12 @@ class OptimizationResult:
     report: Path | None = None
     #: Feature selection's sweep, when it ran (optimizers.tabular.feature_selection).
     selection: object | None = None
+    #: Where the time went: (step, seconds) in order (each variant is one step).
+    timings: list[tuple[str, float]] = field(default_factory=list)
+
+    @property
+    def seconds(self) -> float:
+        return sum(s for _, s in self.timings)
 
     def outcome(self, name: str) -> VariantOutcome:
         return next(o for o in self.outcomes if o.name == name)
@@ -138,7 +156,7 @@ def _draft_manifest(src: SourceModel, build: VariantBuild, cdir: Path,
         model_file=build.model_file.name, device=build.device,
         execution_providers=build.providers if build.runtime == "onnxruntime" else [],
         model_signature=src.model_signature, signature=src.signature,
-        preprocessing=src.preprocessing,
+        preprocessing=src.preprocessing, postprocessing=src.postprocessing,
         artifacts=[Artifact(path=f, sha256=placeholder, size_bytes=0) for f in files],
         measurements=measurements or Measurements(
             fidelity=Fidelity(samples=0, passed=False, budget="not measured yet"), size_bytes=0),
@@ -147,9 +165,11 @@ def _draft_manifest(src: SourceModel, build: VariantBuild, cdir: Path,
     )
 
 
-def _candidate_dir(work: Path, src: SourceModel, build: VariantBuild) -> Path:
+def _candidate_dir(work: Path, src: SourceModel, build: VariantBuild,
+                   under: str = "candidates") -> Path:
     """The version's files as they will be published: model file plus the source's extras."""
-    cdir = work / "candidates" / build.variant
+    cdir = work / under / build.variant
+    shutil.rmtree(cdir, ignore_errors=True)
     cdir.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(build.model_file, cdir / build.model_file.name)
     for rel, path in [*src.extra_files.items(), *build.extra_files.items()]:
@@ -186,11 +206,13 @@ def optimize(opts: OptimizeOptions, progress: Progress | None = None,
 
     _check_selection_options(opts)
 
+    timings: list[tuple[str, float]] = []
+    t0 = time.monotonic()
     progress.phase("loading the source model")
     src = source or resolve_source(opts.source, name=opts.name, task=opts.task,
                                    inputs=opts.inputs, outputs=opts.outputs, trust=opts.trust,
-                                   trusted_types=opts.trusted_types)
-    names = names or default_variants(src)
+                                   trusted_types=opts.trusted_types, pooling=opts.pooling)
+    names = build_order(names or default_variants(src))
     if (opts.distill is not None and src.tabular is not None and opts.train_data
             and getattr(opts.distill, "students", None) is None):
         # --train-data alone means distillation text only for text models
@@ -211,6 +233,8 @@ def optimize(opts: OptimizeOptions, progress: Progress | None = None,
     split = split or split_validation(vset, opts.held_out, opts.split_seed)
     vset.notes.append(split.note)
     tuning_reference, held_out_reference = split.reference(vset.gather(ref_batches))
+    timings.append(("loading the source, validation data and reference outputs",
+                    time.monotonic() - t0))
 
     with tempfile.TemporaryDirectory(prefix="optiserve-build-") as tmp:
         work = Path(opts.keep_build) if opts.keep_build else Path(tmp)
@@ -222,24 +246,74 @@ def optimize(opts: OptimizeOptions, progress: Progress | None = None,
                            workdir=work, threads=available_cpus(), status=progress.status,
                            tune_seconds=opts.tune_seconds)
         bench = _bench_batches(vset, sorted(set(opts.batch_sizes)))
+        ranking = _Ranking(src, bench, opts.threads, work)
+        ctx.cannot_win = ranking.cannot_win
+        spent: dict[str, float] = {}
+
+        def run_variant(name: str, builder, c: BuildContext, judge=None) -> VariantOutcome:
+            start = time.monotonic()
+            try:
+                o = _build_and_measure(name, builder, c, split, bench, opts.threads, opts,
+                                       work, judge)
+            finally:
+                spent[name] = spent.get(name, 0.0) + time.monotonic() - start
+            o.seconds = spent[name]
+            timings.append((name, o.seconds))
+            ranking.record(o)
+            return o
+
         outcomes: list[VariantOutcome] = []
         progress.phase("variants", total=len(names))
+        # one-step builds first; then every search's best case (e.g. every node INT8), and the
+        # searches in the order of their best cases, each only while it can still win
+        deferred = []
         for name in names:
             progress.status(f"{name}: building")
-            outcomes.append(_build_and_measure(name, VARIANTS[name].build, ctx, split, bench,
-                                               opts.threads, opts, work))
+            if VARIANTS[name].cost:
+                ctx.cannot_win = ranking.defer
+            try:
+                outcomes.append(run_variant(name, VARIANTS[name].build, ctx))
+                progress.advance()
+            except _Deferred:
+                deferred.append(name)
+            finally:
+                ctx.cannot_win = ranking.cannot_win
+        left, searched = opts.search_seconds, []
+        for name in sorted(deferred, key=lambda n: -ranking.best_cases[n]):
+            progress.status(f"{name}: searching")
+            reason = ranking.verdict(name)
+            if not reason and (left <= 0 or left < opts.search_seconds / 4):
+                reason = (f"no time was left for its search (--search-seconds "
+                          f"{opts.search_seconds:g}"
+                          + (f", spent on {', '.join(searched)}, whose best cases were faster"
+                             if searched else "")
+                          + f"; its best case: {ranking.best_cases[name]:.1f} rows/s at batch "
+                          f"{max(bench)})")
+            if reason:
+                outcomes.append(VariantOutcome(name, "skipped", reason=reason,
+                                               seconds=spent[name]))
+                timings.append((name, spent[name]))
+            else:
+                ctx.tune_seconds = min(opts.tune_seconds, left)
+                start = time.monotonic()
+                outcomes.append(run_variant(name, VARIANTS[name].build, ctx))
+                left -= time.monotonic() - start
+                searched.append(name)
+                ctx.tune_seconds = opts.tune_seconds
             progress.advance()
         sweep = None
         if selection is not None:
             from .tabular.selection_setup import run
 
             sweep, selected = run(selection, ctx, progress,
-                                  lambda name, build, judge: _build_and_measure(
-                                      name, build, ctx, split, bench, opts.threads, opts, work,
-                                      judge))
+                                  lambda name, build, judge: run_variant(name, build, ctx, judge))
             outcomes += selected
         if opts.distill is not None:
-            outcomes += _students(src, names, ctx, vset, split, bench, opts, work, progress)
+            start = time.monotonic()
+            outcomes += _students(src, names, ctx, vset, split, opts, work, progress,
+                                  run_variant)
+            timings.append(("distillation (training)", time.monotonic() - start - sum(
+                o.seconds for o in outcomes if "/" in o.name)))
 
         passing = {o.name: o for o in outcomes if o.passed}
         points = {o.name: (o.throughput, fidelity_score(o.measurements.fidelity))
@@ -250,14 +324,17 @@ def optimize(opts: OptimizeOptions, progress: Progress | None = None,
 
             chosen = choose(sweep, passing) or chosen
         result = OptimizationResult(src, vset.notes, outcomes, chosen, pareto_front(points),
-                                    selection=sweep)
+                                    selection=sweep, timings=timings)
 
         if opts.report_dir:
             from .report import write_report
 
+            start = time.monotonic()
             progress.phase("writing the report")
             result.report = write_report(result, Path(opts.report_dir), opts)
+            timings.append(("the report", time.monotonic() - start))
         if opts.publish != "none" and chosen:
+            start = time.monotonic()
             to_publish = [passing[chosen]] if opts.publish == "best" else sorted(
                 passing.values(), key=lambda o: -o.throughput)
             progress.phase("publishing", total=len(to_publish))
@@ -268,6 +345,7 @@ def optimize(opts: OptimizeOptions, progress: Progress | None = None,
                 from .report import append_published
 
                 append_published(result.report, result.published)
+            timings.append(("publishing", time.monotonic() - start))
     return result
 
 
@@ -285,7 +363,7 @@ def _check_selection_options(opts: OptimizeOptions) -> None:
 
 
 def _students(src: SourceModel, names: list[str], ctx: BuildContext, vset: ValidationSet,
-              split: Split, bench, opts: OptimizeOptions, work: Path, progress: Progress
+              split: Split, opts: OptimizeOptions, work: Path, progress: Progress, run_variant
               ) -> list[VariantOutcome]:
     """Distilled students, each through the teacher's variants and judged like them on the
     teacher's held-out reference; a student that cannot be made is one skipped outcome."""
@@ -305,11 +383,66 @@ def _students(src: SourceModel, names: list[str], ctx: BuildContext, vset: Valid
         for name in snames:
             full = f"{st.name}/{name}"
             progress.status(f"{full}: building")
-            outcomes.append(_build_and_measure(
-                full, student_builder(st, name, VARIANTS[name].build, own), sctx, split, bench,
-                opts.threads, opts, work))
+            outcomes.append(run_variant(
+                full, student_builder(st, name, VARIANTS[name].build, own), sctx))
             progress.advance()
     return outcomes
+
+
+class _Deferred(Exception):
+    """A search stopped at its best case until every search's best case is known."""
+
+
+class _Ranking:
+    """The fastest variant within budget so far, and a cheap measurement of each search's best
+    case (e.g. every node INT8; the search for nodes to keep in higher precision only slows
+    it): a search runs only when its best case can beat the leader."""
+
+    #: a best case this much slower than the leader still searches (a short measurement's noise)
+    MARGIN = 0.9
+
+    def __init__(self, src: SourceModel, bench: dict[int, list[dict]], threads: int,
+                 work: Path):
+        self.src, self.bench, self.threads, self.work = src, bench, threads, work
+        self.best: VariantOutcome | None = None
+        #: rows/s of each deferred search's best case, at the largest benchmarked batch
+        self.best_cases: dict[str, float] = {}
+
+    def record(self, o: VariantOutcome) -> None:
+        if o.passed and (self.best is None or o.throughput > self.best.throughput):
+            self.best = o
+
+    def _speed(self, src: SourceModel, build: VariantBuild) -> float:
+        size = max(self.bench)
+        cdir = _candidate_dir(self.work, src, build, under="best-case")
+        draft = _draft_manifest(src, build, cdir, None, None, [])
+        m = measure_in_subprocess(draft, cdir, [], {size: self.bench[size][:4]}, self.threads,
+                                  min_time_s=0.3, min_iters=3)
+        return m.latency[0].throughput
+
+    def defer(self, ctx: BuildContext, label: str, build: VariantBuild) -> str | None:
+        """Measure the best case and stop the build until every best case is known."""
+        self.best_cases[label] = self._speed(ctx.source, build)
+        raise _Deferred(label)
+
+    def verdict(self, label: str, speed: float | None = None) -> str | None:
+        speed = self.best_cases[label] if speed is None else speed
+        if self.best is None:
+            return None
+        size = max(self.bench)
+        lead = next((p.throughput for p in self.best.measurements.latency
+                     if p.batch_size == size), None)
+        if lead is None or speed >= self.MARGIN * lead:
+            return None
+        return (f"its best case (every node quantized) runs {speed:.1f} rows/s at batch "
+                f"{size}, below {self.best.name} ({lead:.1f} rows/s) already within the "
+                "budget: a search for nodes to keep in higher precision only slows it, so it "
+                "was skipped")
+
+    def cannot_win(self, ctx: BuildContext, label: str, build: VariantBuild) -> str | None:
+        if ctx.source is self.src and label in self.best_cases:  # measured while deferred
+            return self.verdict(label)
+        return self.verdict(label, self._speed(ctx.source, build)) if self.best else None
 
 
 def _build_and_measure(name: str, builder, ctx: BuildContext, split: Split, bench,
@@ -318,6 +451,8 @@ def _build_and_measure(name: str, builder, ctx: BuildContext, split: Split, benc
     src = ctx.source
     try:
         build = builder(ctx)
+    except _Deferred:
+        raise
     except VariantSkipped as e:
         return VariantOutcome(name, "skipped", reason=str(e))
     except Exception as e:  # a broken variant is reported, not fatal
@@ -332,8 +467,9 @@ def _build_and_measure(name: str, builder, ctx: BuildContext, split: Split, benc
         return VariantOutcome(name, "failed", reason=_error_text(e), build=build)
     judged = held.gather(m.outputs[:len(held.batches)])
     seen = tune.gather(m.outputs[len(held.batches):])
-    fidelity = compare(src.task, ctx.held_out_reference, judged, opts.budget, held.labels)
-    tuning = compare(src.task, ctx.reference, seen, opts.budget, tune.labels)
+    fidelity = judge_fidelity(src, ctx.held_out_reference, judged, opts.budget, held,
+                              held.labels)
+    tuning = judge_fidelity(src, ctx.reference, seen, opts.budget, tune, tune.labels)
     if judge is not None:  # variants judged on their own terms (feature selection)
         fidelity = judge(fidelity, judged, held)
         tuning = judge(tuning, seen, tune)

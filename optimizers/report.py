@@ -16,6 +16,9 @@ def _fid_cell(f) -> str:
         if f.neighbour_agreement is not None:
             text += f", top-5 nbr {f.neighbour_agreement:.3f}"
         return text
+    if f.token_agreement is not None:
+        return (f"tokens {f.token_agreement:.4f}, entity F1 {f.entity_f1:.4f}, max Δp "
+                f"{f.max_prob_diff:.4f}")
     text = f"top-1 {f.top1_agreement:.4f}, max Δp {f.max_prob_diff:.4f}"
     if f.f1 is not None:
         text += f", F1 {f.f1:.4f} (ref {f.reference_f1:.4f})"
@@ -99,12 +102,15 @@ def _mb(size_bytes: int) -> str:
 
 
 def _bound(result, opts) -> float:
-    return (opts.budget.min_top1 if result.source.task == "classification"
+    return (opts.budget.min_top1 if result.source.task in ("classification",
+                                                           "token-classification")
             else opts.budget.min_cosine)
 
 
 def _metric(result) -> str:
-    return "top-1 agreement" if result.source.task == "classification" else "cosine min"
+    return {"classification": "top-1 agreement",
+            "token-classification": "token-label agreement"}.get(result.source.task,
+                                                                  "cosine min")
 
 
 def _reference_name(result) -> str:
@@ -210,6 +216,13 @@ def write_report(result, out: Path, opts) -> Path:
     notes = [(o.name, n) for o in result.outcomes if o.build for n in o.build.notes]
     if notes:
         lines += ["## Build notes", ""] + [f"- `{v}`: {n}" for v, n in notes] + [""]
+    if result.timings:
+        total = sum(s for _, s in result.timings)
+        lines += ["## Time", "", f"{total:.0f} s until this report, by step (each variant: "
+                  "building, searching, measuring):", "", "| step | seconds | share |",
+                  "|---|---|---|"]
+        lines += [f"| {name} | {s:.1f} | {s / total:.0%} |" for name, s in result.timings
+                  if total] + [""]
     for chart in charts:
         lines += [f"![{chart}]({chart})", ""]
     path = out / "report.md"

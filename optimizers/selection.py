@@ -13,6 +13,8 @@ def fidelity_score(f: Fidelity) -> float:
     """One number per variant for ranking and plotting (higher is more faithful)."""
     if f.cosine_min is not None:
         return f.cosine_min
+    if f.token_agreement is not None:
+        return f.token_agreement
     if f.top1_agreement is not None:
         return f.top1_agreement
     return 0.0

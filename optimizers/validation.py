@@ -10,6 +10,7 @@ quantization's results depend on a row's batch-mates.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -40,17 +41,32 @@ class ValidationSet:
     tensors: dict[str, np.ndarray] | None = None
     encoder: TextEncoder | None = None
     notes: list[str] = field(default_factory=list)
+    _encodings: list | None = field(default=None, repr=False)
 
     def gather(self, outputs: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
-        """Reassemble per-batch outputs into arrays in the original row order."""
+        """Reassemble per-batch outputs into arrays in the original row order. Per-token
+        outputs ([rows, tokens, ...]) are padded with zeros to the longest row of all batches."""
         merged: dict[str, np.ndarray] = {}
         for name in outputs[0]:
             first = outputs[0][name]
-            full = np.empty((self.rows, *first.shape[1:]), dtype=first.dtype)
-            for rows, out in zip(self.rows_of, outputs):
-                full[rows] = out[name]
+            if first.ndim >= 3:
+                width = max(out[name].shape[1] for out in outputs)
+                full = np.zeros((self.rows, width, *first.shape[2:]), dtype=first.dtype)
+                for rows, out in zip(self.rows_of, outputs):
+                    full[rows, :out[name].shape[1]] = out[name]
+            else:
+                full = np.empty((self.rows, *first.shape[1:]), dtype=first.dtype)
+                for rows, out in zip(self.rows_of, outputs):
+                    full[rows] = out[name]
             merged[name] = full
         return merged
+
+    def encodings(self) -> list:
+        """The tokenizer's encoding of each text row (offsets, special tokens), as serving
+        makes them."""
+        if self._encodings is None:
+            self._encodings = self.encoder.encode_batch(self.texts, keep=True).encodings
+        return self._encodings
 
     def subset(self, rows: np.ndarray) -> ValidationSet:
         """A smaller set with only these rows (in ascending order), labels included."""
@@ -244,17 +260,35 @@ def read_tensors(path: Path, source: SourceModel) -> dict[str, np.ndarray]:
     return out
 
 
-def read_labels(path: Path, rows: int) -> np.ndarray:
-    """Integer class labels, one per validation row (``.txt``/``.csv`` lines or ``.npy``)."""
+def read_labels(path: Path, rows: int, names: Sequence[str] | None = None,
+                classes: int | None = None) -> np.ndarray:
+    """Class labels, one per validation row (``.txt``/``.csv`` lines or ``.npy``): a class
+    index, or where the model names its classes (``names``, e.g. a Hugging Face classifier's
+    id2label) the class's name. Every label must be one of the model's ``classes``."""
+    index = {n: i for i, n in enumerate(names or [])}
     try:
         if path.suffix == ".npy":
             labels = np.load(path, allow_pickle=False)
         else:
-            labels = np.array([int(x.strip().split(",")[0]) for x in
-                               path.read_text().splitlines() if x.strip()])
+            lines = [x.strip().split(",")[0].strip() for x in path.read_text().splitlines()
+                     if x.strip()]
+            values = []
+            for n, x in enumerate(lines, 1):
+                if x in index:  # a name first: names are what the model says it predicts
+                    values.append(index[x])
+                    continue
+                try:
+                    values.append(int(x))
+                except ValueError:
+                    raise ValueError(
+                        f"line {n}: {x!r} is not a class index"
+                        + (f" nor one of the model's labels ({', '.join(list(index)[:8])}"
+                           f"{', ...' if len(index) > 8 else ''})" if index else "")) from None
+            labels = np.array(values, dtype=np.int64)
     except (OSError, ValueError) as e:
+        expected = "a class index or name" if index else "an integer class"
         raise ValidationDataError(
-            f"cannot read labels {path}: {e}; expected one integer class per line"
+            f"cannot read labels {path}: {e}; expected {expected} per line"
         )
     if labels.ndim != 1 or labels.dtype.kind not in "iu":
         raise ValidationDataError(f"{path}: labels must be a 1-D list of integer classes")
@@ -262,7 +296,22 @@ def read_labels(path: Path, rows: int) -> np.ndarray:
         raise ValidationDataError(
             f"{path} has {len(labels)} labels for {rows} validation rows; expected one per row"
         )
+    if classes and len(labels) and (labels.min() < 0 or labels.max() >= classes):
+        row = int(np.flatnonzero((labels < 0) | (labels >= classes))[0])
+        raise ValidationDataError(
+            f"{path}: row {row + 1} has class {int(labels[row])}, but the model has {classes} "
+            f"classes (0..{classes - 1})")
     return labels.astype(np.int64)
+
+
+def _classes(source: SourceModel, names: Sequence[str] | None) -> int | None:
+    """How many classes a classifier has: its label names, or its scores' last dimension."""
+    if names:
+        return len(names)
+    for out in source.signature.outputs:
+        if out.datatype.startswith("FP") and len(out.shape) == 2 and out.shape[-1] > 0:
+            return out.shape[-1]
+    return None
 
 
 def load_validation(source: SourceModel, path: str | None, labels: str | None,
@@ -298,7 +347,12 @@ def load_validation(source: SourceModel, path: str | None, labels: str | None,
     if labels:
         if source.task != "classification":
             raise ValidationDataError("--labels needs a classifier (--task classification)")
-        vset.labels = read_labels(Path(labels), vset.rows)
+        if source.multi_label:
+            raise ValidationDataError(
+                "--labels holds one class per row; a multi-label classifier's truth is a set "
+                "of classes per row, which F1/ROC AUC here do not take: drop --labels")
+        names = source.postprocessing.labels if source.postprocessing is not None else None
+        vset.labels = read_labels(Path(labels), vset.rows, names, _classes(source, names))
     vset.notes = notes
     return vset
 

@@ -11,7 +11,7 @@ if [ ! -x .venv/bin/python ]; then
 fi
 . .venv/bin/activate
 python -m pip install -q --upgrade pip
-python -m pip install -q -c constraints.txt -e '.[cpu,dev,openvino,tune]'
+python -m pip install -q -c constraints.txt -e '.[cpu,dev,tune]'
 scripts/install-tools.sh
 export PATH="$PWD/.tools/bin:$PATH"
 export HF_HUB_OFFLINE=1

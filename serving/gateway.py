@@ -35,6 +35,7 @@ from .protocol.codec import Limits
 from .repository import Manifest, ModelRepository
 from .routing import TrafficPolicy, choose_version, shadow_target
 from .runtimes import TextEncoder, length_groups
+from .tasks import TextTask, apply_class_counts, check_class_counts, text_task
 from .settings import settings
 
 #: under Ray Serve's logger, so records land in the replica's log file with Serve's request ids
@@ -92,6 +93,12 @@ class VersionState:
     tags: dict[str, str] = field(default_factory=dict)
     inflight: int = 0
     executor: ThreadPoolExecutor | None = None
+    #: text versions: what the outputs mean (labels, entities, truncated rows)
+    task: TextTask | None = None
+
+    def __post_init__(self):
+        if self.encoder is not None and self.task is None:  # the model's tensors as they are
+            self.task = TextTask(self.manifest)
 
     def prepare(self, req: InferRequest) -> tuple[Any, int]:
         """Turn request tensors into a batch payload and its row count (texts stay strings:
@@ -107,10 +114,11 @@ class VersionState:
         arrays = {n: t.data for n, t in req.inputs.items()}
         return arrays, len(next(iter(arrays.values())))
 
-    def _encode(self, texts: list[str]) -> tuple[list[list[int]], list[dict[str, np.ndarray]]]:
-        rows = self.encoder.encode(texts)
+    def _encode(self, texts: list[str]):
+        encoded = self.encoder.encode_batch(texts, keep=self.task.needs_encodings)
+        rows = encoded.rows
         groups = length_groups([len(r) for r in rows])
-        return groups, [self.encoder.pad([rows[i] for i in g]) for g in groups]
+        return groups, [self.encoder.pad([rows[i] for i in g]) for g in groups], encoded
 
     async def run_batch(self, payloads: list[Any]) -> list[dict[str, np.ndarray]]:
         if self.encoder is not None:
@@ -119,9 +127,9 @@ class VersionState:
             # the worker threads, so one large request never stalls the loop that serves everyone
             # else (``tokenizers`` releases the GIL while it encodes)
             if self.executor is None or sum(map(len, texts)) <= settings().inline_text_bytes:
-                groups, feeds = self._encode(texts)
+                groups, feeds, encoded = self._encode(texts)
             else:
-                groups, feeds = await asyncio.get_running_loop().run_in_executor(
+                groups, feeds, encoded = await asyncio.get_running_loop().run_in_executor(
                     self.executor, self._encode, texts)
             try:
                 results = await self.backend(feeds)
@@ -129,17 +137,7 @@ class VersionState:
                 # the gateway made these tensors itself: a model refusing them is the
                 # server's fault, never the client's
                 raise ModelExecutionError(str(e)) from None
-            names = list(results[0])
-            merged = {n: np.empty((len(texts), *results[0][n].shape[1:]), results[0][n].dtype)
-                      for n in names}
-            for g, res in zip(groups, results):
-                for n in names:
-                    merged[n][g] = res[n]
-            out, start = [], 0
-            for p in payloads:
-                out.append({k: v[start:start + len(p)] for k, v in merged.items()})
-                start += len(p)
-            return out
+            return self.task.split([len(p) for p in payloads], groups, results, encoded)
         # tensors: requests whose non-batch dimensions agree are concatenated into one feed
         by_shape: dict[tuple, list[int]] = {}
         for i, p in enumerate(payloads):
@@ -184,6 +182,10 @@ def _predicted_compute(vs: VersionState):
 
 def agreement(task: str, stable: np.ndarray, canary: np.ndarray) -> np.ndarray:
     """Per-row agreement: cosine for embeddings (and generic outputs), top-1 match otherwise."""
+    if task == "token-classification":  # token_labels, the first output
+        from .tasks import token_label_agreement
+
+        return token_label_agreement(stable, canary)
     if task == "classification":
         return (stable.reshape(len(stable), -1).argmax(1)
                 == canary.reshape(len(canary), -1).argmax(1)).astype(np.float64)
@@ -299,7 +301,7 @@ class Gateway:
     def _load_version(self, model: str, version: int) -> VersionState:
         ref = self.repo.get(model, version)
         m = ref.manifest
-        encoder = None
+        encoder = task = None
         if m.preprocessing is not None:
             path = ref.file(m.preprocessing.tokenizer_file)
             from .repository import IntegrityError, sha256_file
@@ -307,10 +309,10 @@ class Gateway:
             if sha256_file(path) != m.artifact(m.preprocessing.tokenizer_file).sha256:
                 raise IntegrityError(f"{model}:{version}: {m.preprocessing.tokenizer_file} does "
                                      "not match its sha256 in the manifest")
-            encoder = TextEncoder(path, m.preprocessing)
+            encoder, task = TextEncoder(path, m.preprocessing), text_task(m)
         tags = {"model": model, "version": str(version)}
         vs = VersionState(model, version, m, self._backend_factory(model, version), encoder,
-                          tags=tags, executor=self.executor)
+                          tags=tags, executor=self.executor, task=task)
         vs.batcher = AdaptiveBatcher(vs.run_batch, BatchPolicy(), label=f"{model}:{version}",
                                      observer=_BatchObserver(self.recorder, tags))
         return vs
@@ -385,9 +387,10 @@ class Gateway:
     def openapi(self) -> dict:
         from .protocol.openapi import openapi_document
 
+        stable = {n: st.versions[st.policy.stable].manifest for n, st in self.models.items()}
         return openapi_document(
             {n: list(st.versions) for n, st in self.models.items()}, SERVER_VERSION,
-            {n: st.versions[st.policy.stable].manifest.signature for n, st in self.models.items()})
+            {n: m.signature for n, m in stable.items()}, manifests=stable)
 
     def model_metadata(self, name: str, version: str | None = None) -> dict:
         st = self.model(name)
@@ -401,7 +404,8 @@ class Gateway:
             "outputs": [t.model_dump() for t in m.signature.outputs],
             "parameters": {"variant": m.variant, "task": m.task, "stable": st.policy.stable,
                            "canary": st.policy.canary,
-                           "canary_weight": st.policy.canary_weight},
+                           "canary_weight": st.policy.canary_weight,
+                           **({"labels": m.postprocessing.labels} if m.postprocessing else {})},
         }
 
     def model_config(self, name: str, version: str | None = None) -> dict:
@@ -489,6 +493,7 @@ class Gateway:
             req = await asyncio.get_running_loop().run_in_executor(
                 self.executor, decode_request, body, dict(headers), limits)
         validate_inputs(req, vs.manifest.signature, vs.model)
+        check_class_counts(req.classification, vs.manifest.signature)
         payload, rows = vs.prepare(req)
         vs.inflight += 1
         self.recorder.set(M.INFLIGHT, vs.tags, vs.inflight)
@@ -508,6 +513,7 @@ class Gateway:
             target = shadow_target(st.policy, vs.version, self._rng, room=room)
             if target is not None:
                 self._spawn(self._shadow(st, vs, st.versions[target], req, outputs))
+        outputs = apply_class_counts(outputs, req.classification, vs.manifest)
         return encode_response(vs.model, vs.version, outputs, req)
 
     async def _shadow(self, st: ModelState, served: VersionState, mirror: VersionState,

@@ -42,3 +42,40 @@ def minilm_build(tmp_path_factory):
     # temporary files of the quantizers stay out of the user's working directory
     assert list(cwd.iterdir()) == []
     return repo, report, result
+
+
+@pytest.fixture(scope="session")
+def hf_dirs(tmp_path_factory):
+    """Tiny Hugging Face directories built offline (tests/support/hf_models.py): BERT,
+    DistilBERT and RoBERTa sequence classifiers and a BERT token classifier."""
+    from tests.support import hf_models
+
+    root = tmp_path_factory.mktemp("hf")
+    return {"bert": hf_models.bert_classifier(root / "bert"),
+            "distilbert": hf_models.distilbert_classifier(root / "distilbert"),
+            "roberta": hf_models.roberta_classifier(root / "roberta"),
+            "ner": hf_models.bert_token_classifier(root / "ner")}
+
+
+#: what the tiny Hugging Face models are optimized into once per session (OpenVINO INT8 under
+#: NNCF included); budgets loose enough for tiny random models' INT8 to pass
+HF_VARIANTS = ("torch-fp32", "onnx-fp32", "onnx-int8-dynamic", "openvino-int8")
+
+
+@pytest.fixture(scope="session")
+def hf_build(hf_dirs, tmp_path_factory):
+    """Each tiny Hugging Face model optimized and published by the real CLI (every variant
+    within budget, a report each): (repository dir, report dir, {model: CompletedProcess})."""
+    from tests.helpers import run_cli
+
+    root = tmp_path_factory.mktemp("hf-build")
+    runs = {}
+    for name, directory in hf_dirs.items():
+        r = run_cli("optimize", str(directory), "--name", name, "--variants",
+                    ",".join(HF_VARIANTS), "--publish", "all", "--report",
+                    str(root / "report" / name), "--repository", str(root / "repo"),
+                    "--min-agreement", "0.9", "--min-entity-f1", "0.8", "--min-time", "0.05",
+                    "--batch-sizes", "1,32", "-q")
+        assert r.returncode == 0, r.stdout + r.stderr
+        runs[name] = r
+    return root / "repo", root / "report", runs

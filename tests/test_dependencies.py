@@ -151,6 +151,8 @@ def test_the_readme_installs_a_whole_machine_with_one_extra():
     optimize, controller; the serving images install their role only."""
     decl = declared()
     assert decl["cpu"] >= decl["serve"] | decl["optimize"] | decl["controller"]
+    # OpenVINO and NNCF too: a new user's `optiserve optimize` builds the OpenVINO variants
+    assert decl["cpu"] >= decl["openvino"] >= {"openvino", "nncf"}
     assert "onnxruntime" in decl["serve"] and "onnxruntime-gpu" not in decl["cpu"]
     assert "onnxruntime-gpu" in decl["serve-gpu"] and "onnxruntime" not in decl["gpu"]
     for heavy in ("torch", "transformers", "matplotlib", "kubernetes", "scikit-learn"):

@@ -149,7 +149,7 @@ def student_sources(src: SourceModel, opts: DistillOptions, progress=None,
             student, info = build_student(src.torch_module, spec)
             cfg = TrainConfig(steps=opts.steps, time_limit_s=opts.time_limit_s, lr=opts.lr,
                               batch_size=opts.batch_size, seed=opts.seed, threads=threads,
-                              token_weight=opts.token_weight)
+                              token_weight=opts.token_weight, loss=_loss(src))
             t0 = time.monotonic()
             if targets is None:  # once for every student: the teacher's answers are the same
                 with deterministic(opts.seed, threads):
@@ -166,6 +166,13 @@ def student_sources(src: SourceModel, opts: DistillOptions, progress=None,
         except Exception as e:  # a student that fails is reported; the teacher's run goes on
             out.append(StudentSkipped(label, f"training failed: {type(e).__name__}: {e}"[:500]))
     return out
+
+
+def _loss(src: SourceModel) -> str:
+    """The output distance a student of ``src`` is trained on."""
+    if src.task in ("classification", "token-classification"):
+        return "bce" if src.multi_label else "kl"
+    return "cosine"
 
 
 def _describe(src, spec, info, result, origin, dropped, opts, seconds) -> str:
@@ -205,10 +212,10 @@ def student_variants(names: Sequence[str]) -> list[str]:
 
 def own_fidelity(student: Student, vset, reference: dict, budget):
     """The student itself (torch fp32) against the teacher's reference outputs."""
-    from ..fidelity import compare
+    from ..fidelity import judge
 
     outputs = vset.gather([student.source.reference(b) for b in vset.batches])
-    return compare(student.source.task, reference, outputs, budget, vset.labels)
+    return judge(student.source, reference, outputs, budget, vset, vset.labels)
 
 
 def student_builder(student: Student, variant: str, build, fidelity=None):

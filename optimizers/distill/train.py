@@ -1,8 +1,10 @@
 """Distillation: the student learns to give the teacher's served output on unlabeled text.
 
 The teacher runs once over the corpus (its served output, after pooling and normalisation, and
-its last encoder layer's token states); the student is then trained with AdamW on
-``1 - cosine(student output, teacher output)`` plus a token-state term (mean squared error of the
+its last encoder layer's token states); the student is then trained with AdamW on the distance
+of its output to the teacher's — ``1 - cosine`` for embeddings; for classifiers' probabilities
+the KL divergence from the teacher's (binary cross-entropy per class for multi-label ones,
+per real token for token classifiers) — plus a token-state term (mean squared error of the
 last encoder layer's states, scaled by their variance), for at most ``steps`` steps or
 ``time_limit_s`` seconds. Runs are deterministic for a seed and thread count: fixed data order,
 torch's deterministic algorithms, a fixed number of threads, no dropout.
@@ -33,6 +35,9 @@ class TrainConfig:
     #: Weight of the token-state term (0: the served output alone).
     token_weight: float = 1.0
     warmup: float = 0.06
+    #: The output's distance: "cosine" (embeddings), "kl" (softmax probabilities, per row or
+    #: per token), "bce" (independent sigmoid probabilities)
+    loss: str = "cosine"
 
 
 @dataclass
@@ -107,8 +112,8 @@ def teacher_targets(teacher, rows: Sequence[np.ndarray], pad: Callable, names: l
                 args, _ = _feeds(pad, [rows[i] for i in idx], names)
                 out = teacher(*args)
                 out = out[0] if isinstance(out, (tuple, list)) else out
-                for j, i in enumerate(idx):
-                    outputs[i] = out[j].clone()
+                for j, i in enumerate(idx):  # per-token outputs kept without their padding
+                    outputs[i] = (out[j, : len(rows[i])] if out.dim() == 3 else out[j]).clone()
                     states[i] = hidden.value[j, : len(rows[i])].clone()
                 status(f"teacher outputs: {min(start + batch_size, len(order))}/{len(order)}")
     finally:
@@ -120,6 +125,32 @@ def compute_targets(teacher, rows: Sequence[np.ndarray], pad: Callable, names: l
                     progress):
     progress.phase(f"teacher outputs on {len(rows)} sentences")
     return teacher_targets(teacher, rows, pad, names, status=progress.status)
+
+
+def output_loss(kind: str, out, targets, mask):
+    """Distance of the student's outputs to the teacher's (``targets``: one per row, per-token
+    ones without padding)."""
+    import torch
+
+    if out.dim() == 3:  # per token: the teacher's rows padded to the batch, real tokens only
+        target = torch.zeros_like(out)
+        for j, t in enumerate(targets):
+            target[j, : len(t)] = t
+        real = mask.to(out.dtype)
+    else:
+        target, real = torch.stack(targets), None
+    if kind == "cosine":
+        per = 1.0 - torch.nn.functional.cosine_similarity(out, target, dim=-1)
+    else:
+        eps = 1e-7
+        s, t = out.clamp(eps, 1 - eps), target.clamp(eps, 1 - eps)
+        if kind == "bce":
+            per = -(t * s.log() + (1 - t) * (1 - s).log()).mean(-1)
+        else:  # KL(teacher || student)
+            per = (t * (t.log() - s.log())).sum(-1)
+    if real is None:
+        return per.mean()
+    return (per * real).sum() / real.sum().clamp(min=1.0)
 
 
 def distill(student, teacher, rows: Sequence[np.ndarray], pad: Callable, names: list[str],
@@ -164,8 +195,7 @@ def distill(student, teacher, rows: Sequence[np.ndarray], pad: Callable, names: 
                 args, mask = _feeds(pad, [rows[i] for i in idx], names)
                 out = student(*args)
                 out = out[0] if isinstance(out, (tuple, list)) else out
-                target = torch.stack([t_out[i] for i in idx])
-                loss = (1.0 - torch.nn.functional.cosine_similarity(out, target, dim=-1)).mean()
+                loss = output_loss(cfg.loss, out, [t_out[i] for i in idx], mask)
                 if cfg.token_weight:
                     width = mask.shape[1]
                     t_tok = torch.zeros(len(idx), width, t_states[idx[0]].shape[-1])

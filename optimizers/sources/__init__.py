@@ -1,5 +1,6 @@
-"""Sources the optimizer takes: the built-ins ``minilm`` and ``breast-cancer``, an ONNX file, a
-torch factory, a scikit-learn model ``sklearn:FILE``."""
+"""Sources the optimizer takes: the built-ins ``minilm`` and ``breast-cancer``, a Hugging Face
+model directory (``DIR`` or ``hf:DIR``), an ONNX file, a torch factory, a scikit-learn model
+``sklearn:FILE``."""
 
 from __future__ import annotations
 
@@ -14,9 +15,12 @@ TABULAR_BUILTINS = ("breast-cancer",)
 
 def resolve_source(spec: str, *, name: str | None = None, task: str | None = None,
                    inputs: list[str] | None = None, outputs: list[str] | None = None,
-                   trust: bool = False, trusted_types: list[str] | None = None) -> SourceModel:
-    """Load a source from its spec: ``minilm``, ``breast-cancer``, ``sklearn:FILE``,
-    ``path/to/model.onnx`` or ``pkg.mod:factory``."""
+                   trust: bool = False, trusted_types: list[str] | None = None,
+                   pooling: str | None = None) -> SourceModel:
+    """Load a source from its spec: ``minilm``, ``breast-cancer``, ``sklearn:FILE``, a Hugging
+    Face directory (``DIR`` or ``hf:DIR``), ``path/to/model.onnx`` or ``pkg.mod:factory``."""
+    if pooling is not None and not (spec.startswith("hf:") or Path(spec).is_dir()):
+        raise SourceError("--pooling applies to Hugging Face directories (feature extraction)")
     if spec in TABULAR_BUILTINS or spec.startswith("sklearn:"):
         if task not in (None, "classification"):
             raise SourceError(f"{spec!r} is a classifier; drop --task {task}")
@@ -34,6 +38,17 @@ def resolve_source(spec: str, *, name: str | None = None, task: str | None = Non
         if task not in (None, "embedding"):
             raise SourceError(f"the built-in {spec!r} is an embedding model; drop --task {task}")
         return minilm.load(name or spec)
+    if spec.startswith("hf:") or Path(spec).is_dir():
+        from . import huggingface
+
+        path = spec[3:] if spec.startswith("hf:") else spec
+        if not Path(path).is_dir():
+            raise SourceError(f"{spec}: {path} is not a directory; expected a Hugging Face "
+                              "model directory (written by save_pretrained)")
+        return huggingface.load(path, name=name, task=task, pooling=pooling)
+    if task == "token-classification":
+        raise SourceError("--task token-classification takes a Hugging Face directory (a "
+                          "*ForTokenClassification model with its tokenizer)")
     if spec.endswith(".onnx") or Path(spec).is_file():
         from . import onnx_file
 
@@ -44,8 +59,10 @@ def resolve_source(spec: str, *, name: str | None = None, task: str | None = Non
         return torch_factory.load(spec, inputs or [], outputs, name=name, task=task or "generic")
     raise SourceError(
         f"unknown source {spec!r}: expected a built-in model ({', '.join(BUILTINS)}), "
-        "a path to an .onnx file, a torch factory 'package.module:function', or a "
-        "scikit-learn model 'sklearn:FILE' (.skops or joblib)"
+        "a Hugging Face model directory (DIR or hf:DIR), a path to an .onnx file, a torch "
+        "factory 'package.module:function', or a scikit-learn model 'sklearn:FILE' (.skops "
+        "or joblib)" + (f"; {spec} does not exist" if "/" in spec or spec.startswith(".")
+                        else "")
     )
 
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from serving.repository import Signature, Source, TextPreprocessing
+from serving.repository import Postprocessing, Signature, Source, TextPreprocessing
 
 
 @dataclass
@@ -43,6 +43,8 @@ class SourceModel:
     model_signature: Signature
     signature: Signature
     preprocessing: TextPreprocessing | None = None
+    #: Labels (and entity aggregation) of text and token classifiers, applied by serving.
+    postprocessing: Postprocessing | None = None
     #: Files copied into every version (artifact path -> file), e.g. the tokenizer.
     extra_files: dict[str, Path] = field(default_factory=dict)
     torch_module: Any = None
@@ -58,6 +60,10 @@ class SourceModel:
     @property
     def is_text(self) -> bool:
         return self.preprocessing is not None
+
+    @property
+    def multi_label(self) -> bool:
+        return self.postprocessing is not None and self.postprocessing.multi_label
 
     def reference(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Run the original model (scikit-learn, torch eager, or ONNX Runtime without graph

@@ -26,14 +26,14 @@ VARIANTS: dict[str, Variant] = {v.name: v for v in [
     Variant("torch-int8-dynamic", "torch, INT8 linear layers (dynamic)", build_torch_int8_dynamic),
     Variant("onnx-fp32", "ONNX Runtime, fp32, graph-optimised", build_onnx_fp32),
     Variant("onnx-int8-dynamic", "ONNX Runtime, INT8 dynamic (QInt8 per channel)",
-            build_onnx_int8_dynamic),
+            build_onnx_int8_dynamic, cost=1),
     Variant("onnx-int8-static", "ONNX Runtime, INT8 static (calibrated QDQ)",
-            build_onnx_int8_static),
+            build_onnx_int8_static, cost=1),
     Variant("openvino-fp32", "OpenVINO, fp32", build_openvino_fp32),
     Variant("openvino-bf16", "OpenVINO, bf16 compute (CPUs with AVX-512 BF16 or AMX)",
             build_openvino_bf16),
     Variant("openvino-int8", "OpenVINO, INT8 (NNCF, accuracy control against the budget)",
-            build_openvino_int8),
+            build_openvino_int8, cost=1),
     Variant("torch-fp16-cuda", "torch on CUDA, fp16 (TorchScript)", build_torch_fp16_cuda,
             device="cuda"),
     Variant("torch-bf16-cuda", "torch on CUDA, bf16 (TorchScript; Ampere and later)",
@@ -46,13 +46,19 @@ VARIANTS: dict[str, Variant] = {v.name: v for v in [
 
 __all__ = ["VARIANTS", "BuildContext", "Variant", "VariantBuild", "VariantSkipped",
            "QuantizationFailed", "probe_provider", "TABULAR_VARIANTS", "OPENVINO_VARIANTS",
-           "default_variants"]
+           "default_variants", "build_order"]
 
 #: Defaults only where ``openvino`` imports (the ``openvino`` extra).
 OPENVINO_VARIANTS = ["openvino-fp32", "openvino-bf16", "openvino-int8"]
 
 #: What a scikit-learn source builds when no --variants are named (the others never apply).
 TABULAR_VARIANTS = ["sklearn", "onnx-fp32", "onnx-int8-dynamic", "onnx-int8-static"]
+
+
+def build_order(names: list[str]) -> list[str]:
+    """The variants in the order they are built: one-step builds first (in the order given),
+    then those that may search, so each search knows what it has to beat."""
+    return sorted(names, key=lambda n: VARIANTS[n].cost)
 
 
 def default_variants(source) -> list[str]:

@@ -10,7 +10,7 @@ import numpy as np
 
 from serving.repository import Fidelity
 
-from ..fidelity import FidelityBudget, compare, row_scores
+from ..fidelity import FidelityBudget, judge, scores
 from ..sources import SourceModel
 from ..validation import ValidationSet
 
@@ -55,6 +55,22 @@ class BuildContext:
     tune_seconds: float = 300.0
     #: Reference outputs of the held-out rows (the pipeline judges with them; builders must not).
     held_out_reference: dict[str, np.ndarray] | None = None
+    #: ``cannot_win(ctx, label, build)``: why a search for the most faithful form of a
+    #: candidate is not worth its time (its best case, ``build``, measured slower than the
+    #: fastest variant already within budget), or None; it may also stop the build for now
+    #: (the pipeline measures every best case before any search). Searches only make a
+    #: candidate slower.
+    cannot_win: Callable[[BuildContext, str, VariantBuild], str | None] = \
+        lambda _ctx, _label, _build: None
+
+    def worth_searching(self, label: str, build: VariantBuild) -> None:
+        """Raise :class:`VariantSkipped` when the search for ``label`` cannot pay off.
+        Builders call it with their best case (e.g. every node INT8) once it misses the
+        budget, before they search; a build may be stopped here and run again later, so the
+        work before it is kept in ``cache``."""
+        reason = self.cannot_win(self, label, build)
+        if reason:
+            raise VariantSkipped(reason)
 
     def scratch(self, name: str) -> Path:
         d = self.workdir / name
@@ -77,8 +93,8 @@ class BuildContext:
         ref = self.reference if rows is None else {k: v[np.sort(rows)]
                                                    for k, v in self.reference.items()}
         labels = self.validation.labels if rows is None else None
-        fid = compare(self.source.task, ref, cand, self.budget, labels)
-        return fid, row_scores(self.source.task, ref, cand)
+        fid = judge(self.source, ref, cand, self.budget, vset, labels)
+        return fid, scores(self.source, ref, cand, vset)
 
 
 @dataclass(frozen=True)
@@ -89,4 +105,8 @@ class Variant:
     description: str
     build: Callable[[BuildContext], VariantBuild]
     device: str = "cpu"
+    #: 0: built in one step; 1: may search (calibration, fp32 nodes, accuracy control). Cheap
+    #: variants are built and measured first, so a search can be skipped when its best case
+    #: already loses to one of them.
+    cost: int = 0
 

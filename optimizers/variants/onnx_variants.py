@@ -133,11 +133,18 @@ def quantizable_nodes(path: Path) -> list[str]:
 def tune(ctx: BuildContext, label: str, quantize: Callable[..., Path], base: Path
          ) -> tuple[Path, Fidelity, list[str]]:
     """Quantize everything; if the budget is missed, keep the most damaging nodes in fp32."""
-    ctx.status(f"{label}: quantizing")
-    full = quantize(exclude=[], only=None)
-    fid, scores = ctx.evaluate_onnx(full)
+    key = f"{label}-full:{ctx.source.task}:{ctx.budget}"
+    if key not in ctx.cache:  # kept: the build may stop at its best case and run again
+        ctx.status(f"{label}: quantizing")
+        full = ctx.scratch(f"{label}-full") / "model.onnx"
+        shutil.move(quantize(exclude=[], only=None), full)
+        ctx.cache[key] = (full, *ctx.evaluate_onnx(full))
+    full, fid, scores = ctx.cache[key]
     if fid.passed:
         return full, fid, []
+    # keeping nodes in fp32 only slows the model down: its fully quantized form is the best case
+    ctx.status(f"{label}: {_fid_text(fid)} fully quantized; measuring its best case")
+    ctx.worth_searching(label, VariantBuild(label, "onnxruntime", full))
     deadline = time.monotonic() + ctx.tune_seconds
     candidates = quantizable_nodes(base)
     worst = np.argsort(scores)[: min(32, len(scores))]
@@ -169,6 +176,12 @@ def tune(ctx: BuildContext, label: str, quantize: Callable[..., Path], base: Pat
     if hi is None:
         if order and time.monotonic() < deadline and attempt(len(order) - 1):
             hi = len(order) - 1
+        elif time.monotonic() >= deadline:
+            raise QuantizationFailed(
+                f"no INT8 model within the budget ({fid.budget}): full quantization gave "
+                f"{_fid_text(fid)}, and the search ran out of the {ctx.tune_seconds:.0f} s it "
+                f"was given (--tune-seconds, --search-seconds) after ranking {len(damage)} of "
+                f"{len(candidates)} nodes and keeping up to {max(results, default=0)} in fp32")
         else:
             raise QuantizationFailed(
                 f"no INT8 model within the budget ({fid.budget}): full quantization gave "
@@ -186,9 +199,7 @@ def tune(ctx: BuildContext, label: str, quantize: Callable[..., Path], base: Pat
 
 
 def _fid_text(f: Fidelity) -> str:
-    if f.cosine_min is not None:
-        return f"cosine min {f.cosine_min:.4f}"
-    return f"top-1 agreement {f.top1_agreement:.4f}"
+    return f.headline()
 
 
 def _notes(label: str, fid: Fidelity, excluded: list[str], total: int) -> list[str]:

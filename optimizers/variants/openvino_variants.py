@@ -34,6 +34,9 @@ INSTALL_HINT = "pip install optiserve[openvino]"
 #: rows: the held-out rows that judge the variant are worse than the rows it was tuned on (a
 #: minimum over unseen rows), and NNCF quantizes exactly up to the line it is given.
 MARGIN = 0.25
+#: Models NNCF's accuracy control compiles at once while it ranks quantizer groups: compiling
+#: is most of its time (171 compiles, 64 of its 96 s on minilm with one worker).
+RANKING_WORKERS = 2
 #: CPU flags of native bf16 arithmetic (AVX-512 BF16, AMX): without them OpenVINO emulates it.
 BF16_FLAGS = ("avx512_bf16", "amx_bf16")
 
@@ -142,7 +145,8 @@ class BudgetMetric:
     """The fidelity budget's metric as NNCF's accuracy control takes it.
 
     Dataset items are (inputs, rows) of the tuning batches; the metric of a set of items is the
-    budget's (cosine min over their rows, or top-1 agreement for classifiers) against
+    budget's (cosine min over their rows, top-1 agreement for classifiers, token-label agreement
+    over real tokens for token classifiers) against
     ``ctx.reference``, with one value per item for NNCF's ranking. It raises once
     ``deadline`` has passed, which ends the accuracy control.
     """
@@ -152,15 +156,24 @@ class BudgetMetric:
         self.deadline = deadline
         self.names = [o.name for o in ctx.source.model_signature.outputs]
         self.classifier = ctx.source.task == "classification"
-        self.threshold = ctx.budget.min_top1 if self.classifier else ctx.budget.min_cosine
+        self.tokens = ctx.source.task == "token-classification"
+        self.mask = ctx.source.preprocessing.mask_input if self.tokens else None
+        self.threshold = (ctx.budget.min_top1 if self.classifier or self.tokens
+                          else ctx.budget.min_cosine)
         self.target = self.threshold + MARGIN * (1.0 - self.threshold)
         self.calls = 0
 
     def items(self) -> list[tuple[dict, np.ndarray]]:
         return list(zip(self.ctx.validation.batches, self.ctx.validation.rows_of))
 
-    def item_value(self, out: dict[str, np.ndarray], rows: np.ndarray) -> float:
+    def item_value(self, out: dict[str, np.ndarray], rows: np.ndarray,
+                   feeds: dict[str, np.ndarray] | None = None) -> float:
         ref = {k: self.ctx.reference[k][rows] for k in self.names}
+        if self.tokens:  # argmax per real token (the mask's), padding left out
+            c = out[self.names[0]]
+            r = ref[self.names[0]][:, :c.shape[1]]
+            real = feeds[self.mask].astype(bool)
+            return float(np.mean((r.argmax(-1) == c.argmax(-1))[real]))
         if self.classifier:
             r, c = ref[self.names[0]], out[self.names[0]]
             return float(np.mean(r.reshape(len(r), -1).argmax(1) == c.reshape(len(c), -1)
@@ -175,11 +188,12 @@ class BudgetMetric:
         values, sizes = [], []
         for feeds, rows in data:
             res = compiled(feeds)
-            values.append(self.item_value({n: res[p] for n, p in zip(self.names, ports)}, rows))
+            values.append(self.item_value({n: res[p] for n, p in zip(self.names, ports)}, rows,
+                                          feeds))
             sizes.append(len(rows))
         if not values:
             return 1.0, []
-        if self.classifier:  # agreement over all rows: the items' shares weighted by size
+        if self.classifier or self.tokens:  # over all rows: the items' shares by size
             return float(np.average(values, weights=sizes)), values
         return float(min(values)), values
 
@@ -247,38 +261,56 @@ def build_openvino_int8(ctx: BuildContext) -> VariantBuild:
         raise QuantizationFailed(f"the fp32 OpenVINO model itself misses the budget "
                                  f"({fp32_metric:.4f} < {metric.threshold})")
     transformer = bool(ctx.source.transformer)
-    ctx.status("openvino-int8: quantizing (NNCF, accuracy control)")
-    metric.deadline = time.monotonic() + ctx.tune_seconds
-    try:
+    calibration = nncf.Dataset([feeds for feeds, _ in items])
+    common = dict(subset_size=len(items),
+                  model_type=nncf.ModelType.TRANSFORMER if transformer else None,
+                  advanced_parameters=_quantization_parameters(transformer))
+    # every operation INT8 first: within the budget it is the answer, and otherwise it is the
+    # best case of the search (operations kept in fp32 only slow the model down); kept, as the
+    # build may stop at its best case and run again
+    key = f"openvino-int8-full:{ctx.source.task}"
+    if key not in ctx.cache:
+        ctx.status("openvino-int8: quantizing (NNCF)")
         with _nncf_quiet(work):
-            quantized = nncf.quantize_with_accuracy_control(
-                model,
-                calibration_dataset=nncf.Dataset([feeds for feeds, _ in items]),
-                validation_dataset=nncf.Dataset(items),
-                validation_fn=metric,
-                # NNCF's drop is measured from its own run of the fp32 model, equal to ours
-                max_drop=max(0.0, fp32_metric - metric.target),
-                drop_type=nncf.DropType.ABSOLUTE,
-                subset_size=len(items),
-                model_type=nncf.ModelType.TRANSFORMER if transformer else None,
-                advanced_quantization_parameters=_quantization_parameters(transformer),
-                advanced_accuracy_restorer_parameters=AdvancedAccuracyRestorerParameters(
-                    max_num_iterations=32, ranking_subset_size=min(len(items), 8),
-                    num_ranking_workers=1, intermediate_model_dir=str(work)),
-            )
-    except _OutOfTime:
-        raise QuantizationFailed(
-            f"NNCF's accuracy control did not reach the budget "
-            f"({ctx.budget.describe(ctx.source.task)}) within {ctx.tune_seconds:.0f} s "
-            "(--tune-seconds)") from None
-    full = core.read_model(str(work / "intermediate_model.xml"))
-    total, kept = int8_operations(full), int8_operations(quantized)
+            full = nncf.quantize(model.clone(), calibration, **common)
+        ctx.cache[key] = (full, metric(core.compile_model(full, "CPU", {
+            "INFERENCE_PRECISION_HINT": "f32"}), items)[0])
+    full, full_metric = ctx.cache[key]
+    total = int8_operations(full)
+    quantized = full
+    if full_metric < metric.target:
+        ctx.status(f"openvino-int8: {full_metric:.4f} fully quantized; measuring its best case")
+        ctx.worth_searching("openvino-int8", _save(ctx, full.clone(), "openvino-int8-full",
+                                                   "f32", []))
+        ctx.status("openvino-int8: NNCF accuracy control")
+        metric.deadline = time.monotonic() + ctx.tune_seconds
+        try:
+            with _nncf_quiet(work):
+                quantized = nncf.quantize_with_accuracy_control(
+                    model, calibration_dataset=calibration,
+                    validation_dataset=nncf.Dataset(items), validation_fn=metric,
+                    # NNCF's drop is measured from its own run of the fp32 model, equal to ours
+                    max_drop=max(0.0, fp32_metric - metric.target),
+                    drop_type=nncf.DropType.ABSOLUTE, subset_size=common["subset_size"],
+                    model_type=common["model_type"],
+                    advanced_quantization_parameters=common["advanced_parameters"],
+                    advanced_accuracy_restorer_parameters=AdvancedAccuracyRestorerParameters(
+                        max_num_iterations=32, ranking_subset_size=min(len(items), 8),
+                        num_ranking_workers=RANKING_WORKERS, intermediate_model_dir=str(work)),
+                )
+        except _OutOfTime:
+            raise QuantizationFailed(
+                f"NNCF's accuracy control did not reach the budget "
+                f"({ctx.budget.describe(ctx.source.task)}) within the {ctx.tune_seconds:.0f} s "
+                "it was given (--tune-seconds, --search-seconds)") from None
+    kept = int8_operations(quantized)
     shutil.rmtree(work, ignore_errors=True)
 
     metric.deadline = float("inf")
     final_metric, _ = metric(core.compile_model(quantized, "CPU", {
         "INFERENCE_PRECISION_HINT": "f32"}), items)
-    fid_text = ("top-1 agreement" if metric.classifier else "cosine min") + f" {final_metric:.4f}"
+    fid_text = ("token-label agreement" if metric.tokens else "top-1 agreement"
+                if metric.classifier else "cosine min") + f" {final_metric:.4f}"
     if final_metric < metric.threshold:
         raise QuantizationFailed(
             f"no INT8 model within the budget ({ctx.budget.describe(ctx.source.task)}): NNCF's "

@@ -22,8 +22,10 @@ def _csv_ints(text: str, option: str) -> list[int]:
 
 def optimize_command(
     source: str = typer.Argument(
-        ..., help="'minilm' or 'breast-cancer' (built-ins), a path to an .onnx file, a torch "
-                  "factory 'package.module:function', or 'sklearn:FILE' (.skops or joblib)."),
+        ..., help="'minilm' or 'breast-cancer' (built-ins), a Hugging Face model directory "
+                  "(DIR or hf:DIR, as save_pretrained writes it), a path to an .onnx file, a "
+                  "torch factory 'package.module:function', or 'sklearn:FILE' (.skops or "
+                  "joblib)."),
     name: Optional[str] = typer.Option(None, "--name", help="Model name in the repository."),
     variants: Optional[str] = typer.Option(
         None, "--variants", help="Comma-separated variants to build [default: all]."),
@@ -37,7 +39,11 @@ def optimize_command(
     max_cosine_drop: float = typer.Option(
         0.02, "--max-cosine-drop", help="Embeddings/generic: pass if cosine min >= 1 - this."),
     min_agreement: float = typer.Option(
-        0.99, "--min-agreement", help="Classifiers: pass if top-1 agreement >= this."),
+        0.99, "--min-agreement", help="Classifiers: pass if top-1 agreement >= this; token "
+                                      "classifiers: token-label agreement."),
+    min_entity_f1: float = typer.Option(
+        0.98, "--min-entity-f1", help="Token classifiers: pass if the entity F1 against the "
+                                      "source's entities >= this."),
     max_f1_drop: float = typer.Option(0.01, "--max-f1-drop", help="With labels: allowed F1 drop."),
     held_out: float = typer.Option(
         0.5, "--held-out", help="Share of validation rows held out (seeded split) to judge "
@@ -52,13 +58,24 @@ def optimize_command(
         1, "--threads", help="Intra-op threads each variant is measured with; match "
                              "`optiserve serve --cpus-per-replica` (its default is 1)."),
     task: Optional[str] = typer.Option(
-        None, "--task", help="embedding | classification | generic (ONNX/torch sources)."),
+        None, "--task", help="embedding | classification | generic (ONNX/torch sources); "
+                             "classification | token-classification | embedding (Hugging Face "
+                             "directories) [default: from the source]."),
+    pooling: Optional[str] = typer.Option(
+        None, "--pooling", help="Hugging Face encoders served as feature extraction: mean | "
+                                "cls [default: mean]."),
     inputs: Optional[list[str]] = typer.Option(
         None, "--input", help="Torch factories: NAME:DATATYPE:SHAPE, e.g. x:FP32:-1,16."),
     outputs: Optional[list[str]] = typer.Option(None, "--output", help="Output names (torch)."),
     min_time: float = typer.Option(1.0, "--min-time", help="Seconds to benchmark each size."),
     tune_seconds: float = typer.Option(
-        300.0, "--tune-seconds", help="Time allowed for keeping INT8-sensitive nodes in fp32."),
+        300.0, "--tune-seconds", help="Most seconds one search (INT8-sensitive nodes kept in "
+                                      "fp32, NNCF's accuracy control) may take."),
+    search_seconds: float = typer.Option(
+        90.0, "--search-seconds", help="Seconds all searches together may take; they run "
+                                       "fastest best case (every node INT8) first, and one "
+                                       "that cannot beat a variant already within budget is "
+                                       "skipped."),
     keep_build: Optional[str] = typer.Option(
         None, "--keep-build", help="Keep every built candidate under DIR/candidates/<variant>."),
     select_features: Optional[str] = typer.Option(
@@ -97,12 +114,20 @@ def optimize_command(
 
     if publish not in ("best", "all", "none"):
         fail(f"--publish must be best, all or none (got {publish!r})")
-    if task not in (None, "embedding", "classification", "generic"):
-        fail(f"--task must be embedding, classification or generic (got {task!r})")
+    if task not in (None, "embedding", "classification", "token-classification", "generic"):
+        fail(f"--task must be embedding, classification, token-classification or generic "
+             f"(got {task!r})")
+    if pooling not in (None, "mean", "cls"):
+        fail(f"--pooling must be mean or cls (got {pooling!r})")
+    if not 0 < min_entity_f1 <= 1:
+        fail(f"--min-entity-f1 must be in (0, 1] (got {min_entity_f1})")
     if not 0 <= max_cosine_drop < 1:
         fail(f"--max-cosine-drop must be in [0, 1) (got {max_cosine_drop})")
     if not 0 < min_agreement <= 1:
         fail(f"--min-agreement must be in (0, 1] (got {min_agreement})")
+    if tune_seconds <= 0 or search_seconds < 0:
+        fail(f"--tune-seconds must be > 0 and --search-seconds >= 0 (got {tune_seconds:g}, "
+             f"{search_seconds:g})")
     if not 0 < held_out < 1:
         fail(f"--held-out must be a fraction between 0 and 1, e.g. 0.5 (got {held_out})")
     opts = OptimizeOptions(
@@ -110,11 +135,12 @@ def optimize_command(
         variants=[v.strip() for v in variants.split(",") if v.strip()] if variants else None,
         validation_data=validation_data, labels=labels,
         budget=FidelityBudget(min_cosine=1.0 - max_cosine_drop, min_top1=min_agreement,
-                              max_f1_drop=max_f1_drop),
+                              max_f1_drop=max_f1_drop, min_entity_f1=min_entity_f1),
         publish=publish, report_dir=report,
         batch_sizes=_csv_ints(batch_sizes, "--batch-sizes"), p99_target_ms=p99_target_ms,
-        threads=threads, task=task, inputs=list(inputs or []), outputs=list(outputs or []) or None,
+        threads=threads, task=task, pooling=pooling, inputs=list(inputs or []), outputs=list(outputs or []) or None,
         repository=repository, min_time_s=min_time, tune_seconds=tune_seconds,
+        search_seconds=search_seconds,
         keep_build=keep_build, trust=trust,
         trusted_types=[t.strip() for t in (trust_types or "").split(",") if t.strip()],
         select_features=select_features, train_data=train_data, selector=selector,
@@ -147,22 +173,27 @@ def print_result(result) -> None:
 
     table = Table(title=f"{result.source.name}: variants")
     for col in ("variant", "status", "fidelity (held-out)", "best rows/s", "p99 ms @ batch",
-                "notes"):
+                "time s", "notes"):
         table.add_column(col)
     for o in result.outcomes:
         if o.status != "ok":
-            table.add_row(o.name, f"[yellow]{o.status}[/]", "", "", "", o.reason or "")
+            table.add_row(o.name, f"[yellow]{o.status}[/]", "", "", "", f"{o.seconds:.0f}",
+                          o.reason or "")
             continue
         m = o.measurements
         f = m.fidelity
-        fid = (f"cos min {f.cosine_min:.4f}" if f.cosine_min is not None
-               else f"top-1 {f.top1_agreement:.4f}")
+        fid = f.headline()
         best = max(m.latency, key=lambda p: p.throughput)
         status = ("[bold green]chosen[/]" if o.name == result.chosen
                   else ("ok" if f.passed else "[red]over budget[/]"))
         table.add_row(o.name, status, fid, f"{best_throughput(m.latency):.1f}",
-                      f"{best.p99_ms:.3g} @ {best.batch_size}", "; ".join(o.build.notes)[:80])
+                      f"{best.p99_ms:.3g} @ {best.batch_size}", f"{o.seconds:.0f}",
+                      "; ".join(o.build.notes)[:80])
     console.print(table)
+    # where the time went, largest first (the variants' own times are in the table)
+    steps = sorted(result.timings, key=lambda t: -t[1])
+    console.print(f"took {result.seconds:.0f} s: " + ", ".join(
+        f"{name} {s:.0f} s" for name, s in steps[:6]) + (", ..." if len(steps) > 6 else ""))
     for ref in result.published:
         console.print(f"published [bold]{ref.name}:{ref.version}[/] ({ref.manifest.variant}) "
                       f"-> {ref.path}")

@@ -29,8 +29,7 @@ def list_command(repository: Optional[str] = RepositoryOption) -> None:
                 table.add_row(model, str(v), f"[red]{e}[/]", "", "", "", "", "")
                 continue
             f = m.measurements.fidelity
-            fid = (f"cos min {f.cosine_min:.4f}" if f.cosine_min is not None
-                   else f"top-1 {f.top1_agreement:.4f}" if f.top1_agreement is not None else "")
+            fid = f.headline()
             best = max((p.throughput for p in m.measurements.latency), default=0.0)
             table.add_row(model, str(v), m.variant, m.task, m.runtime, fid, f"{best:.1f}",
                           m.created_at.strftime("%Y-%m-%d %H:%M"))

@@ -42,6 +42,9 @@ class InferRequest:
     outputs: dict[str, bool] = field(default_factory=dict)
     binary_default: bool = False
     parameters: dict = field(default_factory=dict)
+    #: Triton's classification extension: output name -> class count (``parameters.
+    #: classification``); such an output comes back as its top classes' strings
+    classification: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -299,7 +302,7 @@ def decode_request(body: bytes, headers, limits: Limits = DEFAULT_LIMITS) -> Inf
                            "any input's binary_data_size")
     binary_default = _field(params, "binary_data_output", bool, "parameters.",
                             "true or false") or False
-    outputs = {}
+    outputs, classification = {}, {}
     raw_outputs = _field(doc, "outputs", list, "", "a list") or []
     for j, o in enumerate(raw_outputs):
         if not isinstance(o, dict) or not isinstance(o.get("name"), str):
@@ -307,11 +310,18 @@ def decode_request(body: bytes, headers, limits: Limits = DEFAULT_LIMITS) -> Inf
         op = _field(o, "parameters", dict, f"outputs[{j}].", "an object") or {}
         binary = _field(op, "binary_data", bool, f"outputs[{j}].parameters.", "true or false")
         outputs[o["name"]] = binary_default if binary is None else binary
+        count = _field(op, "classification", int, f"outputs[{j}].parameters.",
+                       "a positive integer (the class count)")
+        if count is not None:
+            if count < 1:
+                raise InvalidInput(f"outputs[{j}].parameters.classification must be a positive "
+                                   f"integer (the class count), got {count}")
+            classification[o["name"]] = count
     rid = doc.get("id")
     if rid is not None and not isinstance(rid, str):
         raise InvalidInput(f"id must be a string, got {_preview(rid)}")
     return InferRequest(inputs=inputs, id=rid, outputs=outputs, binary_default=binary_default,
-                        parameters=params)
+                        parameters=params, classification=classification)
 
 
 def _binary_tensor(name: str, datatype: str, shape: list[int], raw: bytes,
@@ -399,6 +409,8 @@ def encode_response(model: str, version: int, outputs: dict[str, np.ndarray], re
     doc = {"model_name": model, "model_version": str(version), "outputs": header_outputs}
     if req.id is not None:
         doc["id"] = req.id
+    if getattr(outputs, "parameters", None):  # e.g. the rows a tokenizer truncated
+        doc["parameters"] = outputs.parameters
     head = orjson.dumps(doc, option=orjson.OPT_SERIALIZE_NUMPY)
     if not blobs:
         return head, {"content-type": "application/json"}

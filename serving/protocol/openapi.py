@@ -41,6 +41,10 @@ class RequestInput(BaseModel):
 
 class OutputParameters(_Open):
     binary_data: bool | None = Field(None, description="Return this output in binary.")
+    classification: int | None = Field(
+        None, ge=1, description="Triton's classification extension: return this output's k "
+        "highest classes per row instead of its numbers, as BYTES [rows, k] strings "
+        "'score:index:label' (label where the version has label names).")
 
 
 class RequestOutput(BaseModel):
@@ -67,10 +71,18 @@ class ResponseOutput(BaseModel):
     data: JSONData = None
 
 
+class ResponseParameters(_Open):
+    truncated: list[int] | None = Field(
+        None, description="Text models: the rows (indices in the request) whose text was "
+        "longer than the model's maximum and was cut to it (at the side the version's "
+        "manifest says).")
+
+
 class InferenceResponse(BaseModel):
     model_name: str
     model_version: str
     id: str | None = None
+    parameters: ResponseParameters | None = None
     outputs: list[ResponseOutput]
 
 
@@ -142,10 +154,76 @@ def example_request(signature) -> dict:
     return {"inputs": inputs}
 
 
+_SENTENCE = "The weather in Lyon is mild today."
+
+
+def task_examples(name: str, manifest) -> tuple[dict, dict]:
+    """(request examples, response examples) of one served model, in its task's terms."""
+    sig, post = manifest.signature, manifest.postprocessing
+    requests = {name: {"summary": f"one row for {name}", "value": example_request(sig)}}
+    responses: dict = {}
+    if manifest.preprocessing is None or post is None and manifest.task != "embedding":
+        return requests, responses
+    text = manifest.preprocessing.text_input
+    if manifest.task == "classification":
+        k = min(2, len(post.labels))
+        requests[f"{name}-class-count"] = {
+            "summary": f"{name}: the {k} best labels (Triton's classification extension)",
+            "value": {"inputs": [{"name": text, "datatype": "BYTES", "shape": [1],
+                                  "data": [_SENTENCE]}],
+                      "outputs": [{"name": "probabilities",
+                                   "parameters": {"classification": k}},
+                                  {"name": "label"}]}}
+        n = len(post.labels)
+        probs = [round(1.0 / n, 4)] * n
+        outputs = [{"name": "probabilities", "datatype": "FP32", "shape": [1, n],
+                    "data": probs},
+                   {"name": "label", "datatype": "BYTES", "shape": [1], "data": [post.labels[0]]}]
+        responses[f"{name}-labels"] = {"summary": f"{name}: probabilities in label order and "
+                                       "the top label", "value": {
+            "model_name": name, "model_version": str(manifest.version), "outputs": outputs}}
+        responses[f"{name}-class-count"] = {"summary": f"{name}: with classification {k}",
+                                            "value": {
+            "model_name": name, "model_version": str(manifest.version), "outputs": [
+                {"name": "probabilities", "datatype": "BYTES", "shape": [1, k],
+                 "data": [f"{probs[i]:f}:{i}:{post.labels[i]}" for i in range(k)]},
+                outputs[1]]}}
+    elif manifest.task == "token-classification":
+        label = next((x for x in post.labels if x not in post.ignore_labels), post.labels[0])
+        group = label.split("-", 1)[-1]
+        entity = {"entity_group": group, "score": 0.98, "word": "Lyon", "start": 15, "end": 19}
+        import json
+
+        responses[f"{name}-entities"] = {
+            "summary": f"{name}: token labels, their character offsets and the entities",
+            "value": {"model_name": name, "model_version": str(manifest.version), "outputs": [
+                {"name": "token_labels", "datatype": "BYTES", "shape": [1, 2],
+                 "data": [post.ignore_labels[0] if post.ignore_labels else label, label]},
+                {"name": "token_offsets", "datatype": "INT64", "shape": [1, 2, 2],
+                 "data": [11, 14, 15, 19]},
+                {"name": "entities", "datatype": "BYTES", "shape": [1],
+                 "data": [json.dumps([entity])]}]}}
+    elif manifest.task == "embedding":
+        dim = sig.outputs[0].shape[-1] if sig.outputs[0].shape[-1] > 0 else 4
+        responses[f"{name}-embedding"] = {
+            "summary": f"{name}: one embedding per text ({dim} numbers, shortened here)",
+            "value": {"model_name": name, "model_version": str(manifest.version), "outputs": [
+                {"name": sig.outputs[0].name, "datatype": "FP32", "shape": [1, dim],
+                 "data": [0.0] * min(dim, 4)}]}}
+    responses[f"{name}-truncated"] = {
+        "summary": f"{name}: a text longer than the model's {manifest.preprocessing.max_length} "
+                   "tokens is cut and named", "value": {
+            "model_name": name, "model_version": str(manifest.version),
+            "parameters": {"truncated": [0]}, "outputs": []}}
+    return requests, responses
+
+
 def openapi_document(models: dict[str, list[int]], version: str,
-                     signatures: dict | None = None) -> dict:
+                     signatures: dict | None = None, manifests: dict | None = None) -> dict:
     """The document for the served ``models`` ({name: [versions]}); ``signatures`` ({name:
-    the stable version's signature}) give the input names and an example request per model."""
+    the stable version's signature}) give the input names and an example request per model;
+    ``manifests`` ({name: the stable version's manifest}) examples in each task's terms
+    (labels and the classification extension, entities, embeddings, truncated rows)."""
     from pydantic.json_schema import models_json_schema
 
     _, defs = models_json_schema([(m, "validation") for m in _MODELS],
@@ -169,14 +247,20 @@ def openapi_document(models: dict[str, list[int]], version: str,
          "schema": {"type": "integer", "minimum": 0}},
     ]
     request_body = _json(_ref(InferenceRequest))
+    answer = _json(_ref(InferenceResponse))
     if signatures:
         request_body["content"]["application/json"]["examples"] = {
             name: {"summary": f"one row for {name}", "value": example_request(sig)}
             for name, sig in sorted(signatures.items())}
+    for name, manifest in sorted((manifests or {}).items()):
+        requests, responses = task_examples(name, manifest)
+        request_body["content"]["application/json"].setdefault("examples", {}).update(requests)
+        if responses:
+            answer["content"]["application/json"].setdefault("examples", {}).update(responses)
     infer = {
         "summary": "Run inference (Open Inference Protocol v2)",
         "requestBody": {"required": True, **request_body},
-        "responses": {"200": {"description": "Outputs", **_json(_ref(InferenceResponse))},
+        "responses": {"200": {"description": "Outputs", **answer},
                       **_errors(400, 404, 413, 415, 500, 503, 504)},
     }
     ready = {"responses": {"200": {"description": "Ready"}, **_errors(400, 404)}}

@@ -8,6 +8,7 @@ from .schema import (
     LatencyPoint,
     Manifest,
     Measurements,
+    Postprocessing,
     Signature,
     Source,
     TensorSpec,
@@ -27,7 +28,7 @@ from .store import (
 
 __all__ = [
     "DATATYPES", "Artifact", "BatchingPolicy", "Fidelity", "LatencyPoint", "Manifest",
-    "Measurements", "Signature", "Source", "TensorSpec", "TextPreprocessing", "IntegrityError",
+    "Measurements", "Postprocessing", "Signature", "Source", "TensorSpec", "TextPreprocessing", "IntegrityError",
     "ManifestError", "ModelNotFoundError", "ModelRepository", "RepositoryError", "VersionRef",
     "parse_ref", "resolve_root", "sha256_file",
 ]

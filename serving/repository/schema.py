@@ -13,7 +13,10 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, field_validator, model_validator
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+#: Every schema version this optiserve reads: 1 (before text tasks' labels and entities) loads
+#: unchanged, its new fields at their defaults.
+READABLE_SCHEMA_VERSIONS = (1, 2)
 
 #: Open Inference Protocol tensor datatypes and the numpy dtype each maps to.
 DATATYPES: dict[str, str] = {
@@ -36,7 +39,7 @@ Datatype = Literal[
     "BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64",
     "FP16", "FP32", "FP64", "BYTES",
 ]
-Task = Literal["embedding", "classification", "generic"]
+Task = Literal["embedding", "classification", "token-classification", "generic"]
 Runtime = Literal["onnxruntime", "openvino", "torch", "sklearn"]
 Device = Literal["cpu", "cuda"]
 
@@ -99,6 +102,38 @@ class TextPreprocessing(_Strict):
     ids_input: str = Field("input_ids", description="Model input receiving token ids.")
     mask_input: str | None = Field("attention_mask", description="Model input receiving the mask.")
     type_ids_input: str | None = Field(None, description="Model input receiving token type ids.")
+    pad_id: int | None = Field(
+        None, ge=0, description="Token id rows are padded with (the model's pad_token_id); "
+        "absent: the tokenizer's [PAD] token, else 0.")
+    truncation_side: Literal["right", "left"] = Field(
+        "right", description="Which end of a text longer than max_length is cut off; the "
+        "response lists the rows that were (parameters.truncated).")
+
+
+class Postprocessing(_Strict):
+    """What a text classifier's or token classifier's outputs mean: the label of each class,
+    how probabilities are made, how tokens become entities. Done by serving, in the gateway."""
+
+    labels: list[str] = Field(min_length=1, description="Class names, in the order of the "
+                              "probability columns (the model's id2label).")
+    multi_label: bool = Field(False, description="Independent sigmoid probabilities per "
+                              "class (several may hold); otherwise a softmax over classes.")
+    threshold: float = Field(0.5, gt=0, lt=1, description="Multi-label: a class is predicted "
+                             "when its probability is at least this.")
+    aggregation: Literal["simple"] | None = Field(
+        None, description="Token classification: how tokens become entities ('simple': "
+        "adjacent tokens of one entity type grouped, as transformers' pipeline does with "
+        "aggregation_strategy='simple').")
+    ignore_labels: list[str] = Field(
+        default_factory=lambda: ["O"], description="Token classification: labels that are "
+        "no entity.")
+
+    @field_validator("labels")
+    @classmethod
+    def _labels(cls, v: list[str]) -> list[str]:
+        if any(not isinstance(x, str) or not x for x in v):
+            raise ValueError("every label must be a non-empty string")
+        return v
 
 
 class Artifact(_Strict):
@@ -127,6 +162,12 @@ class Fidelity(_Strict):
         None, description="Mean overlap of top-k nearest neighbours with the reference's."
     )
     top1_agreement: float | None = Field(None, description="Share of equal top-1 (classifiers).")
+    token_agreement: float | None = Field(
+        None, description="Token classification: share of tokens (special tokens and padding "
+        "left out) given the reference's label.")
+    entity_f1: float | None = Field(
+        None, description="Token classification: F1 of the entities (type, start, end) "
+        "against the reference's entities.")
     max_prob_diff: float | None = Field(None, description="Largest probability difference.")
     max_abs_diff: float | None = Field(None, description="Largest absolute output difference.")
     f1: float | None = Field(None, description="Macro F1 against labels, when labels were given.")
@@ -141,6 +182,16 @@ class Fidelity(_Strict):
         "absent in versions built before the split, judged on all rows.")
     split: str | None = Field(None, description="How the rows were split, in words (seed, "
                               "counts).")
+
+    def headline(self) -> str:
+        """The numbers a variant is judged on, short (for tables)."""
+        if self.cosine_min is not None:
+            return f"cos min {self.cosine_min:.4f}"
+        if self.token_agreement is not None:
+            return f"tokens {self.token_agreement:.4f}, entity F1 {self.entity_f1:.4f}"
+        if self.top1_agreement is not None:
+            return f"top-1 {self.top1_agreement:.4f}"
+        return ""
 
 
 class LatencyPoint(_Strict):
@@ -183,15 +234,16 @@ class BatchingPolicy(_Strict):
 class Source(_Strict):
     """What the version was built from."""
 
-    kind: Literal["builtin", "onnx", "torch-factory", "sklearn"]
-    ref: str = Field(description="Built-in name, file path or 'package.module:function'.")
+    kind: Literal["builtin", "onnx", "torch-factory", "sklearn", "huggingface"]
+    ref: str = Field(description="Built-in name, file path, directory (Hugging Face) or "
+                     "'package.module:function'.")
     sha256: str | None = Field(None, description="Hash of the source file, when there is one.")
 
 
 class Manifest(_Strict):
     """A published, immutable model version."""
 
-    schema_version: Literal[1] = Field(SCHEMA_VERSION, description="Manifest schema version.")
+    schema_version: Literal[1, 2] = Field(SCHEMA_VERSION, description="Manifest schema version.")
     name: str = Field(description="Model name.")
     version: PositiveInt = Field(description="Version number; grows with each publish.")
     variant: str = Field(description="Optimized variant, e.g. 'onnx-int8-dynamic'.")
@@ -206,6 +258,8 @@ class Manifest(_Strict):
     model_signature: Signature = Field(description="Tensors the model file takes and returns.")
     signature: Signature = Field(description="Tensors clients send and receive.")
     preprocessing: TextPreprocessing | None = Field(None, description="Text preprocessing.")
+    postprocessing: Postprocessing | None = Field(
+        None, description="Labels and entity aggregation of text (and token) classifiers.")
     artifacts: list[Artifact] = Field(min_length=1, description="Every file, with its sha256.")
     measurements: Measurements
     batching: BatchingPolicy
@@ -230,6 +284,10 @@ class Manifest(_Strict):
             raise ValueError(
                 f"tokenizer_file {self.preprocessing.tokenizer_file!r} is not among the artifacts"
             )
+        if self.task == "token-classification" and (
+                self.postprocessing is None or self.postprocessing.aggregation is None):
+            raise ValueError("a token-classification version needs postprocessing with its "
+                             "labels and aggregation")
         return self
 
     def artifact(self, path: str) -> Artifact:

@@ -23,7 +23,7 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from ..settings import reload, settings
-from .schema import SCHEMA_VERSION, Artifact, Manifest, check_model_name
+from .schema import READABLE_SCHEMA_VERSIONS, Artifact, Manifest, check_model_name
 
 MANIFEST = "manifest.json"
 _STAGING_PREFIX = ".staging-"
@@ -275,10 +275,11 @@ def read_manifest(path: Path) -> Manifest:
         raw = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as e:
         raise ManifestError(f"cannot read manifest {path}: {e}") from e
-    if isinstance(raw, dict) and raw.get("schema_version") not in (None, SCHEMA_VERSION):
+    if isinstance(raw, dict) and raw.get("schema_version") not in (None,
+                                                                  *READABLE_SCHEMA_VERSIONS):
         raise ManifestError(
             f"{path} has schema_version {raw.get('schema_version')!r}; this optiserve reads "
-            f"schema_version {SCHEMA_VERSION} (upgrade optiserve)"
+            f"schema_version {', '.join(map(str, READABLE_SCHEMA_VERSIONS))} (upgrade optiserve)"
         )
     try:
         return Manifest.model_validate(raw)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from ..repository import Manifest
 from .base import ModelRuntime, RuntimeLoadError, RuntimeOptions, available_cpus
-from .text import TextEncoder, length_groups
+from .text import Encoded, TextEncoder, length_groups
 
 
 def load_runtime(manifest: Manifest, version_dir: Path, options: RuntimeOptions | None = None
@@ -34,6 +34,6 @@ def load_runtime(manifest: Manifest, version_dir: Path, options: RuntimeOptions 
 
 
 __all__ = [
-    "ModelRuntime", "RuntimeLoadError", "RuntimeOptions", "TextEncoder", "available_cpus",
+    "Encoded", "ModelRuntime", "RuntimeLoadError", "RuntimeOptions", "TextEncoder", "available_cpus",
     "length_groups", "load_runtime",
 ]

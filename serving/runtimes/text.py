@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +12,17 @@ import numpy as np
 from ..repository import TextPreprocessing
 from ..settings import settings
 
+
+@dataclass
+class Encoded:
+    """A batch of texts tokenized: token ids per row, which rows were truncated to
+    ``max_length``, and (when asked) the texts and the tokenizer's encodings (offsets, special
+    tokens) for post-processing."""
+
+    rows: list[np.ndarray]
+    truncated: list[bool]
+    texts: Sequence[str] | None = None
+    encodings: list | None = None
 
 
 class TextEncoder:
@@ -23,13 +35,26 @@ class TextEncoder:
         self.tokenizer = Tokenizer.from_file(str(tokenizer_file))
         # The shipped tokenizer.json may fix padding to a length; pad per group ourselves.
         self.tokenizer.no_padding()
-        self.tokenizer.enable_truncation(pre.max_length)
-        pad = self.tokenizer.token_to_id("[PAD]")
-        self.pad_id = 0 if pad is None else pad
+        self.tokenizer.enable_truncation(pre.max_length, direction=pre.truncation_side)
+        if pre.pad_id is not None:
+            self.pad_id = pre.pad_id
+        else:  # versions built before the manifest recorded it
+            pad = self.tokenizer.token_to_id("[PAD]")
+            self.pad_id = 0 if pad is None else pad
 
     def encode(self, texts: Sequence[str]) -> list[np.ndarray]:
         """Token ids per text (int64), truncated to ``max_length``."""
         return [np.asarray(e.ids, dtype=np.int64) for e in self.tokenizer.encode_batch(list(texts))]
+
+    def encode_batch(self, texts: Sequence[str], keep: bool = False) -> Encoded:
+        """Token ids per text, whether each was truncated, and with ``keep`` the texts and the
+        tokenizer's encodings (their offsets and special-token masks)."""
+        encodings = self.tokenizer.encode_batch(list(texts))
+        rows = [np.asarray(e.ids, dtype=np.int64) for e in encodings]
+        limit = self.pre.max_length
+        # a row shorter than the limit was not cut; only those at it are asked (cheap)
+        truncated = [len(r) >= limit and bool(e.overflowing) for r, e in zip(rows, encodings)]
+        return Encoded(rows, truncated, texts if keep else None, encodings if keep else None)
 
     def pad(self, rows: Sequence[np.ndarray]) -> dict[str, np.ndarray]:
         """Model inputs for rows, padded to the longest row among them."""

@@ -227,6 +227,6 @@ def test_unwritable_repository_fails_before_building(tmp_path):
 def test_manifest_records_what_was_measured(tiny_optimized):
     out, _ = tiny_optimized
     raw = json.loads((out / "repo" / "tiny" / "1" / "manifest.json").read_text())
-    assert raw["schema_version"] == 1 and raw["source"]["kind"] == "torch-factory"
+    assert raw["schema_version"] == 2 and raw["source"]["kind"] == "torch-factory"
     assert {"fidelity", "latency", "peak_rss_mb", "load_time_s", "size_bytes"} <= set(
         raw["measurements"])

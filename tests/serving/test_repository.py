@@ -211,6 +211,27 @@ def test_manifest_from_a_newer_schema_is_refused(repo_dir):
         repo.get("toy", 1)
 
 
+def test_a_schema_1_manifest_still_loads(repo_dir):
+    """Versions published before schema 2 (labels, entities, pad id) load unchanged; a text
+    version of schema 1 had no pad id or truncation side: the defaults it was served with."""
+    repo = ModelRepository(repo_dir)
+    publish(repo)
+    path = repo_dir / "toy" / "1" / "manifest.json"
+    raw = json.loads(path.read_text())
+    assert raw["schema_version"] == 2
+    raw["schema_version"] = 1
+    for key in ("postprocessing",):
+        raw.pop(key, None)
+    path.write_text(json.dumps(raw))
+    m = repo.get("toy", 1).manifest
+    assert m.schema_version == 1 and m.postprocessing is None
+    raw["schema_version"] = 3
+    path.write_text(json.dumps(raw))
+    with pytest.raises(ManifestError, match="schema_version 3; this optiserve reads "
+                                            "schema_version 1, 2"):
+        repo.get("toy", 1)
+
+
 def test_manifest_rejects_paths_outside_the_version():
     with pytest.raises(ValueError, match="must be relative"):
         Artifact(path="../../etc/passwd", sha256="0" * 64, size_bytes=1)
