@@ -203,12 +203,21 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         progress; a bad request's error is one message of the stream, which goes on.
         ``request_iterator`` yields the messages' bytes (see :func:`handlers`)."""
         headers = _headers(context)
-        pending: asyncio.Queue = asyncio.Queue(maxsize=settings().grpc_stream_max_inflight)
+        # a slot is taken before a request is read and given back once its answer is written:
+        # at most the window's requests are in the gateway or waiting to be written
+        window = asyncio.Semaphore(settings().grpc_stream_max_inflight)
+        pending: asyncio.Queue = asyncio.Queue()
         failure: list[BaseException] = []
 
         async def read() -> None:
+            messages = aiter(request_iterator)
             try:
-                async for data in request_iterator:
+                while True:
+                    await window.acquire()
+                    try:
+                        data = await anext(messages)
+                    except StopAsyncIteration:
+                        break
                     try:
                         request = pb.ModelInferRequest.FromString(data)
                     except DecodeError as e:
@@ -241,6 +250,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                         error_message=err[1], infer_response=pb.ModelInferResponse(
                             model_name=request.model_name, model_version=request.model_version,
                             id=request.id))
+                window.release()
             if failure:
                 log.warning("a ModelStreamInfer stream ended reading its requests: %s",
                             failure[0])
