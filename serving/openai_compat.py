@@ -19,9 +19,9 @@ import orjson
 from .protocol.codec import decode_response
 from .protocol.errors import InferenceError, InvalidInput, ModelNotFound
 
+from .settings import settings
+
 _JSON = {"content-type": "application/json"}
-#: OpenAI's limit on inputs per request
-MAX_INPUTS = 2048
 
 
 def _error(status: int, message: str, param: str | None = None, code: str | None = None,
@@ -63,9 +63,9 @@ def _texts(doc: dict) -> list[str]:
         value = [value]
     if not isinstance(value, list) or not value:
         raise _Refused(400, "input must be a string or a non-empty list of strings", "input")
-    if len(value) > MAX_INPUTS:
-        raise _Refused(400, f"input has {len(value)} items; at most {MAX_INPUTS} per request",
-                       "input")
+    most = settings().openai_max_inputs
+    if len(value) > most:
+        raise _Refused(400, f"input has {len(value)} items; at most {most} per request", "input")
     for i, t in enumerate(value):
         if not isinstance(t, str):
             # token arrays would need the model's own tokenizer on the client side

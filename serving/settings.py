@@ -133,6 +133,10 @@ class Settings(BaseSettings):
     gateway_worker_threads: PositiveInt = Field(
         2, json_schema_extra=_group("gateway"),
         description="Threads per gateway replica that decode and tokenize large requests.")
+    openai_max_inputs: PositiveInt = Field(
+        2048, json_schema_extra=_group("gateway"),
+        description="Most inputs of one /v1/embeddings request (OpenAI's own limit); each "
+                    "max_batch_size of them is one OIP request.")
     length_group_overhead_tokens: PositiveInt = Field(
         32, json_schema_extra=_group("gateway"),
         description="Cost of one more model call, in tokens of padding, when a batch of "
