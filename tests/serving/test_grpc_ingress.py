@@ -255,3 +255,23 @@ def test_statistics_follow_what_the_gateway_records(tmp_path):
     assert int(stats["inference_count"]) == 3 and int(stats["execution_count"]) == 3
     assert int(s["success"]["count"]) == 3 and int(s["fail"]["count"]) == 1
     assert int(s["success"]["ns"]) > 0 and int(s["queue"]["count"]) == 3
+
+
+def test_bench_sends_grpc_and_shapes_rows_from_the_metadata(tmp_path):
+    from optiserve.bench import BenchOptions, fetch_metadata, load_inputs, run_bench
+
+    def client(srv):
+        meta = fetch_metadata(srv.address, "reducer", protocol="grpc")
+        inputs = load_inputs(None, meta)
+        opts = BenchOptions(url=srv.address, model="reducer", concurrency=4, duration_s=1.0,
+                            warmup_s=0.2, max_requests=200, protocol="grpc")
+        return meta, asyncio.run(run_bench(opts, inputs))
+
+    (meta, result), srv = serve(tmp_path, client)
+    assert meta["inputs"][0]["shape"] == [-1, -1]
+    assert result.ok > 10 and result.errors == {}, result
+    # Triton's text models declare [-1, 1]: rows are sent [1, 1], not [1]
+    rows = load_inputs(None, {"inputs": [{"name": "text", "datatype": "BYTES", "shape": [-1, 1]}]})
+    assert rows[0]["text"].shape == (1, 1)
+    rows = load_inputs(None, {"inputs": [{"name": "text", "datatype": "BYTES", "shape": [-1]}]})
+    assert rows[0]["text"].shape == (1,)
