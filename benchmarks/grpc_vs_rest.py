@@ -27,7 +27,7 @@ import numpy as np
 from optiserve.bench import BenchOptions, fetch_metadata, load_inputs, run_bench
 from serving.config import build_serve_config, gateway_user_config
 from serving.repository import ModelRepository
-from tests.support.harness import ServeProcess
+from tests.support.harness import ServeProcess, gateway_replica
 
 P99_BOUND_MS = 250.0
 
@@ -44,12 +44,19 @@ def case_inputs(server, model: str, rows: int):
 
 
 def measure(server, model, inputs, rows, protocol, concurrency, seconds) -> dict:
+    """One closed-loop measurement, with the gateway replica's CPU per request (the client
+    shares the machine: the server's cost per request says which side a difference is on)."""
     url = server.grpc_url if protocol == "grpc" else server.url
     opts = BenchOptions(url=url, model=model, concurrency=concurrency, duration_s=seconds,
                         warmup_s=1.0, rows_per_request=rows, protocol=protocol, timeout_s=30)
+    gw = gateway_replica(server.proc.pid)
+    c0 = sum(gw.cpu_times()[:2])
     r = asyncio.run(run_bench(opts, inputs))
+    cpu = sum(gw.cpu_times()[:2]) - c0  # warm-up included: per request of the whole run
+    sent = r.requests * (opts.duration_s + opts.warmup_s) / opts.duration_s
     return {"rows_per_s": r.rows_per_s, "rps": r.throughput_rps, "p50": r.latency_ms.get("p50"),
-            "p99": r.latency_ms.get("p99"), "errors": r.errors}
+            "p99": r.latency_ms.get("p99"), "errors": r.errors,
+            "gateway_cpu_us_per_request": 1e6 * cpu / max(sent, 1)}
 
 
 def main() -> None:
@@ -87,7 +94,9 @@ def main() -> None:
                             m = row[(case, protocol, c)]
                             print(f"round {r + 1} {case:9} {protocol:4} c={c:3} "
                                   f"{m['rows_per_s']:8.1f} rows/s p50 {m['p50']:.1f} ms "
-                                  f"p99 {m['p99']:.1f} ms errors {m['errors'] or 'none'}",
+                                  f"p99 {m['p99']:.1f} ms gateway CPU "
+                                  f"{m['gateway_cpu_us_per_request']:.0f} us/request "
+                                  f"errors {m['errors'] or 'none'}",
                                   flush=True)
                 rounds.append(row)
         finally:
@@ -106,6 +115,10 @@ def main() -> None:
             summary[f"{case}/grpc"]["per_round"], summary[f"{case}/http"]["per_round"])]
         summary[f"{case}/grpc_over_rest"] = {"median": statistics.median(ratios),
                                              "per_round": ratios}
+        for protocol in ("http", "grpc"):
+            summary[f"{case}/{protocol}"]["gateway_cpu_us_per_request_median"] = \
+                statistics.median(row[(case, protocol, c)]["gateway_cpu_us_per_request"]
+                                  for row in rounds for c in conc)
     print(json.dumps(summary, indent=2))
     if a.json:
         a.json.write_text(json.dumps({"summary": summary, "rounds": [

@@ -288,7 +288,7 @@ METHODS = {
 SERVICE = "inference.GRPCInferenceService"
 
 
-def handlers(servicer: InferenceServicer) -> grpc.GenericRpcHandler:
+def handlers(servicer: InferenceServicer) -> dict[str, grpc.RpcMethodHandler]:
     """The service's handlers, as the generated ``add_GRPCInferenceServiceServicer_to_server``
     registers them except for one thing: messages arrive as bytes and are parsed here, so one
     that is not valid protobuf gets INVALID_ARGUMENT (gRPC's own deserializer answers INTERNAL,
@@ -310,7 +310,7 @@ def handlers(servicer: InferenceServicer) -> grpc.GenericRpcHandler:
 
         out[name] = grpc.unary_unary_rpc_method_handler(
             unary, response_serializer=resp_cls.SerializeToString)
-    return grpc.method_handlers_generic_handler(SERVICE, out)
+    return out
 
 
 class GrpcIngress:
@@ -345,7 +345,11 @@ class GrpcIngress:
     async def start(self) -> None:
         server = grpc.aio.server(options=self.options,
                                  maximum_concurrent_rpcs=self.settings.grpc_max_concurrent_rpcs)
-        server.add_generic_rpc_handlers((handlers(self.servicer),))
+        methods = handlers(self.servicer)
+        # registered as the generated add_GRPCInferenceServiceServicer_to_server does (the
+        # registered path skips the per-call lookup of generic handlers)
+        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, methods),))
+        server.add_registered_method_handlers(SERVICE, methods)
         address = f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
         try:
             bound = server.add_insecure_port(address)
