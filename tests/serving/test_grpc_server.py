@@ -486,3 +486,14 @@ def test_openai_body_limit_and_base64_bytes(server):
                            {"content-type": "application/json"})
     vec = np.frombuffer(base64.b64decode(orjson.loads(body)["data"][0]["embedding"]), "<f4")
     assert status == 200 and vec.shape == (384,)
+
+
+def test_zz_draining_the_pod_drains_grpc_too(server):
+    """Last in this module: POST /-/drain (the chart's preStop) fails gRPC readiness at once while
+    both servers still answer, as load balancers deregister the pod."""
+    import tritonclient.grpc as tg
+
+    assert http("POST", server.url + "/-/drain")[0] == 202
+    c = tg.InferenceServerClient(server.grpc_url)
+    assert not c.is_server_ready()
+    assert c.infer("minilm", [text_input(SENTENCES[:1])]).as_numpy("embedding").shape == (1, 384)
