@@ -264,7 +264,7 @@ def test_bench_sends_grpc_and_shapes_rows_from_the_metadata(tmp_path):
         meta = fetch_metadata(srv.address, "reducer", protocol="grpc")
         inputs = load_inputs(None, meta)
         opts = BenchOptions(url=srv.address, model="reducer", concurrency=4, duration_s=1.0,
-                            warmup_s=0.2, max_requests=200, protocol="grpc")
+                            warmup_s=0.2, max_requests=20_000, protocol="grpc")
         return meta, asyncio.run(run_bench(opts, inputs))
 
     (meta, result), srv = serve(tmp_path, client)
