@@ -31,6 +31,8 @@ class BenchOptions:
     binary: bool = True
     timeout_s: float = 30.0
     max_outstanding: int = 10_000
+    #: http (OIP REST) or grpc (OIP gRPC: ``url`` is host:port)
+    protocol: str = "http"
 
 
 @dataclass
@@ -64,7 +66,10 @@ def load_inputs(path: str | None, metadata: dict) -> list[dict[str, np.ndarray]]
             texts = [line.strip() for line in data.read_text().splitlines() if line.strip()]
         if not texts:
             raise ValueError(f"{path} holds no text lines")
-        return [{inputs[0]["name"]: np.array([t], dtype=object)} for t in texts]
+        # a row shaped as the model declares it: [1] for [-1], [1, 1] for [-1, 1] (Triton's
+        # text models), or the server refuses every request
+        shape = [1] * max(1, len(inputs[0]["shape"]))
+        return [{inputs[0]["name"]: np.array([t], dtype=object).reshape(shape)} for t in texts]
     if not path:
         rng = np.random.default_rng(0)
         rows = []
@@ -123,37 +128,102 @@ def summarize(mode: str, samples: list[float], errors: Counter, elapsed: float, 
     )
 
 
+def grpc_request(model: str, version: str | None, arrays: dict[str, np.ndarray]) -> bytes:
+    """A serialized OIP gRPC ModelInferRequest with raw contents (what tritonclient sends)."""
+    import struct
+
+    from tritonclient.grpc import service_pb2 as pb
+
+    req = pb.ModelInferRequest(model_name=model, model_version=version or "")
+    for name, arr in arrays.items():
+        if arr.dtype == object or arr.dtype.kind in "SU":
+            dt = "BYTES"
+            raw = b"".join(struct.pack("<I", len(b)) + b for b in (
+                x.encode() if isinstance(x, str) else bytes(x) for x in arr.ravel()))
+        else:
+            dt = {np.dtype(np.float32): "FP32", np.dtype(np.float64): "FP64",
+                  np.dtype(np.float16): "FP16", np.dtype(np.int64): "INT64",
+                  np.dtype(np.int32): "INT32"}[arr.dtype]
+            raw = np.ascontiguousarray(arr).tobytes()
+        req.inputs.add(name=name, datatype=dt, shape=list(arr.shape))
+        req.raw_input_contents.append(raw)
+    return req.SerializeToString()
+
+
+class _HttpSender:
+    def __init__(self, opts: BenchOptions, chunks):
+        import aiohttp
+
+        path = f"/v2/models/{opts.model}" + (f"/versions/{opts.version}" if opts.version else "")
+        self.url = opts.url.rstrip("/") + path + "/infer"
+        self.bodies = [encode_infer_request(c, binary=opts.binary, binary_output=opts.binary)
+                       for c in chunks]
+        self.session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=0, force_close=False),
+            timeout=aiohttp.ClientTimeout(total=opts.timeout_s))
+
+    async def send(self, i: int):
+        import aiohttp
+
+        body, headers = self.bodies[i % len(self.bodies)]
+        try:
+            async with self.session.post(self.url, data=body, headers=headers) as resp:
+                await resp.read()
+                return resp.status
+        except asyncio.TimeoutError:
+            return "timeout"
+        except aiohttp.ClientError as e:
+            return f"conn_error:{type(e).__name__}"
+
+    async def close(self):
+        await self.session.close()
+
+
+class _GrpcSender:
+    """Pre-serialized requests on one HTTP/2 channel (gRPC multiplexes the clients' calls),
+    as perf_analyzer -i grpc sends them."""
+
+    def __init__(self, opts: BenchOptions, chunks):
+        import grpc
+
+        self.timeout_s = opts.timeout_s
+        self.bodies = [grpc_request(opts.model, opts.version, c) for c in chunks]
+        self.channel = grpc.aio.insecure_channel(
+            opts.url.split("://", 1)[-1], options=[("grpc.max_receive_message_length", -1),
+                                                   ("grpc.max_send_message_length", -1)])
+        self.call = self.channel.unary_unary("/inference.GRPCInferenceService/ModelInfer")
+
+    async def send(self, i: int):
+        import grpc
+
+        try:
+            await self.call(self.bodies[i % len(self.bodies)], timeout=self.timeout_s)
+            return 200
+        except grpc.aio.AioRpcError as e:
+            return "timeout" if e.code() == grpc.StatusCode.DEADLINE_EXCEEDED else e.code().name
+
+    async def close(self):
+        await self.channel.close()
+
+
 async def run_bench(opts: BenchOptions, inputs: list[dict[str, np.ndarray]],
                     on_progress=lambda done_s, ok, err: None) -> BenchResult:
-    import aiohttp
-
-    path = f"/v2/models/{opts.model}" + (f"/versions/{opts.version}" if opts.version else "")
-    url = opts.url.rstrip("/") + path + "/infer"
-    bodies = []
     k = opts.rows_per_request
-    for i in range(0, max(len(inputs), k), k):
-        chunk = [inputs[(i + j) % len(inputs)] for j in range(k)]
-        bodies.append(encode_infer_request(_stack(chunk), binary=opts.binary,
-                                           binary_output=opts.binary))
+    chunks = [_stack([inputs[(i + j) % len(inputs)] for j in range(k)])
+              for i in range(0, max(len(inputs), k), k)]
+    if opts.protocol not in ("http", "grpc"):
+        raise ValueError(f"protocol must be http or grpc, got {opts.protocol!r}")
+    sender = (_GrpcSender if opts.protocol == "grpc" else _HttpSender)(opts, chunks)
     samples: list[float] = []
     errors: Counter = Counter()
     counter = 0
-    connector = aiohttp.TCPConnector(limit=0, force_close=False)
-    timeout = aiohttp.ClientTimeout(total=opts.timeout_s)
-    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+    try:
         t_start = time.perf_counter()
         t_measure = t_start + opts.warmup_s
         t_end = t_measure + opts.duration_s
 
-        async def one(body, headers, t_sched: float) -> None:
-            try:
-                async with session.post(url, data=body, headers=headers) as resp:
-                    await resp.read()
-                    status = resp.status
-            except asyncio.TimeoutError:
-                status = "timeout"
-            except aiohttp.ClientError as e:
-                status = f"conn_error:{type(e).__name__}"
+        async def one(i: int, t_sched: float) -> None:
+            status = await sender.send(i)
             now = time.perf_counter()
             if t_sched < t_measure or now > t_end + opts.timeout_s:
                 return
@@ -162,10 +232,10 @@ async def run_bench(opts: BenchOptions, inputs: list[dict[str, np.ndarray]],
             else:
                 errors[str(status)] += 1
 
-        def next_body():
+        def next_body() -> int:
             nonlocal counter
             counter += 1
-            return bodies[counter % len(bodies)]
+            return counter
 
         def budget_left() -> bool:
             return opts.max_requests is None or counter < opts.max_requests
@@ -190,8 +260,7 @@ async def run_bench(opts: BenchOptions, inputs: list[dict[str, np.ndarray]],
                     if len(pending) >= opts.max_outstanding:
                         errors["client_overflow"] += 1
                     else:
-                        body, headers = next_body()
-                        task = asyncio.create_task(one(body, headers, t_next))
+                        task = asyncio.create_task(one(next_body(), t_next))
                         pending.add(task)
                         task.add_done_callback(pending.discard)
                     t_next += rng.expovariate(opts.rate)
@@ -202,17 +271,32 @@ async def run_bench(opts: BenchOptions, inputs: list[dict[str, np.ndarray]],
 
                 async def worker():
                     while time.perf_counter() < t_end and budget_left():
-                        body, headers = next_body()
-                        await one(body, headers, time.perf_counter())
+                        await one(next_body(), time.perf_counter())
 
                 await asyncio.gather(*[worker() for _ in range(opts.concurrency or 1)])
         finally:
             rep.cancel()
         elapsed = min(time.perf_counter(), t_end) - t_measure
+    finally:
+        await sender.close()
     return summarize(mode, samples, errors, max(elapsed, 1e-9), k, opts)
 
 
-def fetch_metadata(url: str, model: str, version: str | None = None) -> dict:
+def fetch_metadata(url: str, model: str, version: str | None = None,
+                   protocol: str = "http") -> dict:
+    """The model's OIP metadata (its inputs shape the requests), over the protocol benched."""
+    if protocol == "grpc":
+        import tritonclient.grpc as tg
+        from tritonclient.utils import InferenceServerException
+
+        try:
+            meta = tg.InferenceServerClient(url.split("://", 1)[-1]).get_model_metadata(
+                model, version or "", as_json=True, client_timeout=10)
+        except InferenceServerException as e:
+            raise RuntimeError(f"{url} answered {e.status()}: {e.message()}") from None
+        for t in meta["inputs"]:  # int64 dimensions come as strings in protobuf's JSON
+            t["shape"] = [int(d) for d in t["shape"]]
+        return meta
     import urllib.error
     import urllib.request
 

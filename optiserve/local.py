@@ -43,6 +43,8 @@ def free_port() -> int:
 class LocalOptions:
     metrics_port: int = 8080
     dashboard_port: int = 8265
+    #: the gateway replicas' gRPC port (on the HTTP host); None: no gRPC
+    grpc_port: int | None = None
     num_cpus: float | None = None
     #: [default: OPTISERVE_METRICS_REPORT_INTERVAL_MS]
     metrics_interval_ms: int | None = None
@@ -107,6 +109,11 @@ class LocalCluster:
         env.setdefault("RAY_SERVE_CONTROL_LOOP_INTERVAL_S", f"{s.serve_control_loop_interval_s:g}")
         http = self.doc.get("http_options") or {}
         env["OPTISERVE_LISTEN"] = f"{http.get('host', '127.0.0.1')}:{http.get('port', 8000)}"
+        if self.opts.grpc_port:
+            host = http.get("host", "127.0.0.1")
+            env["OPTISERVE_GRPC_LISTEN"] = f"{host}:{self.opts.grpc_port}"
+        else:
+            env.pop("OPTISERVE_GRPC_LISTEN", None)
 
     def start(self, on_status=lambda _s: None) -> None:
         """Start Ray, Serve and the applications; ``self.timings`` says where the time went
@@ -126,11 +133,11 @@ class LocalCluster:
         phase("import Ray")
         http = self.doc.get("http_options") or {}
         port, host = http.get("port", 8000), http.get("host", "127.0.0.1")
-        busy = [p for p in (port, self.opts.metrics_port, self.opts.dashboard_port)
-                if not port_free(p)]
+        busy = [p for p in (port, self.opts.grpc_port, self.opts.metrics_port,
+                            self.opts.dashboard_port) if p and not port_free(p)]
         if busy:
             raise RuntimeError(f"port(s) {', '.join(map(str, busy))} are in use; choose others "
-                               "with --port / --metrics-port / --dashboard-port")
+                               "with --port / --grpc-port / --metrics-port / --dashboard-port")
         self._environment()
         cpus = self.opts.num_cpus or max(float(os.cpu_count() or 1),
                                          math.ceil(requested_cpus(self.doc) + 0.5))
@@ -158,6 +165,8 @@ class LocalCluster:
         self.api.wait_running(names, on_status=on_status)
         phase("deploy the applications (replicas start, models load)")
         wait_listening(host, port)
+        if self.opts.grpc_port:
+            wait_listening(host, self.opts.grpc_port)
         phase("gateway listening")
         self.url = f"http://{host}:{port}"
 

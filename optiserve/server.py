@@ -76,6 +76,8 @@ class ServeProcess:
         import yaml
 
         self.port, self.metrics_port, self.dashboard_port = free_port(), free_port(), free_port()
+        self.grpc_port = free_port()
+        self.grpc_url = f"127.0.0.1:{self.grpc_port}"
         config = dict(config)
         config["http_options"] = {"host": "127.0.0.1", "port": self.port}
         self.config = config
@@ -99,7 +101,7 @@ class ServeProcess:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "optiserve", "serve", "--config", str(self.config_path),
              "--metrics-port", str(self.metrics_port), "--dashboard-port",
-             str(self.dashboard_port), *self._extra],
+             str(self.dashboard_port), "--grpc-port", str(self.grpc_port), *self._extra],
             stdout=self._log, stderr=subprocess.STDOUT, env=full_env,
             start_new_session=True,
         )

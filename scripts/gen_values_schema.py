@@ -146,6 +146,7 @@ def schema() -> dict:
             }, ("path", "source")),
             "serve": obj({
                 "port": PORT,
+                "grpcPort": {"type": "integer", "minimum": 0, "maximum": 65535},
                 "service": obj({
                     "type": {"enum": ["ClusterIP", "NodePort", "LoadBalancer"]},
                     "annotations": STR_MAP, "labels": STR_MAP,
@@ -234,6 +235,9 @@ def schema() -> dict:
             "httpRoute": obj({
                 "enabled": B, "annotations": STR_MAP, "parentRefs": LIST, "hostnames": LIST,
                 "pathPrefix": {"type": "string", "pattern": "^/"}, "filters": LIST,
+            }),
+            "grpcRoute": obj({
+                "enabled": B, "annotations": STR_MAP, "parentRefs": LIST, "hostnames": LIST,
             }),
             "podDisruptionBudget": obj({"enabled": B,
                                         "maxUnavailable": {"type": ["integer", "string"]}}),

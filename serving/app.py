@@ -15,6 +15,7 @@ from .endpoints import dispatch
 from .gateway import Gateway
 from .protocol import InferenceError, InputRejected, ModelExecutionError, ModelUnavailable
 from .settings import settings
+from .statistics import StatisticsRecorder
 
 log = logging.getLogger("ray.serve.optiserve")
 def _unwrap(e: BaseException) -> BaseException:
@@ -29,12 +30,14 @@ class GatewayDeployment:
     (:mod:`serving.ingress`) on ``OPTISERVE_LISTEN``; batches go to the version replicas."""
 
     def __init__(self, repository: str):
-        self.recorder = M.BufferedRecorder()
+        # the totals behind gRPC's ModelStatistics, kept as the metrics are recorded
+        self.recorder = StatisticsRecorder(M.BufferedRecorder())
         self.gateway = Gateway(repository, self._backend, self.recorder, self._ready_probe)
         self._handles = {}
         self.ingress = None
         self._listening = None  # the server's start (a task or a thread-safe future)
         self._listen = settings().listen
+        self.grpc = None  # the gRPC server (serving.grpc_ingress), when OPTISERVE_GRPC_LISTEN
 
     def _dispatch(self, method, path, headers, read_body):
         return dispatch(self.gateway, method, path, headers, read_body)
@@ -43,8 +46,9 @@ class GatewayDeployment:
         """Serve's graceful shutdown (redeploy, scale-down, a draining node): the HTTP server
         drains (health fails and connections close for a while, then in-flight requests finish);
         Serve's graceful_shutdown_timeout_s for this deployment covers both phases."""
-        if self.ingress is not None:
-            await self.ingress.drain()
+        drains = [s.drain() for s in (self.ingress, self.grpc) if s is not None]
+        if drains:
+            await asyncio.gather(*drains)
         await self.gateway.close()
 
     async def reconfigure(self, user_config: dict) -> None:
@@ -66,6 +70,8 @@ class GatewayDeployment:
             log.error("gateway config refused, the running config stays: %s", e)
         if self._listen and self.ingress is None:
             self._start_ingress(self._listen)
+        if settings().grpc_listen and self.grpc is None:
+            self._start_grpc(settings().grpc_listen)
 
     def _start_ingress(self, address: str) -> None:
         """Listen once the first config applies, so no request arrives before there is
@@ -81,6 +87,16 @@ class GatewayDeployment:
         self.ingress = ingress
         self._listening = asyncio.get_running_loop().create_task(ingress.start())
 
+    def _start_grpc(self, address: str) -> None:
+        from .grpc_ingress import GrpcIngress
+
+        host, _, port = address.rpartition(":")
+        self.grpc = GrpcIngress(self.gateway, host.strip("[]"), int(port),
+                                self.gateway.config.max_body_bytes, self.recorder)
+        if self.ingress is not None:  # POST /-/drain drains both servers
+            self.ingress.on_drain = self.grpc.drain
+        self._grpc_started = asyncio.get_running_loop().create_task(self.grpc.start())
+
     async def check_health(self) -> None:
         """Serve's health check: also fails when the HTTP server could not start or stopped."""
         task = self._listening
@@ -88,6 +104,9 @@ class GatewayDeployment:
             raise RuntimeError(f"the HTTP server failed to start: {task.exception()}")
         if self.ingress is not None and self.ingress.failed is not None:
             raise RuntimeError(f"the HTTP server stopped: {self.ingress.failed}")
+        task = getattr(self, "_grpc_started", None)
+        if task is not None and task.done() and task.exception() is not None:
+            raise RuntimeError(f"the gRPC server failed to start: {task.exception()}")
 
     def _handle(self, model: str, version: int):
         key = (model, version)

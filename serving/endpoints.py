@@ -33,6 +33,10 @@ async def dispatch(gateway, method: str, path: str, headers: Mapping[str, str],
     """Answer one request. ``headers`` maps lower-case names to values; ``read_body(limit)``
     returns the body or raises :class:`PayloadTooLarge` / :class:`RequestCancelled`."""
     parts = [p for p in path.split("/") if p]
+    if parts and parts[0] == "v1":  # OpenAI-compatible embeddings
+        from .openai_compat import dispatch as openai_dispatch
+
+        return await openai_dispatch(gateway, method, parts[1:], headers, read_body)
     if not parts or parts[0] != "v2":
         return error_answer(404, f"unknown endpoint {path}; the API is under /v2")
     rest = parts[1:]

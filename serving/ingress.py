@@ -341,6 +341,8 @@ class Ingress:
         self._ready = ready
         self.settings = settings()
         self.draining = False
+        #: called when draining starts (the gRPC server beside this one drains too)
+        self.on_drain: Callable[[], object] | None = None
         self.refused = 0  # connections refused past the limit
         self._sock: socket.socket | None = None
         self._server: _Server | None = None
@@ -403,6 +405,8 @@ class Ingress:
         if self._drain_task is None:
             # health fails from now on, before the caller's next await
             self.draining = True
+            if self.on_drain is not None:
+                self.on_drain()
             if self._server is not None:
                 # phase 1: still accepting, every answer closing its connection
                 for conn in list(self._server.server_state.connections):

@@ -84,6 +84,35 @@ class Settings(BaseSettings):
         description="Seconds a draining gateway replica then waits for requests in flight "
                     "(keep it above the request timeout).")
 
+    # ---- gRPC ingress (gateway replicas) ---------------------------------------------------
+    grpc_listen: str | None = Field(
+        None, json_schema_extra=_group("grpc"),
+        description="host:port every gateway replica answers the OIP over gRPC on (set by "
+                    "optiserve serve from its --host/--grpc-port, by the chart from "
+                    "serve.grpcPort); unset: no gRPC.")
+    grpc_max_concurrent_rpcs: PositiveInt = Field(
+        1000, json_schema_extra=_group("grpc"),
+        description="RPCs in progress per gateway replica (streams count as one); one more is "
+                    "answered RESOURCE_EXHAUSTED at once.")
+    grpc_max_concurrent_streams: PositiveInt = Field(
+        100, json_schema_extra=_group("grpc"),
+        description="HTTP/2 streams one gRPC connection may have open at once.")
+    grpc_stream_max_inflight: PositiveInt = Field(
+        64, json_schema_extra=_group("grpc"),
+        description="Requests of one ModelStreamInfer stream being answered at once; the "
+                    "stream reads no more until its oldest is answered (answers keep order).")
+    grpc_idle_timeout_s: PositiveFloat = Field(
+        300.0, json_schema_extra=_group("grpc"),
+        description="Seconds a gRPC connection with no RPC stays open.")
+    grpc_keepalive_min_interval_s: PositiveFloat = Field(
+        10.0, json_schema_extra=_group("grpc"),
+        description="Shortest interval between a client's keepalive pings, seconds; a client "
+                    "pinging faster is disconnected (after 2 strikes).")
+    grpc_message_overhead_bytes: PositiveInt = Field(
+        64 * KiB, json_schema_extra=_group("grpc"),
+        description="Bytes a gRPC infer message may carry past max_body_bytes (names, shapes, "
+                    "framing) before gRPC itself refuses it with RESOURCE_EXHAUSTED.")
+
     # ---- gateway -------------------------------------------------------------------------
     max_body_bytes: PositiveInt = Field(
         64 * MiB, json_schema_extra=_group("gateway"),
@@ -104,6 +133,10 @@ class Settings(BaseSettings):
     gateway_worker_threads: PositiveInt = Field(
         2, json_schema_extra=_group("gateway"),
         description="Threads per gateway replica that decode and tokenize large requests.")
+    openai_max_inputs: PositiveInt = Field(
+        2048, json_schema_extra=_group("gateway"),
+        description="Most inputs of one /v1/embeddings request (OpenAI's own limit); each "
+                    "max_batch_size of them is one OIP request.")
     length_group_overhead_tokens: PositiveInt = Field(
         32, json_schema_extra=_group("gateway"),
         description="Cost of one more model call, in tokens of padding, when a batch of "

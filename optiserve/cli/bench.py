@@ -14,7 +14,8 @@ from .common import console, err_console, fail
 
 
 def bench_command(
-    url: str = typer.Argument(..., help="Server URL, e.g. http://127.0.0.1:8000"),
+    url: str = typer.Argument(..., help="Server URL, e.g. http://127.0.0.1:8000 (with "
+                                        "--protocol grpc: host:port, e.g. 127.0.0.1:8001)"),
     model: str = typer.Option(..., "--model", help="Model name."),
     version: Optional[str] = typer.Option(None, "--version", help="Pin a version."),
     concurrency: Optional[int] = typer.Option(
@@ -31,6 +32,8 @@ def bench_command(
     json_body: bool = typer.Option(False, "--json-body", help="Send JSON tensors, not binary."),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON only."),
     timeout: float = typer.Option(30.0, "--timeout", help="Per-request timeout (s)."),
+    protocol: str = typer.Option("http", "--protocol",
+                                 help="http (OIP REST) or grpc (OIP gRPC, raw tensors)."),
 ) -> None:
     """Send inference load and report latency percentiles, throughput and errors by code."""
     from ..bench import BenchOptions, fetch_metadata, load_inputs, run_bench
@@ -41,15 +44,18 @@ def bench_command(
         fail("--concurrency must be >= 1 and --rate > 0")
     if duration <= 0 or rows < 1:
         fail("--duration must be > 0 and --rows >= 1")
+    if protocol not in ("http", "grpc"):
+        fail(f"--protocol must be http or grpc, got {protocol!r}")
     try:
-        meta = fetch_metadata(url, model, version)
+        meta = fetch_metadata(url, model, version, protocol)
         inputs = load_inputs(input_file, meta)
     except (RuntimeError, ValueError, OSError) as e:
         fail(str(e))
     opts = BenchOptions(url=url, model=model, version=version,
                         concurrency=concurrency if rate is None else None,
                         rate=rate, duration_s=duration, warmup_s=warmup, max_requests=requests,
-                        rows_per_request=rows, binary=not json_body, timeout_s=timeout)
+                        rows_per_request=rows, binary=not json_body, timeout_s=timeout,
+                        protocol=protocol)
     if opts.rate is None and opts.concurrency is None:
         opts.concurrency = 8
     with Progress(TextColumn("{task.description}"), BarColumn(), TimeRemainingColumn(),

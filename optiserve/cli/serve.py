@@ -20,6 +20,8 @@ def serve_command(
     repository: Optional[str] = RepositoryOption,
     host: str = typer.Option("127.0.0.1", "--host", help="Interface to listen on."),
     port: int = typer.Option(8000, "--port", help="Inference (HTTP) port."),
+    grpc_port: int = typer.Option(8001, "--grpc-port", min=0,
+                                  help="Inference (OIP gRPC) port; 0: no gRPC."),
     metrics_port: int = typer.Option(8080, "--metrics-port", help="Prometheus metrics port."),
     dashboard_port: int = typer.Option(8265, "--dashboard-port",
                                        help="Ray dashboard / Serve REST API port."),
@@ -100,6 +102,7 @@ def serve_command(
         console.print(yaml.safe_dump(doc, sort_keys=False), highlight=False, markup=False)
         return
     cluster = LocalCluster(doc, LocalOptions(metrics_port=metrics_port,
+                                             grpc_port=grpc_port or None,
                                              dashboard_port=dashboard_port))
     stop = threading.Event()
     t0 = time.perf_counter()
@@ -134,6 +137,9 @@ def serve_command(
         versions = ", ".join(str(v) for v in route["versions"])
         console.print(f"  {name} (versions {versions}): {url}/v2/models/{name}/infer")
     console.print(f"  health:    {url}/v2/health/ready")
+    if grpc_port:
+        console.print(f"  gRPC:      {http.get('host', host)}:{grpc_port} "
+                      "(OIP, tritonclient.grpc)")
     console.print(f"  metrics:   http://127.0.0.1:{metrics_port}/metrics")
     console.print(f"  Serve API: http://127.0.0.1:{dashboard_port}/api/serve/applications/")
     console.print("Ctrl-C to stop")

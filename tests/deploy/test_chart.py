@@ -238,6 +238,34 @@ def test_httproute_matches_the_gateway_api_crd(rendered):
         jsonschema.validate(bad, HTTPROUTE_SCHEMA)
 
 
+def test_grpc_port_on_the_pods_and_the_serve_service_and_its_route(rendered, helm):
+    """serve.grpcPort: a container port named grpc on every Ray pod, a Service port with
+    appProtocol h2c, OPTISERVE_GRPC_LISTEN; a GRPCRoute when asked; 0 turns all of it off. The
+    readiness probe stays the HTTP one."""
+    rs = rayservice(rendered["default"])
+    ports = rs["spec"]["serveService"]["spec"]["ports"]
+    assert {"name": "grpc", "port": 8001, "targetPort": 8001, "protocol": "TCP",
+            "appProtocol": "kubernetes.io/h2c"} in ports
+    for t in pod_templates(rs).values():
+        c = t["spec"]["containers"][0]
+        assert {"name": "grpc", "containerPort": 8001, "protocol": "TCP"} in c["ports"]
+    workers = rs["spec"]["rayClusterConfig"]["workerGroupSpecs"]
+    probe = workers[0]["template"]["spec"]["containers"][0]["readinessProbe"]
+    assert "grpc" not in json.dumps(probe)
+    objs = helm_template(helm, "--set", "grpcRoute.enabled=true", "--set-json",
+                         'grpcRoute.parentRefs=[{"name":"public","sectionName":"grpc"}]')
+    (route,) = only(objs, "GRPCRoute")
+    assert route["apiVersion"] == "gateway.networking.k8s.io/v1"
+    rule = route["spec"]["rules"][0]
+    assert rule["matches"] == [{"method": {"service": "inference.GRPCInferenceService"}}]
+    assert rule["backendRefs"] == [{"name": "osv-optiserve-serve-svc", "port": 8001}]
+    off = helm_template(helm, "--set", "serve.grpcPort=0")
+    text = json.dumps(off)
+    assert "OPTISERVE_GRPC_LISTEN" not in text and '"grpc"' not in text
+    r = run([helm, "template", "osv", str(CHART), "--set", "serve.grpcPort=70000"])
+    assert r.returncode != 0 and "grpcPort" in r.stderr
+
+
 def test_rayservice_schema_can_fail(rendered):
     rs = copy.deepcopy(rayservice(rendered["default"]))
     rs["spec"]["rayClusterConfig"]["headGroupSpec"]["rayStartParams"]["num-cpus"] = 0
@@ -446,13 +474,14 @@ def test_ray_serving_environment(rendered):
     for t in pod_templates(rs).values():
         env = {e["name"]: e.get("value") for e in t["spec"]["containers"][0]["env"]}
         assert env["OPTISERVE_LISTEN"] == "0.0.0.0:8000"
+        assert env["OPTISERVE_GRPC_LISTEN"] == "0.0.0.0:8001"
         assert env["RAY_SERVE_THROUGHPUT_OPTIMIZED"] == "1"
         assert env["RAY_SERVE_ENABLE_DIRECT_INGRESS"] == "0"
         assert "RAY_SERVE_ENABLE_HA_PROXY" not in env
         assert env["OPTISERVE_HTTP_DRAIN_ACCEPT_S"] == "5"
         for name in env:
             if name.startswith("OPTISERVE_") and name not in (
-                    "OPTISERVE_REPOSITORY", "OPTISERVE_LISTEN"):
+                    "OPTISERVE_REPOSITORY", "OPTISERVE_LISTEN", "OPTISERVE_GRPC_LISTEN"):
                 assert name[len("OPTISERVE_"):].lower() in Settings.model_fields, name
     head = rs["spec"]["rayClusterConfig"]["headGroupSpec"]["rayStartParams"]
     assert head["metrics-export-port"] == "8080" and head["num-cpus"] == "0"
@@ -585,8 +614,8 @@ def test_network_policies_and_disruption_budgets(rendered):
     pols = {p["metadata"]["name"]: p for p in only(objs, "NetworkPolicy")}
     ray = next(p for n, p in pols.items() if n.endswith("-ray"))
     ports = {p["port"] for rule in ray["spec"]["ingress"] for p in rule.get("ports", [])}
-    # inference, Ray's metrics (and the head's dashboard metrics), the dashboard
-    assert ports == {8000, 8080, 44227, 8265}
+    # inference (REST and gRPC), Ray's metrics (and the head's dashboard metrics), the dashboard
+    assert ports == {8000, 8001, 8080, 44227, 8265}
     pdbs = {p["spec"]["selector"]["matchLabels"]["optiserve.dev/ray-group"]
             for p in only(objs, "PodDisruptionBudget")}
     assert pdbs == {"cpu", "gpu"}

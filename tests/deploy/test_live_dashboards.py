@@ -128,7 +128,8 @@ def live(minilm_build, tmp_path_factory):
         serve = procs.start("serve", [*optiserve, "serve", "--repository", str(repo),
                                       "--config", str(work / "serve.yaml"),
                                       "--metrics-port", str(metrics),
-                                      "--dashboard-port", str(dashboard)],
+                                      "--dashboard-port", str(dashboard),
+                                      "--grpc-port", str(free_port())],
                             work / "serve.log", env)
         prometheus = procs.start("prometheus", [
             find_tool("prometheus"), f"--config.file={work / 'prometheus.yml'}",

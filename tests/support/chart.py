@@ -22,7 +22,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "helm/optiserve"
 #: variables that say where, not how: the test's own address and repository replace them
-LOCAL_ONLY = frozenset({"OPTISERVE_LISTEN", "OPTISERVE_REPOSITORY"})
+LOCAL_ONLY = frozenset({"OPTISERVE_LISTEN", "OPTISERVE_GRPC_LISTEN", "OPTISERVE_REPOSITORY"})
 
 
 def helm_binary() -> str:

@@ -393,6 +393,11 @@ app.kubernetes.io/part-of: optiserve
 # each gateway replica answers HTTP on this port itself; Serve's proxies are off
 - name: OPTISERVE_LISTEN
   value: {{ printf "0.0.0.0:%d" (int $root.Values.serve.port) | quote }}
+{{- if $root.Values.serve.grpcPort }}
+# and the OIP over gRPC on this one
+- name: OPTISERVE_GRPC_LISTEN
+  value: {{ printf "0.0.0.0:%d" (int $root.Values.serve.grpcPort) | quote }}
+{{- end }}
 {{- range $name, $value := $root.Values.serve.settings }}
 - name: {{ printf "OPTISERVE_%s" (upper $name) }}
   value: {{ $value | toString | quote }}
@@ -688,6 +693,11 @@ spec:
         - name: serve
           containerPort: {{ $v.serve.port }}
           protocol: TCP
+        {{- if $v.serve.grpcPort }}
+        - name: grpc
+          containerPort: {{ $v.serve.grpcPort }}
+          protocol: TCP
+        {{- end }}
         - name: metrics
           containerPort: {{ $v.ray.metricsPort }}
           protocol: TCP

@@ -1,0 +1,277 @@
+"""The gateway's gRPC server (serving/grpc_ingress.py) in one process without Ray: a real
+grpc.aio server over a real Gateway whose backend is the real ONNX Runtime behind a delay, and
+the real tritonclient.grpc client and grpc channels. What the live tests cannot time well is
+checked here: the stream window, deadlines leaving the queue, the size limit's two layers,
+malformed protobuf, draining."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import grpc
+import numpy as np
+import pytest
+from tritonclient.grpc import service_pb2 as pb
+from tritonclient.grpc import service_pb2_grpc as pb_grpc
+
+from serving import metrics as M
+from serving.gateway import Gateway
+from serving.grpc_ingress import GrpcIngress
+from serving.repository import ModelRepository
+from serving.runtimes import load_runtime
+from serving.settings import reload
+from serving.statistics import StatisticsRecorder
+from tests.serving.test_gateway import RecordingRecorder, publish
+from optiserve.local import free_port
+
+MAX_BODY = 100_000
+
+
+class Server:
+    def __init__(self, tmp_path, delay_s=0.0):
+        repo = ModelRepository(tmp_path / "repo")
+        self.v = publish(repo, "ReduceSum")
+        rt = load_runtime(repo.get("reducer", self.v).manifest, repo.get("reducer", self.v).path)
+        self.delay_s = delay_s
+        self.rec = RecordingRecorder()
+        self.stats = StatisticsRecorder(self.rec)
+        self.max_inflight = 0
+
+        def backend(model, version):
+            async def run(feeds):
+                await asyncio.sleep(self.delay_s)
+                return [rt.run(f) for f in feeds]
+            return run
+
+        self.gateway = Gateway(str(tmp_path / "repo"), backend, self.stats)
+        self.gateway.reconfigure({"models": {"reducer": {"versions": {self.v: {
+            "max_batch_size": 1, "max_delay_ms": 0}}, "stable": self.v}},
+            "max_body_bytes": MAX_BODY})
+        self.port = free_port()
+        self.address = f"127.0.0.1:{self.port}"
+        self.ingress = GrpcIngress(self.gateway, "127.0.0.1", self.port, MAX_BODY, self.stats)
+
+    def inflight(self) -> int:
+        return self.gateway.models["reducer"].versions[self.v].inflight
+
+
+def serve(tmp_path, client, delay_s=0.0, env=None, monkeypatch=None):
+    """Run ``client(server)`` (blocking, in a thread) against a started server."""
+    for k, v in (env or {}).items():
+        monkeypatch.setenv(k, v)
+    reload()
+    try:
+        srv = Server(tmp_path, delay_s)
+
+        async def main():
+            await srv.ingress.start()
+            stop = asyncio.Event()
+
+            async def watch():
+                while not stop.is_set():
+                    srv.max_inflight = max(srv.max_inflight, srv.inflight())
+                    await asyncio.sleep(0.002)
+
+            w = asyncio.ensure_future(watch())
+            try:
+                return await asyncio.get_running_loop().run_in_executor(None, client, srv)
+            finally:
+                stop.set()
+                await w
+                await srv.ingress.drain(0)
+                await srv.gateway.close()
+
+        return asyncio.run(main()), srv
+    finally:
+        if env:
+            for k in env:
+                monkeypatch.delenv(k)
+        reload()
+
+
+def tensor_request(rows=1, width=4):
+    req = pb.ModelInferRequest(model_name="reducer")
+    req.inputs.add(name="x", datatype="FP32", shape=[rows, width])
+    req.raw_input_contents.append(np.ones((rows, width), np.float32).tobytes())
+    return req
+
+
+def test_malformed_protobuf_is_invalid_argument_not_internal(tmp_path):
+    def client(srv):
+        with grpc.insecure_channel(srv.address) as ch:
+            out = []
+            for method in ("ModelInfer", "ModelMetadata", "ServerReady"):
+                call = ch.unary_unary(f"/inference.GRPCInferenceService/{method}")
+                try:
+                    call(b"\xff\xff\xff\x07", timeout=10)
+                    out.append((method, grpc.StatusCode.OK, ""))
+                except grpc.RpcError as e:
+                    out.append((method, e.code(), e.details()))
+            return out
+
+    answers, _ = serve(tmp_path, client)
+    for method, code, details in answers:
+        assert code == grpc.StatusCode.INVALID_ARGUMENT, (method, code, details)
+        assert "the message is not a valid inference." in details
+
+
+def test_a_message_past_the_limit_is_refused_by_grpc_before_it_is_decoded(tmp_path):
+    def client(srv):
+        stub = pb_grpc.GRPCInferenceServiceStub(grpc.insecure_channel(srv.address))
+        out = []
+        for rows in (MAX_BODY // 16 + 100, 200_000):  # within gRPC's slack; far past it
+            try:
+                stub.ModelInfer(tensor_request(rows), timeout=30)
+            except grpc.RpcError as e:
+                out.append((e.code(), e.details()))
+        out.append(stub.ModelInfer(tensor_request(1), timeout=30).model_name)
+        return out
+
+    (within, past, ok), _ = serve(tmp_path, client)
+    assert within[0] == past[0] == grpc.StatusCode.RESOURCE_EXHAUSTED
+    # the REST path's message inside the slack; gRPC's own refusal (nothing decoded) past it
+    assert "exceeds the limit of 100000 bytes" in within[1]
+    assert "larger than max" in past[1], past
+    assert ok == "reducer"
+
+
+def test_a_stream_answers_in_order_within_its_window(tmp_path, monkeypatch):
+    def client(srv):
+        def requests():
+            for i in range(30):
+                r = tensor_request(1, 1 + i % 3)
+                r.id = f"r{i}"
+                if i == 7:
+                    r.inputs[0].name = "nope"
+                yield r
+        stub = pb_grpc.GRPCInferenceServiceStub(grpc.insecure_channel(srv.address))
+        return list(stub.ModelStreamInfer(requests(), timeout=60))
+
+    answers, srv = serve(tmp_path, client, delay_s=0.02,
+                         env={"OPTISERVE_GRPC_STREAM_MAX_INFLIGHT": "4"}, monkeypatch=monkeypatch)
+    assert len(answers) == 30
+    assert "unknown input 'nope'" in answers[7].error_message and answers[7].infer_response.id \
+        == "r7"
+    assert [a.infer_response.id for a in answers] == [f"r{i}" for i in range(30)]
+    assert all(not a.error_message for i, a in enumerate(answers) if i != 7)
+    # never more than the window in the gateway at once (unbounded: all 30 queue at once)
+    assert 2 <= srv.max_inflight <= 4, srv.max_inflight
+
+
+def test_a_deadline_takes_the_request_out_of_the_queue(tmp_path):
+    def client(srv):
+        stub = pb_grpc.GRPCInferenceServiceStub(grpc.insecure_channel(srv.address))
+        try:
+            stub.ModelInfer(tensor_request(), timeout=0.3)
+        except grpc.RpcError as e:
+            code = e.code()
+        time.sleep(0.3)
+        return code, srv.inflight()
+
+    (code, inflight), srv = serve(tmp_path, client, delay_s=2.0)
+    assert code == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert inflight == 0  # it left the gateway long before the backend would have answered
+    outcomes = [c[2]["outcome"] for c in srv.rec.calls if c[0] == "inc" and c[1] is M.REQUESTS
+                and c[3] > 0]
+    assert outcomes == ["cancelled"]
+
+
+def test_a_cancelled_stream_cancels_its_requests(tmp_path):
+    def client(srv):
+        stub = pb_grpc.GRPCInferenceServiceStub(grpc.insecure_channel(srv.address))
+        call = stub.ModelStreamInfer(iter([tensor_request() for _ in range(10)]), timeout=60)
+        time.sleep(0.3)
+        seen = srv.inflight()
+        call.cancel()
+        time.sleep(0.3)
+        return seen, srv.inflight()
+
+    (seen, after), _ = serve(tmp_path, client, delay_s=5.0)
+    assert seen > 0 and after == 0
+
+
+def test_draining_fails_readiness_then_finishes_what_is_in_flight(tmp_path):
+    def client(srv):
+        import tritonclient.grpc as tg
+
+        c = tg.InferenceServerClient(srv.address)
+        assert c.is_server_ready()
+        stub = pb_grpc.GRPCInferenceServiceStub(grpc.insecure_channel(srv.address))
+        slow = stub.ModelInfer.future(tensor_request(), timeout=30)
+        time.sleep(0.2)
+        srv.gateway_loop.call_soon_threadsafe(srv.ingress.drain, 0.5)
+        time.sleep(0.2)
+        ready = c.is_server_ready()
+        answered = slow.result().model_name
+        time.sleep(0.6)
+        try:
+            c.is_server_live()
+            late = "answered"
+        except Exception as e:
+            late = str(e)
+        return ready, answered, late
+
+    def run(srv):
+        return client(srv)
+
+    import serving.grpc_ingress as gi
+
+    original = gi.GrpcIngress.start
+
+    async def start(self):
+        self._srv_loop = asyncio.get_running_loop()
+        await original(self)
+
+    gi.GrpcIngress.start = start
+    try:
+        def wrapped(srv):
+            srv.gateway_loop = srv.ingress._srv_loop
+            return run(srv)
+        (ready, answered, late), _ = serve(tmp_path, wrapped, delay_s=0.6)
+    finally:
+        gi.GrpcIngress.start = original
+    assert ready is False and answered == "reducer"
+    assert "UNAVAILABLE" in late
+
+
+def test_statistics_follow_what_the_gateway_records(tmp_path):
+    def client(srv):
+        import tritonclient.grpc as tg
+
+        c = tg.InferenceServerClient(srv.address)
+        x = tg.InferInput("x", [1, 4], "FP32")
+        x.set_data_from_numpy(np.ones((1, 4), np.float32))
+        for _ in range(3):
+            c.infer("reducer", [x])
+        bad = tg.InferInput("x", [1, 4], "INT64")
+        bad.set_data_from_numpy(np.ones((1, 4), np.int64))
+        with pytest.raises(Exception):
+            c.infer("reducer", [bad])
+        return c.get_inference_statistics("reducer", as_json=True)["model_stats"][0]
+
+    stats, _ = serve(tmp_path, client)
+    s = stats["inference_stats"]
+    assert int(stats["inference_count"]) == 3 and int(stats["execution_count"]) == 3
+    assert int(s["success"]["count"]) == 3 and int(s["fail"]["count"]) == 1
+    assert int(s["success"]["ns"]) > 0 and int(s["queue"]["count"]) == 3
+
+
+def test_bench_sends_grpc_and_shapes_rows_from_the_metadata(tmp_path):
+    from optiserve.bench import BenchOptions, fetch_metadata, load_inputs, run_bench
+
+    def client(srv):
+        meta = fetch_metadata(srv.address, "reducer", protocol="grpc")
+        inputs = load_inputs(None, meta)
+        opts = BenchOptions(url=srv.address, model="reducer", concurrency=4, duration_s=1.0,
+                            warmup_s=0.2, max_requests=20_000, protocol="grpc")
+        return meta, asyncio.run(run_bench(opts, inputs))
+
+    (meta, result), srv = serve(tmp_path, client)
+    assert meta["inputs"][0]["shape"] == [-1, -1]
+    assert result.ok > 10 and result.errors == {}, result
+    # Triton's text models declare [-1, 1]: rows are sent [1, 1], not [1]
+    rows = load_inputs(None, {"inputs": [{"name": "text", "datatype": "BYTES", "shape": [-1, 1]}]})
+    assert rows[0]["text"].shape == (1, 1)
+    rows = load_inputs(None, {"inputs": [{"name": "text", "datatype": "BYTES", "shape": [-1]}]})
+    assert rows[0]["text"].shape == (1,)
