@@ -159,7 +159,10 @@ def live(minilm_build, tmp_path_factory):
             [*optiserve, "rollout", "start", "minilm", "--canary", str(canary), "--detach",
              "--steps", "30,35,40,45,50,60,70,80,90,100", "--interval", "5s",
              "--min-requests", "5", "--shadow", "0.5", "--max-p99-ratio", "10",
-             "--min-agreement", "0.9", "--failure-budget", "1000", *target],
+             "--min-agreement", "0.9", "--failure-budget", "1000",
+             # what this Prometheus does: a step is judged once it has four scrapes of its
+             # own (at the default 15 s that is a minute, past the 20 s of traffic here)
+             "--scrape-interval", "1s", *target],
             capture_output=True, text=True, env=env, cwd=ROOT, timeout=60, check=False)
         assert start.returncode == 0, start.stdout + start.stderr
 
