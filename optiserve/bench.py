@@ -179,6 +179,31 @@ class _HttpSender:
         await self.session.close()
 
 
+#: what ``--protocol openai`` sends: text, as the openai client's ``embeddings.create`` does
+OPENAI_INPUTS = {"inputs": [{"name": "input", "datatype": "BYTES", "shape": [-1]}]}
+
+
+class _OpenAISender(_HttpSender):
+    """``POST /v1/embeddings`` as the openai client sends it: JSON, ``input`` a list of the
+    request's strings, ``model`` the name (``name:version`` when pinned). Works against any
+    OpenAI-compatible embeddings server."""
+
+    def __init__(self, opts: BenchOptions, chunks):
+        import aiohttp
+
+        model = opts.model + (f":{opts.version}" if opts.version else "")
+        self.url = opts.url.rstrip("/") + "/v1/embeddings"
+        headers = {"content-type": "application/json"}
+        self.bodies = []
+        for c in chunks:
+            texts = [x.decode() if isinstance(x, bytes) else str(x)
+                     for arr in c.values() for x in arr.ravel()]
+            self.bodies.append((json.dumps({"model": model, "input": texts}).encode(), headers))
+        self.session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=0, force_close=False),
+            timeout=aiohttp.ClientTimeout(total=opts.timeout_s))
+
+
 class _GrpcSender:
     """Pre-serialized requests on one HTTP/2 channel (gRPC multiplexes the clients' calls),
     as perf_analyzer -i grpc sends them."""
@@ -211,9 +236,10 @@ async def run_bench(opts: BenchOptions, inputs: list[dict[str, np.ndarray]],
     k = opts.rows_per_request
     chunks = [_stack([inputs[(i + j) % len(inputs)] for j in range(k)])
               for i in range(0, max(len(inputs), k), k)]
-    if opts.protocol not in ("http", "grpc"):
-        raise ValueError(f"protocol must be http or grpc, got {opts.protocol!r}")
-    sender = (_GrpcSender if opts.protocol == "grpc" else _HttpSender)(opts, chunks)
+    senders = {"http": _HttpSender, "grpc": _GrpcSender, "openai": _OpenAISender}
+    if opts.protocol not in senders:
+        raise ValueError(f"protocol must be http, grpc or openai, got {opts.protocol!r}")
+    sender = senders[opts.protocol](opts, chunks)
     samples: list[float] = []
     errors: Counter = Counter()
     counter = 0
@@ -284,7 +310,10 @@ async def run_bench(opts: BenchOptions, inputs: list[dict[str, np.ndarray]],
 
 def fetch_metadata(url: str, model: str, version: str | None = None,
                    protocol: str = "http") -> dict:
-    """The model's OIP metadata (its inputs shape the requests), over the protocol benched."""
+    """The model's OIP metadata (its inputs shape the requests), over the protocol benched
+    (OpenAI's embeddings API has none: text is sent)."""
+    if protocol == "openai":
+        return OPENAI_INPUTS
     if protocol == "grpc":
         import tritonclient.grpc as tg
         from tritonclient.utils import InferenceServerException

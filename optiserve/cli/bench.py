@@ -15,7 +15,8 @@ from .common import console, err_console, fail
 
 def bench_command(
     url: str = typer.Argument(..., help="Server URL, e.g. http://127.0.0.1:8000 (with "
-                                        "--protocol grpc: host:port, e.g. 127.0.0.1:8001)"),
+                                        "--protocol grpc: host:port, e.g. 127.0.0.1:8001; "
+                                        "with openai: the URL before /v1)"),
     model: str = typer.Option(..., "--model", help="Model name."),
     version: Optional[str] = typer.Option(None, "--version", help="Pin a version."),
     concurrency: Optional[int] = typer.Option(
@@ -33,7 +34,9 @@ def bench_command(
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON only."),
     timeout: float = typer.Option(30.0, "--timeout", help="Per-request timeout (s)."),
     protocol: str = typer.Option("http", "--protocol",
-                                 help="http (OIP REST) or grpc (OIP gRPC, raw tensors)."),
+                                 help="http (OIP REST), grpc (OIP gRPC, raw tensors) or "
+                                      "openai (POST /v1/embeddings, text; --rows strings "
+                                      "per request)."),
 ) -> None:
     """Send inference load and report latency percentiles, throughput and errors by code."""
     from ..bench import BenchOptions, fetch_metadata, load_inputs, run_bench
@@ -44,8 +47,8 @@ def bench_command(
         fail("--concurrency must be >= 1 and --rate > 0")
     if duration <= 0 or rows < 1:
         fail("--duration must be > 0 and --rows >= 1")
-    if protocol not in ("http", "grpc"):
-        fail(f"--protocol must be http or grpc, got {protocol!r}")
+    if protocol not in ("http", "grpc", "openai"):
+        fail(f"--protocol must be http, grpc or openai, got {protocol!r}")
     try:
         meta = fetch_metadata(url, model, version, protocol)
         inputs = load_inputs(input_file, meta)

@@ -488,6 +488,25 @@ def test_openai_body_limit_and_base64_bytes(server):
     assert status == 200 and vec.shape == (384,)
 
 
+def test_bench_sends_openai_embeddings_requests(server):
+    """optiserve bench --protocol openai: POST /v1/embeddings with --rows strings per request,
+    the version pinned as name:version; an unknown model is counted under its status."""
+    import json
+
+    fp32 = server.versions["onnx-fp32"]
+    args = ["--protocol", "openai", "--rows", "3", "--concurrency", "2", "--warmup", "0",
+            "--json"]
+    r = run_cli("bench", server.url, "--model", "minilm", "--version", str(fp32),
+                "--duration", "3", *args, timeout=120)
+    assert r.returncode == 0, r.stdout + r.stderr
+    res = json.loads(r.stdout)
+    assert res["ok"] > 0 and res["errors"] == {}, res
+    r = run_cli("bench", server.url, "--model", "nope", "--duration", "1", *args, timeout=120)
+    assert r.returncode == 0, r.stdout + r.stderr
+    res = json.loads(r.stdout)
+    assert res["ok"] == 0 and set(res["errors"]) == {"404"}, res
+
+
 def test_zz_draining_the_pod_drains_grpc_too(server):
     """Last in this module: POST /-/drain (the chart's preStop) fails gRPC readiness at once while
     both servers still answer, as load balancers deregister the pod."""
