@@ -28,13 +28,11 @@ import time
 from pathlib import Path
 
 from serving.runtimes import available_cpus
-from tests.support.optimize_args import optimize_args
+from tests.support.optimize_args import optimize_args, split_passthrough
 
 
 def main() -> None:
-    argv = sys.argv[1:]
-    extra = argv[argv.index("--") + 1:] if "--" in argv else []
-    argv = argv[: argv.index("--")] if "--" in argv else argv
+    argv, extra = split_passthrough(sys.argv[1:])
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--seconds", type=float, default=1.0, help="per measurement")

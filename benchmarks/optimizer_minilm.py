@@ -53,7 +53,7 @@ import numpy as np
 
 
 from serving.runtimes import TextEncoder, available_cpus
-from tests.support.optimize_args import optimize_args
+from tests.support.optimize_args import optimize_args, split_passthrough
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -72,9 +72,7 @@ def inputs(enc: TextEncoder, texts: list[str], batch: int, tokens: int) -> dict[
 
 
 def main() -> None:
-    argv = sys.argv[1:]
-    extra = argv[argv.index("--") + 1:] if "--" in argv else []
-    argv = argv[: argv.index("--")] if "--" in argv else argv
+    argv, extra = split_passthrough(sys.argv[1:])
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--seconds", type=float, default=1.0, help="per measurement")

@@ -30,6 +30,15 @@ def merge_rows(groups: Sequence[Sequence[int]], results: Sequence[dict[str, np.n
     return merged
 
 
+def mark_truncated(o: Outputs, encoded: Encoded, start: int, size: int) -> Outputs:
+    """Note in ``o.parameters`` which of the request's rows (``start``..``start+size`` of the
+    batch) the tokenizer cut to max_length."""
+    cut = [i for i in range(size) if encoded.truncated[start + i]]
+    if cut:
+        o.parameters["truncated"] = cut
+    return o
+
+
 class TextTask:
     """Embeddings and other fixed-width outputs: the model's tensors as they are."""
 
@@ -53,9 +62,6 @@ class TextTask:
         out, start = [], 0
         for size in sizes:
             o = Outputs({k: v[start:start + size] for k, v in merged.items()})
-            cut = [i for i in range(size) if encoded.truncated[start + i]]
-            if cut:
-                o.parameters["truncated"] = cut
-            out.append(o)
+            out.append(mark_truncated(o, encoded, start, size))
             start += size
         return out

@@ -22,7 +22,7 @@ import numpy as np
 
 from ..repository import Manifest
 from ..runtimes.text import Encoded
-from .base import Outputs, TextTask
+from .base import Outputs, TextTask, mark_truncated
 
 
 def _tag(label: str) -> tuple[str, str]:
@@ -111,9 +111,6 @@ class TokenClassificationTask(TextTask):
                 offsets[r, :len(off)] = off
             ents = np.array([r[2].encode() for r in part], dtype=object)
             o = Outputs({"token_labels": labels, "token_offsets": offsets, "entities": ents})
-            cut = [i for i in range(size) if encoded.truncated[start + i]]
-            if cut:
-                o.parameters["truncated"] = cut
-            out.append(o)
+            out.append(mark_truncated(o, encoded, start, size))
             start += size
         return out

@@ -30,3 +30,11 @@ def optimize_args(extra: list[str], source: str = "minilm"):
     finally:
         optimizers.optimize = real
     return captured["opts"]
+
+
+def split_passthrough(argv: list[str]) -> tuple[list[str], list[str]]:
+    """A benchmark's own arguments, and those after ``--`` (the optimizer's options)."""
+    if "--" not in argv:
+        return argv, []
+    i = argv.index("--")
+    return argv[:i], argv[i + 1:]
