@@ -5,6 +5,7 @@ from .schema import (
     Artifact,
     BatchingPolicy,
     Fidelity,
+    ImagePreprocessing,
     LatencyPoint,
     Manifest,
     Measurements,
@@ -27,8 +28,9 @@ from .store import (
 )
 
 __all__ = [
-    "DATATYPES", "Artifact", "BatchingPolicy", "Fidelity", "LatencyPoint", "Manifest",
-    "Measurements", "Postprocessing", "Signature", "Source", "TensorSpec", "TextPreprocessing", "IntegrityError",
-    "ManifestError", "ModelNotFoundError", "ModelRepository", "RepositoryError", "VersionRef",
-    "parse_ref", "resolve_root", "sha256_file",
+    "DATATYPES", "Artifact", "BatchingPolicy", "Fidelity", "ImagePreprocessing",
+    "IntegrityError", "LatencyPoint", "Manifest", "ManifestError", "Measurements",
+    "ModelNotFoundError", "ModelRepository", "Postprocessing", "RepositoryError", "Signature",
+    "Source", "TensorSpec", "TextPreprocessing", "VersionRef", "parse_ref", "resolve_root",
+    "sha256_file",
 ]

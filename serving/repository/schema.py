@@ -13,10 +13,12 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, field_validator, model_validator
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 #: Every schema version this optiserve reads: 1 (before text tasks' labels and entities) loads
-#: unchanged, its new fields at their defaults.
-READABLE_SCHEMA_VERSIONS = (1, 2)
+#: unchanged, its new fields at their defaults; 3 adds image preprocessing. A version is written
+#: with the lowest schema version that expresses it (:func:`schema_version_for`), so a gateway
+#: one release older still reads every text and tensor version during an upgrade.
+READABLE_SCHEMA_VERSIONS = (1, 2, 3)
 
 #: Open Inference Protocol tensor datatypes and the numpy dtype each maps to.
 DATATYPES: dict[str, str] = {
@@ -110,6 +112,70 @@ class TextPreprocessing(_Strict):
         "response lists the rows that were (parameters.truncated).")
 
 
+class ImagePreprocessing(_Strict):
+    """How an image model turns encoded images (JPEG, PNG, WebP) into its pixel tensor; done by
+    serving, in the gateway, exactly as recorded here (the optimizer judged every variant on
+    images preprocessed by the same code, :mod:`serving.images`).
+
+    Steps, in order: decode (refusing more than ``max_pixels`` pixels before any pixel is
+    decoded), EXIF orientation applied, converted to RGB, resized (``resize``), center-cropped
+    to ``height`` x ``width`` (``crop``), scaled by ``rescale``, normalised per channel
+    ``(x - mean) / std``, channels in ``channel_order``, laid out as ``layout``."""
+
+    kind: Literal["image"] = "image"
+    image_input: str = Field("image", description="Name of the BYTES input clients send: one "
+                             "encoded image per element.")
+    pixel_input: str = Field("pixel_values", description="Model input receiving the pixels.")
+    height: PositiveInt = Field(description="Height of the model's pixel tensor.")
+    width: PositiveInt = Field(description="Width of the model's pixel tensor.")
+    resize: Literal["shortest-edge", "exact"] = Field(
+        "shortest-edge", description="'shortest-edge': the shorter side scaled to "
+        "``resize_to`` keeping the aspect ratio, then the middle height x width cropped out "
+        "(torchvision's Resize + CenterCrop); 'exact': scaled to height x width, aspect ratio "
+        "not kept, nothing cropped.")
+    resize_to: PositiveInt | None = Field(
+        None, description="'shortest-edge': the shorter side's length after resizing (e.g. "
+        "256 before a 224 crop), at least height and width; absent: the larger of the two.")
+    interpolation: Literal["bilinear", "bicubic", "nearest", "lanczos"] = Field(
+        "bilinear", description="Resampling filter (Pillow's, antialiased).")
+    rescale: float = Field(1 / 255, gt=0, description="Factor applied to 0..255 pixel values "
+                           "before normalising.")
+    mean: list[float] = Field(min_length=3, max_length=3, description="Per-channel mean "
+                              "subtracted after rescaling, in RGB order.")
+    std: list[float] = Field(min_length=3, max_length=3, description="Per-channel standard "
+                             "deviation divided by, in RGB order.")
+    channel_order: Literal["RGB", "BGR"] = Field("RGB", description="Channel order the model "
+                                                 "expects.")
+    layout: Literal["NCHW", "NHWC"] = Field("NCHW", description="Tensor layout of pixel_input.")
+    max_pixels: PositiveInt = Field(
+        40_000_000, description="Most pixels (width x height) of one encoded image; a larger "
+        "one is refused (413) from its header, before it is decoded (decompression bombs).")
+    formats: list[Literal["JPEG", "PNG", "WEBP"]] = Field(
+        default_factory=lambda: ["JPEG", "PNG", "WEBP"], min_length=1,
+        description="Encoded formats accepted; anything else is refused (400).")
+
+    @field_validator("std")
+    @classmethod
+    def _std(cls, v: list[float]) -> list[float]:
+        if any(x <= 0 for x in v):
+            raise ValueError("every std must be positive")
+        return v
+
+    @model_validator(mode="after")
+    def _sizes(self) -> ImagePreprocessing:
+        if self.resize_to is not None and self.resize_to < max(self.height, self.width):
+            raise ValueError(f"resize_to {self.resize_to} is smaller than the crop "
+                             f"{self.height}x{self.width}: the crop would leave the image")
+        return self
+
+    @property
+    def pixel_shape(self) -> list[int]:
+        """The model input's shape, batch first (-1)."""
+        if self.layout == "NCHW":
+            return [-1, 3, self.height, self.width]
+        return [-1, self.height, self.width, 3]
+
+
 class Postprocessing(_Strict):
     """What a text classifier's or token classifier's outputs mean: the label of each class,
     how probabilities are made, how tokens become entities. Done by serving, in the gateway."""
@@ -162,6 +228,12 @@ class Fidelity(_Strict):
         None, description="Mean overlap of top-k nearest neighbours with the reference's."
     )
     top1_agreement: float | None = Field(None, description="Share of equal top-1 (classifiers).")
+    top5_overlap: float | None = Field(
+        None, description="Image classifiers: mean share of the reference's five best classes "
+        "among the variant's five best.")
+    accuracy: float | None = Field(None, description="Top-1 accuracy against labels, when given.")
+    reference_accuracy: float | None = Field(None, description="The reference's top-1 accuracy "
+                                             "on the same labels.")
     token_agreement: float | None = Field(
         None, description="Token classification: share of tokens (special tokens and padding "
         "left out) given the reference's label.")
@@ -243,7 +315,8 @@ class Source(_Strict):
 class Manifest(_Strict):
     """A published, immutable model version."""
 
-    schema_version: Literal[1, 2] = Field(SCHEMA_VERSION, description="Manifest schema version.")
+    schema_version: Literal[1, 2, 3] = Field(
+        2, description="Manifest schema version (3 when the version has image preprocessing).")
     name: str = Field(description="Model name.")
     version: PositiveInt = Field(description="Version number; grows with each publish.")
     variant: str = Field(description="Optimized variant, e.g. 'onnx-int8-dynamic'.")
@@ -258,6 +331,9 @@ class Manifest(_Strict):
     model_signature: Signature = Field(description="Tensors the model file takes and returns.")
     signature: Signature = Field(description="Tensors clients send and receive.")
     preprocessing: TextPreprocessing | None = Field(None, description="Text preprocessing.")
+    image_preprocessing: ImagePreprocessing | None = Field(
+        None, description="Image preprocessing (schema_version 3): encoded images in, the "
+        "model's pixel tensor out.")
     postprocessing: Postprocessing | None = Field(
         None, description="Labels and entity aggregation of text (and token) classifiers.")
     artifacts: list[Artifact] = Field(min_length=1, description="Every file, with its sha256.")
@@ -273,6 +349,14 @@ class Manifest(_Strict):
     def _name(cls, v: str) -> str:
         return check_model_name(v)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _version_default(cls, data):
+        """A new manifest gets the lowest schema version that expresses it."""
+        if isinstance(data, dict) and "schema_version" not in data:
+            data = {**data, "schema_version": schema_version_for(data)}
+        return data
+
     @model_validator(mode="after")
     def _consistent(self) -> Manifest:
         paths = [a.path for a in self.artifacts]
@@ -284,6 +368,11 @@ class Manifest(_Strict):
             raise ValueError(
                 f"tokenizer_file {self.preprocessing.tokenizer_file!r} is not among the artifacts"
             )
+        if self.image_preprocessing is not None:
+            if self.schema_version < 3:
+                raise ValueError("image_preprocessing needs schema_version 3")
+            if self.preprocessing is not None:
+                raise ValueError("a version has text or image preprocessing, not both")
         if self.task == "token-classification" and (
                 self.postprocessing is None or self.postprocessing.aggregation is None):
             raise ValueError("a token-classification version needs postprocessing with its "
@@ -295,3 +384,9 @@ class Manifest(_Strict):
             if a.path == path:
                 return a
         raise KeyError(path)
+
+
+def schema_version_for(data: dict) -> int:
+    """The lowest schema version that expresses a manifest's fields: 3 with image
+    preprocessing, else 2."""
+    return 3 if data.get("image_preprocessing") is not None else 2

@@ -225,11 +225,25 @@ def test_a_schema_1_manifest_still_loads(repo_dir):
     path.write_text(json.dumps(raw))
     m = repo.get("toy", 1).manifest
     assert m.schema_version == 1 and m.postprocessing is None
-    raw["schema_version"] = 3
+    raw["schema_version"] = 4
     path.write_text(json.dumps(raw))
-    with pytest.raises(ManifestError, match="schema_version 3; this optiserve reads "
-                                            "schema_version 1, 2"):
+    with pytest.raises(ManifestError, match="schema_version 4; this optiserve reads "
+                                            "schema_version 1, 2, 3"):
         repo.get("toy", 1)
+
+
+def test_a_version_is_written_with_the_lowest_schema_that_expresses_it(repo_dir):
+    """Text and tensor versions stay schema 2 (a gateway one release older reads them during an
+    upgrade); image preprocessing needs 3, and a manifest claiming 2 with it is refused."""
+    repo = ModelRepository(repo_dir)
+    publish(repo)
+    raw = json.loads((repo_dir / "toy" / "1" / "manifest.json").read_text())
+    assert raw["schema_version"] == 2
+    image = {"height": 8, "width": 8, "mean": [0.5] * 3, "std": [0.5] * 3}
+    raw.pop("schema_version")
+    assert Manifest.model_validate({**raw, "image_preprocessing": image}).schema_version == 3
+    with pytest.raises(ValueError, match="image_preprocessing needs schema_version 3"):
+        Manifest.model_validate({**raw, "schema_version": 2, "image_preprocessing": image})
 
 
 def test_manifest_rejects_paths_outside_the_version():

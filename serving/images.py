@@ -1,0 +1,119 @@
+"""Encoded images (JPEG, PNG, WebP) to a model's pixel tensor, exactly as a version's
+:class:`~serving.repository.ImagePreprocessing` records: the one implementation the gateway
+serves with and the optimizer judges variants with, so a variant's measured fidelity is the
+fidelity clients get.
+
+Every way an element can be unusable is the client's fault and names the element: not an
+image, a format the version does not take, more pixels than its limit (read from the header,
+before any pixel is decoded: decompression bombs), a truncated or corrupt file. Pillow releases
+the GIL while it decodes and resizes, so a batch's images can be done in worker threads.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from collections.abc import Sequence
+
+import numpy as np
+
+from .protocol.errors import InvalidInput, PayloadTooLarge
+from .repository import ImagePreprocessing
+
+_FILTERS = {"bilinear": "BILINEAR", "bicubic": "BICUBIC", "nearest": "NEAREST",
+            "lanczos": "LANCZOS"}
+
+
+def _where(name: str, index: int) -> str:
+    return f"input {name!r} element {index}"
+
+
+def open_image(data: bytes, spec: ImagePreprocessing, name: str, index: int):
+    """The decoded RGB image of one element, EXIF orientation applied; refuses (400/413) what
+    the version cannot take, naming the element."""
+    from PIL import Image, ImageOps, UnidentifiedImageError
+
+    where = _where(name, index)
+    if not isinstance(data, (bytes, bytearray, memoryview)) or not len(data):
+        raise InvalidInput(f"{where}: empty; expected an encoded image "
+                           f"({', '.join(spec.formats)})")
+    try:
+        with warnings.catch_warnings():
+            # the pixel limit below is the version's; Pillow's own global one must not
+            # decide first (or warn into the log for every large image)
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(bytes(data)), formats=list(spec.formats))
+    except UnidentifiedImageError:
+        raise InvalidInput(f"{where}: not an image this version takes (expected "
+                           f"{', '.join(spec.formats)})") from None
+    except Image.DecompressionBombError:
+        raise PayloadTooLarge(f"{where}: the image has more pixels than this version's limit "
+                              f"of {spec.max_pixels}") from None
+    w, h = img.size
+    if w * h > spec.max_pixels:
+        raise PayloadTooLarge(f"{where}: {w}x{h} pixels is more than this version's limit of "
+                              f"{spec.max_pixels} pixels per image")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img.load()
+            img = ImageOps.exif_transpose(img)
+            if img.mode != "RGB":
+                img = img.convert("RGB")
+    except Image.DecompressionBombError:
+        raise PayloadTooLarge(f"{where}: the image has more pixels than this version's limit "
+                              f"of {spec.max_pixels}") from None
+    except (OSError, ValueError, SyntaxError, EOFError) as e:
+        raise InvalidInput(f"{where}: the {img.format or 'image'} file is truncated or "
+                           f"corrupt ({e})") from None
+    return img
+
+
+def resized(img, spec: ImagePreprocessing):
+    """The image resized (and center-cropped) to the version's height x width."""
+    from PIL import Image
+
+    resample = getattr(Image.Resampling, _FILTERS[spec.interpolation])
+    if spec.resize == "exact":
+        return img.resize((spec.width, spec.height), resample=resample)
+    short = spec.resize_to or max(spec.height, spec.width)
+    w, h = img.size
+    # torchvision's Resize(int): the shorter side becomes ``short``, the longer one scaled and
+    # truncated to an int
+    if w <= h:
+        size = (short, int(short * h / w))
+    else:
+        size = (int(short * w / h), short)
+    if size != (w, h):
+        img = img.resize(size, resample=resample)
+    w, h = img.size
+    left, top = int(round((w - spec.width) / 2.0)), int(round((h - spec.height) / 2.0))
+    return img.crop((left, top, left + spec.width, top + spec.height))
+
+
+def to_pixels(img, spec: ImagePreprocessing) -> np.ndarray:
+    """One RGB image of height x width as the model's float32 pixels (no batch dimension)."""
+    x = np.asarray(img, dtype=np.float32) * np.float32(spec.rescale)
+    x = (x - np.asarray(spec.mean, np.float32)) / np.asarray(spec.std, np.float32)
+    if spec.channel_order == "BGR":
+        x = x[..., ::-1]
+    if spec.layout == "NCHW":
+        x = x.transpose(2, 0, 1)
+    return np.ascontiguousarray(x, dtype=np.float32)
+
+
+def preprocess_one(data: bytes, spec: ImagePreprocessing, name: str = "image",
+                   index: int = 0) -> np.ndarray:
+    """One encoded image to the model's pixels (no batch dimension)."""
+    return to_pixels(resized(open_image(data, spec, name, index), spec), spec)
+
+
+def preprocess(images: Sequence[bytes], spec: ImagePreprocessing, name: str = "image",
+               start: int = 0) -> np.ndarray:
+    """Encoded images to the model's pixel batch [N, ...]; element ``start + i`` names the
+    i-th in errors."""
+    shape = spec.pixel_shape[1:]
+    out = np.empty((len(images), *shape), dtype=np.float32)
+    for i, data in enumerate(images):
+        out[i] = preprocess_one(data, spec, name, start + i)
+    return out
