@@ -3,6 +3,9 @@
 - embeddings: cosine similarity per row (mean, min) and top-k neighbour agreement;
 - classifiers: top-1 agreement and the largest probability difference (F1 / ROC AUC with labels:
   binary F1 of the second class and its ROC AUC for two classes, macro averages for more);
+- image classifiers: top-1 agreement and top-5 overlap (accuracy and the reference's accuracy
+  with labels: with a thousand classes and a few labelled images, macro F1 means nothing); the
+  budget is top-1 agreement;
 - token classifiers: token-label agreement (special tokens and padding left out), entity F1
   (entities as serving groups them, matched on type, start and end) and the largest probability
   difference;
@@ -158,12 +161,23 @@ def _aligned(reference: dict[str, np.ndarray], candidate: dict[str, np.ndarray])
     return ref, cand
 
 
+def top_k_overlap(ref: np.ndarray, cand: np.ndarray, k: int = 5) -> float:
+    """Mean share of each row's ``k`` best classes by the reference that the candidate also
+    ranks among its ``k`` best."""
+    k = min(k, ref.shape[1])
+    a = np.argpartition(-ref, k - 1, axis=1)[:, :k]
+    b = np.argpartition(-cand, k - 1, axis=1)[:, :k]
+    return float(np.mean([len(set(x) & set(y)) / k for x, y in zip(a, b)])) if len(ref) else 1.0
+
+
 def compare(task: str, reference: dict[str, np.ndarray], candidate: dict[str, np.ndarray],
             budget: FidelityBudget, labels: np.ndarray | None = None, *,
-            multi_label: bool = False, tokens: TokenRows | None = None) -> Fidelity:
+            multi_label: bool = False, tokens: TokenRows | None = None,
+            image: bool = False) -> Fidelity:
     """Fidelity of ``candidate`` outputs against ``reference`` outputs (same rows, same order).
     ``multi_label``: a classifier's independent (sigmoid) probabilities; ``tokens``: what token
-    classification is judged with (required for that task)."""
+    classification is judged with (required for that task); ``image``: an image classifier
+    (top-5 overlap, accuracy with labels)."""
     names = list(reference)
     reference, candidate = _aligned(reference, candidate)
     primary = names[0]
@@ -181,6 +195,13 @@ def compare(task: str, reference: dict[str, np.ndarray], candidate: dict[str, np
         top1 = float(np.mean(pr.argmax(1) == pc.argmax(1)))
         fields = dict(top1_agreement=top1, max_prob_diff=float(np.max(np.abs(pr - pc))))
         passed = top1 >= budget.min_top1
+        if image:
+            fields["top5_overlap"] = top_k_overlap(pr, pc, 5)
+            if labels is not None:
+                fields.update(accuracy=float(np.mean(pc.argmax(1) == labels)),
+                              reference_accuracy=float(np.mean(pr.argmax(1) == labels)))
+            return Fidelity(samples=n, max_abs_diff=max_abs, passed=passed,
+                            budget=budget.describe(task), **fields)
         if labels is not None:
             f1, auc = _task_metrics(pc, labels)
             rf1, rauc = _task_metrics(pr, labels)
@@ -219,7 +240,8 @@ def judge(source, reference: dict[str, np.ndarray], candidate: dict[str, np.ndar
           budget: FidelityBudget, vset, labels: np.ndarray | None = None) -> Fidelity:
     """:func:`compare` in the source's own terms, on the rows of validation set ``vset``."""
     return compare(source.task, reference, candidate, budget, labels,
-                   multi_label=source.multi_label, tokens=token_rows(source, vset))
+                   multi_label=source.multi_label, tokens=token_rows(source, vset),
+                   image=getattr(source, "is_image", False))
 
 
 def scores(source, reference: dict[str, np.ndarray], candidate: dict[str, np.ndarray], vset

@@ -83,6 +83,10 @@ class OptimizeOptions:
     #: and calibrate on the rest only.
     held_out: float = 0.5
     split_seed: int = 0
+    #: Torch factories served as image classifiers (``--preprocess image``): the
+    #: ImagePreprocessing, and the class names (``--class-names``).
+    image: object | None = None
+    class_names: list[str] | None = None
 
 
 @dataclass
@@ -156,7 +160,8 @@ def _draft_manifest(src: SourceModel, build: VariantBuild, cdir: Path,
         model_file=build.model_file.name, device=build.device,
         execution_providers=build.providers if build.runtime == "onnxruntime" else [],
         model_signature=src.model_signature, signature=src.signature,
-        preprocessing=src.preprocessing, postprocessing=src.postprocessing,
+        preprocessing=src.preprocessing, image_preprocessing=src.image_preprocessing,
+        postprocessing=src.postprocessing,
         artifacts=[Artifact(path=f, sha256=placeholder, size_bytes=0) for f in files],
         measurements=measurements or Measurements(
             fidelity=Fidelity(samples=0, passed=False, budget="not measured yet"), size_bytes=0),
@@ -211,7 +216,8 @@ def optimize(opts: OptimizeOptions, progress: Progress | None = None,
     progress.phase("loading the source model")
     src = source or resolve_source(opts.source, name=opts.name, task=opts.task,
                                    inputs=opts.inputs, outputs=opts.outputs, trust=opts.trust,
-                                   trusted_types=opts.trusted_types, pooling=opts.pooling)
+                                   trusted_types=opts.trusted_types, pooling=opts.pooling,
+                                   image=opts.image, class_names=opts.class_names)
     names = build_order(names or default_variants(src))
     if (opts.distill is not None and src.tabular is not None and opts.train_data
             and getattr(opts.distill, "students", None) is None):

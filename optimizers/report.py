@@ -20,6 +20,10 @@ def _fid_cell(f) -> str:
         return (f"tokens {f.token_agreement:.4f}, entity F1 {f.entity_f1:.4f}, max Δp "
                 f"{f.max_prob_diff:.4f}")
     text = f"top-1 {f.top1_agreement:.4f}, max Δp {f.max_prob_diff:.4f}"
+    if f.top5_overlap is not None:
+        text += f", top-5 overlap {f.top5_overlap:.4f}"
+    if f.accuracy is not None:
+        text += f", accuracy {f.accuracy:.4f} (ref {f.reference_accuracy:.4f})"
     if f.f1 is not None:
         text += f", F1 {f.f1:.4f} (ref {f.reference_f1:.4f})"
         if f.roc_auc is not None:

@@ -319,6 +319,10 @@ def load_validation(source: SourceModel, path: str | None, labels: str | None,
     """The validation set for a source: the user's file, the built-in default, or random rows."""
     if source.tabular is not None:
         return _tabular_validation(source, path, labels)
+    if source.is_image:
+        from .image_validation import image_validation
+
+        return image_validation(source, path, labels)
     notes = []
     if source.is_text:
         vpath = Path(path) if path else source.default_validation

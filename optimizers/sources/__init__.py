@@ -1,5 +1,5 @@
-"""Sources the optimizer takes: the built-ins ``minilm`` and ``breast-cancer``, a Hugging Face
-model directory (``DIR`` or ``hf:DIR``), an ONNX file, a torch factory, a scikit-learn model
+"""Sources the optimizer takes: the built-ins ``minilm``, ``efficientnet-lite0`` and
+``breast-cancer``, a Hugging Face model directory (``DIR`` or ``hf:DIR``), an ONNX file, a torch factory, a scikit-learn model
 ``sklearn:FILE``."""
 
 from __future__ import annotations
@@ -9,16 +9,32 @@ from pathlib import Path
 from ..errors import SourceError
 from .base import SourceModel
 
-BUILTINS = ("minilm", "breast-cancer")
+BUILTINS = ("minilm", "efficientnet-lite0", "breast-cancer")
+IMAGE_BUILTINS = ("efficientnet-lite0",)
 TABULAR_BUILTINS = ("breast-cancer",)
 
 
 def resolve_source(spec: str, *, name: str | None = None, task: str | None = None,
                    inputs: list[str] | None = None, outputs: list[str] | None = None,
                    trust: bool = False, trusted_types: list[str] | None = None,
-                   pooling: str | None = None) -> SourceModel:
+                   pooling: str | None = None, image=None,
+                   class_names: list[str] | None = None) -> SourceModel:
     """Load a source from its spec: ``minilm``, ``breast-cancer``, ``sklearn:FILE``, a Hugging
-    Face directory (``DIR`` or ``hf:DIR``), ``path/to/model.onnx`` or ``pkg.mod:factory``."""
+    Face directory (``DIR`` or ``hf:DIR``), ``path/to/model.onnx`` or ``pkg.mod:factory``.
+    ``image``: a torch factory's image preprocessing (``--preprocess image``), an
+    :class:`~serving.repository.ImagePreprocessing`."""
+    if image is not None and (spec in BUILTINS or spec.startswith(("hf:", "sklearn:"))
+                              or Path(spec).exists()):
+        raise SourceError("--preprocess image applies to torch factories; built-ins and Hugging "
+                          "Face directories bring their own preprocessing")
+    if class_names is not None and image is None:
+        raise SourceError("--class-names names a torch factory's classes with --preprocess image")
+    if spec in IMAGE_BUILTINS:
+        if task not in (None, "classification"):
+            raise SourceError(f"the built-in {spec!r} is an image classifier; drop --task {task}")
+        from . import efficientnet_lite0
+
+        return efficientnet_lite0.load(name or spec)
     if pooling is not None and not (spec.startswith("hf:") or Path(spec).is_dir()):
         raise SourceError("--pooling applies to Hugging Face directories (feature extraction)")
     if spec in TABULAR_BUILTINS or spec.startswith("sklearn:"):
@@ -56,6 +72,9 @@ def resolve_source(spec: str, *, name: str | None = None, task: str | None = Non
     if ":" in spec:
         from . import torch_factory
 
+        if image is not None:
+            return torch_factory.load_image(spec, image, inputs or [], outputs, name=name,
+                                            task=task, class_names=class_names)
         return torch_factory.load(spec, inputs or [], outputs, name=name, task=task or "generic")
     raise SourceError(
         f"unknown source {spec!r}: expected a built-in model ({', '.join(BUILTINS)}), "
@@ -66,4 +85,4 @@ def resolve_source(spec: str, *, name: str | None = None, task: str | None = Non
     )
 
 
-__all__ = ["SourceModel", "resolve_source", "BUILTINS", "TABULAR_BUILTINS"]
+__all__ = ["SourceModel", "resolve_source", "BUILTINS", "IMAGE_BUILTINS", "TABULAR_BUILTINS"]

@@ -8,7 +8,9 @@ from typing import Any
 
 import numpy as np
 
-from serving.repository import Postprocessing, Signature, Source, TextPreprocessing
+from serving.repository import (
+    ImagePreprocessing, Postprocessing, Signature, Source, TextPreprocessing,
+)
 
 
 @dataclass
@@ -43,6 +45,9 @@ class SourceModel:
     model_signature: Signature
     signature: Signature
     preprocessing: TextPreprocessing | None = None
+    #: Image classifiers: how serving turns encoded images into the model's pixel tensor (the
+    #: validation images go through the same code, :mod:`serving.images`).
+    image_preprocessing: ImagePreprocessing | None = None
     #: Labels (and entity aggregation) of text and token classifiers, applied by serving.
     postprocessing: Postprocessing | None = None
     #: Files copied into every version (artifact path -> file), e.g. the tokenizer.
@@ -60,6 +65,10 @@ class SourceModel:
     @property
     def is_text(self) -> bool:
         return self.preprocessing is not None
+
+    @property
+    def is_image(self) -> bool:
+        return self.image_preprocessing is not None
 
     @property
     def multi_label(self) -> bool:

@@ -5,6 +5,8 @@ The task comes from the config's architecture, ``--task`` overrides:
 - ``*ForSequenceClassification``: text classification; probabilities in ``id2label`` order (a
   softmax, or independent sigmoids when ``problem_type`` is multi-label) and the label's name;
 - ``*ForTokenClassification``: token classification; per-token labels and entities;
+- ``*ForImageClassification``: image classification, preprocessing from
+  ``preprocessor_config.json`` (:mod:`optimizers.sources.hf_images`);
 - a sentence-transformers directory (``modules.json``): its embedding, pooled and normalised as
   the modules say;
 - any other encoder (``*Model``, ``*ForMaskedLM``, ...): feature extraction, token states
@@ -162,7 +164,7 @@ def read_directory(path: Path) -> Directory:
 def natural_task(d: Directory) -> str | None:
     """The task the directory's architecture means, or None when no task covers it."""
     arch = d.architecture or ""
-    if arch.endswith("ForSequenceClassification"):
+    if arch.endswith(("ForSequenceClassification", "ForImageClassification")):
         return "classification"
     if arch.endswith("ForTokenClassification"):
         return "token-classification"
@@ -179,7 +181,8 @@ def choose_task(d: Directory, task: str | None) -> str:
         if natural is None:
             raise SourceError(
                 f"{d.model_dir}: architecture {d.architecture} is no task optiserve serves "
-                "(text classification: *ForSequenceClassification; token classification: "
+                "(text classification: *ForSequenceClassification; image classification: "
+                "*ForImageClassification; token classification: "
                 "*ForTokenClassification; sentence embeddings: a sentence-transformers "
                 "directory; feature extraction: an encoder such as *Model or *ForMaskedLM)")
         return natural
@@ -222,7 +225,8 @@ def _auto_class(task: str):
 
     return {"classification": transformers.AutoModelForSequenceClassification,
             "token-classification": transformers.AutoModelForTokenClassification,
-            "embedding": transformers.AutoModel}[task]
+            "embedding": transformers.AutoModel,
+            "image-classification": transformers.AutoModelForImageClassification}[task]
 
 
 def load_model(d: Directory, task: str, config):
@@ -335,6 +339,10 @@ def load(path: str | Path, name: str | None = None, task: str | None = None,
     modules.json as that sentence encoder (the built-in model's copies)."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing may reach the hub
     d = read_directory(Path(path))
+    if (d.architecture or "").endswith("ForImageClassification"):
+        from . import hf_images
+
+        return hf_images.load(d, name, task, pooling)
     if sentence_embedding is not None and d.st_modes is None and natural_task(d) == "embedding":
         d.st_modes, d.st_normalize = sentence_embedding
         _sentence_bert_config(d)

@@ -133,3 +133,59 @@ def example_inputs(specs: list[TensorSpec], rows: int, seed: int = 0) -> dict[st
         else:
             out[s.name] = rng.integers(0, 100, shape).astype(dtype)
     return out
+
+
+def load_image(ref: str, spec, inputs: list[str], outputs: list[str] | None = None,
+               name: str | None = None, task: str | None = None,
+               class_names: list[str] | None = None) -> SourceModel:
+    """A torch factory whose module takes one pixel tensor (``--preprocess image``: ``spec``
+    says its size, layout and normalisation) and returns class scores [N, classes]: served as
+    an image classifier, encoded images in. Scores that are not probabilities already get a
+    softmax (in the graph)."""
+    import torch
+
+    from .image_classifier import ImageClassifier, image_source
+
+    if task not in (None, "classification"):
+        raise OptimizeError(f"--preprocess image makes an image classifier; drop --task {task}")
+    if inputs:
+        raise OptimizeError("--preprocess image: the pixel tensor's shape comes from the image "
+                            "options (--image-size, --layout); drop --input")
+    if outputs and len(outputs) != 1:
+        raise OptimizeError("--preprocess image: the module returns one tensor of class scores")
+    fn = _import_factory(ref)
+    try:
+        module = fn()
+    except Exception as e:
+        raise SourceError(f"torch factory {ref!r} raised {type(e).__name__}: {e}") from e
+    if not isinstance(module, torch.nn.Module):
+        raise SourceError(
+            f"torch factory {ref!r} returned {type(module).__name__}; expected a torch.nn.Module")
+    module.eval()
+    shape = (2, *spec.pixel_shape[1:])
+    example = torch.from_numpy(np.random.default_rng(0).standard_normal(shape).astype(np.float32))
+    try:
+        with torch.inference_mode():
+            out = module(example)
+    except Exception as e:
+        raise SourceError(f"torch factory {ref!r}: forward() failed on pixels of shape "
+                          f"{list(shape)} (--image-size, --layout): {type(e).__name__}: {e}"
+                          ) from e
+    if not isinstance(out, torch.Tensor) or out.ndim != 2 or not out.dtype.is_floating_point:
+        raise SourceError(f"torch factory {ref!r}: --preprocess image needs forward() to return "
+                          "one float tensor of class scores [N, classes] (got "
+                          f"{type(out).__name__}{list(out.shape) if hasattr(out, 'shape') else ''})")
+    classes = out.shape[1]
+    labels = class_names or [str(i) for i in range(classes)]
+    if len(labels) != classes:
+        raise OptimizeError(f"--class-names lists {len(labels)} names; the module returns "
+                            f"{classes} class scores")
+    sums = out.float().sum(1)
+    already = bool((out >= 0).all() and torch.allclose(sums, torch.ones_like(sums), atol=1e-4))
+    notes = [f"torch factory {ref}, {classes} classes"
+             + ("; its outputs are probabilities already (rows sum to 1), no softmax added"
+                if already else "; a softmax added to its scores")]
+    return image_source(
+        name=name or ref.partition(":")[2].replace("_", "-"),
+        source=Source(kind="torch-factory", ref=ref), module=ImageClassifier(
+            module, softmax=not already), spec=spec, labels=labels, notes=notes)

@@ -22,7 +22,8 @@ def _csv_ints(text: str, option: str) -> list[int]:
 
 def optimize_command(
     source: str = typer.Argument(
-        ..., help="'minilm' or 'breast-cancer' (built-ins), a Hugging Face model directory "
+        ..., help="'minilm', 'efficientnet-lite0' or 'breast-cancer' (built-ins), a Hugging "
+                  "Face model directory "
                   "(DIR or hf:DIR, as save_pretrained writes it), a path to an .onnx file, a "
                   "torch factory 'package.module:function', or 'sklearn:FILE' (.skops or "
                   "joblib)."),
@@ -32,10 +33,13 @@ def optimize_command(
     validation_data: Optional[str] = typer.Option(
         None, "--validation-data",
         help="Text: .txt (one per line) or .jsonl; tensors: .npz (one array per input) or .npy; "
-             "scikit-learn models: .csv or .npy rows of features."),
+             "scikit-learn models: .csv or .npy rows of features; image classifiers: a folder "
+             "of images (.jpg, .png, .webp) [default for images: sample photos shipped in "
+             "scikit-image and scikit-learn]."),
     labels: Optional[str] = typer.Option(
         None, "--labels", help="Class labels, one per validation row (classifiers): F1/ROC AUC; "
-                               "with --train-data, one per training row."),
+                               "with --train-data, one per training row; image folders: a "
+                               "CSV of file,label lines (accuracy)."),
     max_cosine_drop: float = typer.Option(
         0.02, "--max-cosine-drop", help="Embeddings/generic: pass if cosine min >= 1 - this."),
     min_agreement: float = typer.Option(
@@ -67,6 +71,31 @@ def optimize_command(
     inputs: Optional[list[str]] = typer.Option(
         None, "--input", help="Torch factories: NAME:DATATYPE:SHAPE, e.g. x:FP32:-1,16."),
     outputs: Optional[list[str]] = typer.Option(None, "--output", help="Output names (torch)."),
+    preprocess: Optional[str] = typer.Option(
+        None, "--preprocess", help="Torch factories: 'image' serves the module as an image "
+                                   "classifier (encoded images in, labels out); its pixel "
+                                   "tensor is described by the options below."),
+    image_size: str = typer.Option("224", "--image-size", help="--preprocess image: the "
+                                   "model's pixel size, N or HxW."),
+    resize: str = typer.Option("shortest-edge", "--resize", help="--preprocess image: "
+                               "shortest-edge (then a center crop) | exact."),
+    resize_to: Optional[int] = typer.Option(
+        None, "--resize-to", help="--preprocess image: the shorter side before the center "
+                                  "crop [default: size / 0.875, e.g. 256 for 224]."),
+    interpolation: str = typer.Option("bilinear", "--interpolation", help="--preprocess "
+                                      "image: bilinear | bicubic | nearest | lanczos."),
+    rescale: float = typer.Option(1 / 255, "--rescale", help="--preprocess image: factor on "
+                                  "0..255 values before normalising."),
+    mean: str = typer.Option("0.485,0.456,0.406", "--mean", help="--preprocess image: "
+                             "per-channel mean (RGB order)."),
+    std: str = typer.Option("0.229,0.224,0.225", "--std", help="--preprocess image: "
+                            "per-channel std (RGB order)."),
+    channel_order: str = typer.Option("RGB", "--channel-order", help="--preprocess image: "
+                                      "RGB | BGR."),
+    layout: str = typer.Option("NCHW", "--layout", help="--preprocess image: NCHW | NHWC."),
+    class_names: Optional[str] = typer.Option(
+        None, "--class-names", help="--preprocess image: a file of class names, one per line "
+                                    "in score order [default: 0, 1, ...]."),
     min_time: float = typer.Option(1.0, "--min-time", help="Seconds to benchmark each size."),
     tune_seconds: float = typer.Option(
         300.0, "--tune-seconds", help="Most seconds one search (INT8-sensitive nodes kept in "
@@ -130,6 +159,20 @@ def optimize_command(
              f"{search_seconds:g})")
     if not 0 < held_out < 1:
         fail(f"--held-out must be a fraction between 0 and 1, e.g. 0.5 (got {held_out})")
+    image = names = None
+    if preprocess is not None:
+        if preprocess != "image":
+            fail(f"--preprocess must be image (got {preprocess!r})")
+        from optimizers.sources.image_options import image_preprocessing, read_class_names
+
+        try:
+            image = image_preprocessing(image_size, resize, resize_to, interpolation, rescale,
+                                        mean, std, channel_order, layout)
+            names = read_class_names(class_names) if class_names else None
+        except OptimizeError as e:
+            fail(str(e))
+    elif class_names:
+        fail("--class-names goes with --preprocess image")
     opts = OptimizeOptions(
         source=source, name=name,
         variants=[v.strip() for v in variants.split(",") if v.strip()] if variants else None,
@@ -144,7 +187,7 @@ def optimize_command(
         keep_build=keep_build, trust=trust,
         trusted_types=[t.strip() for t in (trust_types or "").split(",") if t.strip()],
         select_features=select_features, train_data=train_data, selector=selector,
-        held_out=held_out, split_seed=split_seed,
+        held_out=held_out, split_seed=split_seed, image=image, class_names=names,
     )
     if students or (train_data and not select_features):
         from optimizers.distill import DistillOptions, parse_students
