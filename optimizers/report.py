@@ -121,6 +121,40 @@ def _reference_name(result) -> str:
     return "sklearn" if result.source.tabular is not None else "torch-fp32"
 
 
+def bought_and_cost(result, opts) -> str | None:
+    """What choosing the lighter variant over the heavier reference bought (speed-up at the
+    largest batch measured, size) and cost (agreement with it on held-out rows), in one
+    sentence; None when either was not measured."""
+    if not result.chosen:
+        return None
+    ref_name = _reference_name(result)
+    c = result.outcome(result.chosen)
+    ref = next((o for o in result.outcomes if o.name == ref_name and o.status == "ok"), None)
+    if ref is None:
+        return None
+    if c.name == ref_name:
+        return (f"The reference `{ref_name}` itself was chosen: no lighter variant was faster "
+                f"within the budget ({opts.budget.describe(result.source.task)}).")
+    size = max(opts.batch_sizes)
+    at = lambda o: next((p.throughput for p in o.measurements.latency  # noqa: E731
+                         if p.batch_size == size), None)
+    fast, slow = at(c), at(ref)
+    rows = "images" if result.source.is_image else "rows"
+    f = c.measurements.fidelity
+    speed = (f"{fast / slow:.1f}x the throughput at batch {size} ({fast:.0f} vs {slow:.0f} "
+             f"{rows}/s)" if fast and slow else f"{c.throughput:.0f} {rows}/s")
+    a, b = c.measurements.size_bytes, ref.measurements.size_bytes
+    smaller = (f"a {b / a:.1f}x smaller model ({_mb(a)} vs {_mb(b)} MB)" if a < b else
+               f"a model {a / b:.1f}x the size ({_mb(a)} vs {_mb(b)} MB)")
+    cost = f"{_metric(result)} {fidelity_score(f):.4f} with it on {f.samples} held-out {rows}"
+    if f.top5_overlap is not None:
+        cost += f" (top-5 overlap {f.top5_overlap:.4f})"
+    if f.accuracy is not None:
+        cost += f" and accuracy {f.accuracy:.4f} against {f.reference_accuracy:.4f}"
+    return (f"Choosing `{c.name}` over `{ref_name}` bought {speed} and {smaller}, at the cost of "
+            f"{cost}.")
+
+
 def tradeoff_section(result, opts) -> list[str]:
     """Which method won and why, the fastest variant per budget, the Pareto front."""
     pts = points(result.outcomes)
@@ -186,6 +220,9 @@ def write_report(result, out: Path, opts) -> Path:
                    else "")
         lines += [f"**Chosen: `{c.name}`** — {c.throughput:.1f} rows/s at its best batch size"
                   f"{speedup}; {_fid_cell(c.measurements.fidelity)}.", ""]
+        sentence = bought_and_cost(result, opts)
+        if sentence:
+            lines += [sentence, ""]
         b = c.batching
         lines += ["## Recommended batching", "",
                   f"- max batch size **{b.max_batch_size}**, max delay **{b.max_delay_ms} ms** "

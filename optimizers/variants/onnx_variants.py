@@ -284,6 +284,11 @@ def build_onnx_int8_static(ctx: BuildContext) -> VariantBuild:
         except Exception:
             quant_pre_process(str(base_src), str(base), skip_symbolic_shape=True)
     calibration = ctx.validation.batches[: max(1, min(len(ctx.validation.batches), 16))]
+    # Image classifiers (convolutional networks): every operator ONNX Runtime quantizes, so a
+    # convolution's output range is its activation's (ReLU6 0..6) instead of the convolution's
+    # whole range. EfficientNet-Lite0, 64 held-out images: top-1 agreement 0.94 with every
+    # operator quantized, 0.63 with Conv/Gemm only (MinMax, per channel).
+    op_types = None if ctx.source.is_image else list(QUANTIZABLE)
 
     class Reader(CalibrationDataReader):
         def __init__(self):
@@ -299,7 +304,7 @@ def build_onnx_int8_static(ctx: BuildContext) -> VariantBuild:
                 str(base), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
                 weight_type=QuantType.QInt8, activation_type=QuantType.QUInt8,
                 calibrate_method=CalibrationMethod.MinMax,
-                op_types_to_quantize=list(QUANTIZABLE),
+                op_types_to_quantize=op_types,
                 nodes_to_exclude=exclude, nodes_to_quantize=only or None,
                 extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
             )
