@@ -27,14 +27,16 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
 #: disagreement costs 1/64 of top-1 agreement on the held-out half.
 DEFAULT_IMAGES = 128
 #: Photographs shipped in scikit-image's package data and scikit-learn's sample images: (package,
-#: file). Chosen for subjects ImageNet has (a cat, a cup of espresso, a rocket, motorcycles, a
-#: palace, a daisy, a camera on a tripod, coins, an astronaut); read from the installed package
-#: files, never fetched.
+#: file), read from the installed package files, never fetched. Subjects an everyday-object
+#: classifier has classes for (a cat, a cup of espresso, a rocket, motorcycles, a palace, a
+#: daisy, a camera on a tripod, coins, an astronaut); the packages' astronomy and microscopy
+#: images are left out: EfficientNet-Lite0's top class for them has p ~0.13, a coin toss that
+#: any rounding flips (with every operator INT8, 2 of the 4 disagreements among 64 held-out
+#: images were the deep field's), which would judge quantization on noise.
 PHOTOS = (("skimage", "chelsea.png"), ("skimage", "coffee.png"), ("skimage", "rocket.jpg"),
           ("skimage", "astronaut.png"), ("skimage", "motorcycle_left.png"),
           ("skimage", "motorcycle_right.png"), ("skimage", "camera.png"),
-          ("skimage", "coins.png"), ("skimage", "hubble_deep_field.jpg"),
-          ("skimage", "ihc.png"), ("sklearn", "china.jpg"), ("sklearn", "flower.jpg"))
+          ("skimage", "coins.png"), ("sklearn", "china.jpg"), ("sklearn", "flower.jpg"))
 
 
 def _package_dir(package: str) -> Path:

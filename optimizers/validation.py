@@ -2,7 +2,8 @@
 
 Text models take a ``.txt`` file (one sentence per line) or ``.jsonl`` (objects with a ``text``
 field); tensor models take ``.npz`` (one array per input name) or ``.npy`` (single-input models);
-scikit-learn models take CSV or ``.npy`` rows of their features, with labels of their classes.
+scikit-learn models take CSV or ``.npy`` rows of their features, with labels of their classes;
+image classifiers take a folder of images (:mod:`optimizers.image_validation`).
 Rows are evaluated in batches of 32 split by token length, as serving forms them, because dynamic
 quantization's results depend on a row's batch-mates.
 """

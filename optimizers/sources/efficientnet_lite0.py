@@ -11,12 +11,13 @@ packages (nothing is downloaded).
   two classes each (``missile``, ``sunglasses``) take the class's first WordNet name instead
   (``projectile``, ``sunglass``), so every label is unique;
 - preprocessing, as the TensorFlow reference evaluates (tensorflow/tpu
-  ``models/official/efficientnet/preprocessing.py``: a center crop of 0.875 of the shorter
-  side resized to 224 with ``resize_bicubic``, the default resize method; Lite's
-  ``MEAN_RGB = STDDEV_RGB``-style constants 127 and 128): shorter side to 256, center 224x224,
-  bicubic, (x - 127) / 128. Checked here with the package's weights on the sample photos:
-  scikit-image's coffee is ``espresso`` (p 0.95), scikit-learn's flower ``daisy``, scikit-image's
-  rocket ``missile``; bilinear gives the same top-1 on every sample photo.
+  ``models/official/efficientnet/preprocessing.py``, ``preprocess_for_eval``: the center square
+  of 0.875 of the shorter side, resized to 224 with ``resize_bicubic``, its default method; the
+  Lite builder's ``MEAN_RGB`` 127 and ``STDDEV_RGB`` 128): here the shorter side to 256
+  (224 / 0.875), center 224x224, bicubic, (x - 127) / 128. Checked with the package's weights
+  on the sample photos: scikit-image's coffee is ``espresso`` (p 0.95), scikit-learn's flower
+  ``daisy``, scikit-image's rocket ``missile``, scikit-learn's china ``palace``; bilinear gives
+  the same four (it differs on the astronaut, whose top class is under p 0.2 either way).
 """
 
 from __future__ import annotations

@@ -31,7 +31,7 @@ def optimize_command(
     variants: Optional[str] = typer.Option(
         None, "--variants", help="Comma-separated variants to build [default: all]."),
     validation_data: Optional[str] = typer.Option(
-        None, "--validation-data",
+        None, "--validation-data", "--validation",
         help="Text: .txt (one per line) or .jsonl; tensors: .npz (one array per input) or .npy; "
              "scikit-learn models: .csv or .npy rows of features; image classifiers: a folder "
              "of images (.jpg, .png, .webp) [default for images: sample photos shipped in "

@@ -232,7 +232,7 @@ def test_torch_factory_with_preprocess_image_optimizes(image_folder, tmp_path):
     result = run_cli(
         "optimize", "tests.fixtures.tiny_models:image_classifier", "--preprocess", "image",
         "--image-size", "32", "--resize-to", "40", "--name", "tiny-cnn",
-        "--validation-data", str(folder), "--labels", str(labels),
+        "--validation", str(folder), "--labels", str(labels),
         "--variants", "torch-fp32,onnx-int8-static", "--publish", "all",
         "--repository", str(repo), "--report", str(tmp_path / "report"), *FAST)
     assert result.returncode == 0, result.stderr + result.stdout
