@@ -177,7 +177,8 @@ def image_validation(source, path: str | None, labels: str | None):
         items = augmented_samples()
         note = (f"validation: {len(items)} images made from {len(PHOTOS)} photographs shipped "
                 "in scikit-image and scikit-learn (seeded crops, flips, rescales; JPEG), "
-                "preprocessed by serving's code")
+                "preprocessed by serving's code; crops of one photograph can fall on both sides "
+                "of the held-out split")
         where = "the sample images"
     else:
         items, other = read_folder(Path(path))
