@@ -15,7 +15,24 @@ held-out images.
 Batches: 32 preprocessed validation images (pixel tensors, as the model replica receives them
 after the gateway decoded them), a different window each iteration.
 
-Measured here: see the table below, written from a run.
+Measured here (2 CPUs with AVX-512 VNNI and BF16, shared; --threads 2; 3 interleaved rounds;
+`-- --search-seconds 240 --tune-seconds 240 --min-time 0.5`; optimize took 329 s):
+
+| variant | held-out top-1 | top-5 overlap | b32 images/s | x torch-fp32 | MB |
+|---|---|---|---|---|---|
+| torch-fp32 | 1.0000 | 1.0000 | 24.9 | 1.00x | 19.1 |
+| onnx-fp32 (chosen) | 1.0000 | 1.0000 | 192.6 | 7.75x | 18.6 |
+| openvino-fp32 | 1.0000 | 1.0000 | 169.6 | 6.81x | 18.7 |
+| openvino-bf16 | 0.9844 | 0.9844 | 340.8 | 13.68x | 18.7 |
+| openvino-int8 | 0.9688 | 0.9500 | 424.0 | 16.87x | 5.2 |
+| onnx-int8-static | failed: every operator INT8 gave top-1 0.8594 on the tuning images; the search for nodes to keep in fp32 ranked 39 of 50 in its 187 s | | | | |
+| onnx-int8-dynamic | skipped: its best case runs 13.3 images/s (ConvInteger) | | | | |
+
+Target met: the chosen onnx-fp32 is 7.75x torch fp32 at batch 32 with held-out top-1 agreement
+1.0000 (64 images). The faster OpenVINO bf16 and INT8 variants miss the 0.99 budget by one and
+two of the 64 held-out images (NNCF's accuracy control reached its target on the 64 tuning
+images); torch's eager convolutions are what the 7.75x is made of (depthwise convolutions at
+batch 32).
 """
 
 from __future__ import annotations
