@@ -144,8 +144,12 @@ def bought_and_cost(result, opts) -> str | None:
     speed = (f"{fast / slow:.1f}x the throughput at batch {size} ({fast:.0f} vs {slow:.0f} "
              f"{rows}/s)" if fast and slow else f"{c.throughput:.0f} {rows}/s")
     a, b = c.measurements.size_bytes, ref.measurements.size_bytes
-    smaller = (f"a {b / a:.1f}x smaller model ({_mb(a)} vs {_mb(b)} MB)" if a < b else
-               f"a model {a / b:.1f}x the size ({_mb(a)} vs {_mb(b)} MB)")
+    if max(a, b) < 1.1 * min(a, b):
+        smaller = f"a model of about the same size ({_mb(a)} vs {_mb(b)} MB)"
+    elif a < b:
+        smaller = f"a {b / a:.1f}x smaller model ({_mb(a)} vs {_mb(b)} MB)"
+    else:
+        smaller = f"a model {a / b:.1f}x the size ({_mb(a)} vs {_mb(b)} MB)"
     cost = f"{_metric(result)} {fidelity_score(f):.4f} with it on {f.samples} held-out {rows}"
     if f.top5_overlap is not None:
         cost += f" (top-5 overlap {f.top5_overlap:.4f})"
