@@ -34,8 +34,8 @@ def optimize_command(
         None, "--validation-data", "--validation",
         help="Text: .txt (one per line) or .jsonl; tensors: .npz (one array per input) or .npy; "
              "scikit-learn models: .csv or .npy rows of features; image classifiers: a folder "
-             "of images (.jpg, .png, .webp) [default for images: sample photos shipped in "
-             "scikit-image and scikit-learn]."),
+             "of images (.jpg, .png, .webp) (default for images: sample photos shipped in "
+             "scikit-image and scikit-learn)."),
     labels: Optional[str] = typer.Option(
         None, "--labels", help="Class labels, one per validation row (classifiers): F1/ROC AUC; "
                                "with --train-data, one per training row; image folders: a "
@@ -81,7 +81,7 @@ def optimize_command(
                                "shortest-edge (then a center crop) | exact."),
     resize_to: Optional[int] = typer.Option(
         None, "--resize-to", help="--preprocess image: the shorter side before the center "
-                                  "crop [default: size / 0.875, e.g. 256 for 224]."),
+                                  "crop (default: size / 0.875, e.g. 256 for 224)."),
     interpolation: str = typer.Option("bilinear", "--interpolation", help="--preprocess "
                                       "image: bilinear | bicubic | nearest | lanczos."),
     rescale: float = typer.Option(1 / 255, "--rescale", help="--preprocess image: factor on "
@@ -95,7 +95,7 @@ def optimize_command(
     layout: str = typer.Option("NCHW", "--layout", help="--preprocess image: NCHW | NHWC."),
     class_names: Optional[str] = typer.Option(
         None, "--class-names", help="--preprocess image: a file of class names, one per line "
-                                    "in score order [default: 0, 1, ...]."),
+                                    "in score order (default: 0, 1, ...)."),
     min_time: float = typer.Option(1.0, "--min-time", help="Seconds to benchmark each size."),
     tune_seconds: float = typer.Option(
         300.0, "--tune-seconds", help="Most seconds one search (INT8-sensitive nodes kept in "
