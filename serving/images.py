@@ -28,10 +28,10 @@ def _where(name: str, index: int) -> str:
     return f"input {name!r} element {index}"
 
 
-def open_image(data: bytes, spec: ImagePreprocessing, name: str, index: int):
-    """The decoded RGB image of one element, EXIF orientation applied; refuses (400/413) what
-    the version cannot take, naming the element."""
-    from PIL import Image, ImageOps, UnidentifiedImageError
+def open_header(data: bytes, spec: ImagePreprocessing, name: str, index: int):
+    """One element opened from its header only (no pixel decoded yet): refuses (400/413) what
+    the version cannot take, naming the element, before any decoding work is spent on it."""
+    from PIL import Image, UnidentifiedImageError
 
     where = _where(name, index)
     if not isinstance(data, (bytes, bytearray, memoryview)) or not len(data):
@@ -49,10 +49,20 @@ def open_image(data: bytes, spec: ImagePreprocessing, name: str, index: int):
     except Image.DecompressionBombError:
         raise PayloadTooLarge(f"{where}: the image has more pixels than this version's limit "
                               f"of {spec.max_pixels}") from None
+    except (OSError, ValueError, SyntaxError, EOFError) as e:  # a header that lies
+        raise InvalidInput(f"{where}: the image's header is corrupt ({e})") from None
     w, h = img.size
     if w * h > spec.max_pixels:
         raise PayloadTooLarge(f"{where}: {w}x{h} pixels is more than this version's limit of "
                               f"{spec.max_pixels} pixels per image")
+    return img
+
+
+def decode(img, name: str, index: int):
+    """An image opened by :func:`open_header` decoded to RGB, EXIF orientation applied; a
+    truncated or corrupt file is refused (400) naming the element."""
+    from PIL import Image, ImageOps
+
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
@@ -60,13 +70,16 @@ def open_image(data: bytes, spec: ImagePreprocessing, name: str, index: int):
             img = ImageOps.exif_transpose(img)
             if img.mode != "RGB":
                 img = img.convert("RGB")
-    except Image.DecompressionBombError:
-        raise PayloadTooLarge(f"{where}: the image has more pixels than this version's limit "
-                              f"of {spec.max_pixels}") from None
     except (OSError, ValueError, SyntaxError, EOFError) as e:
-        raise InvalidInput(f"{where}: the {img.format or 'image'} file is truncated or "
-                           f"corrupt ({e})") from None
+        raise InvalidInput(f"{_where(name, index)}: the {img.format or 'image'} file is "
+                           f"truncated or corrupt ({e})") from None
     return img
+
+
+def open_image(data: bytes, spec: ImagePreprocessing, name: str, index: int):
+    """The decoded RGB image of one element, EXIF orientation applied; refuses (400/413) what
+    the version cannot take, naming the element."""
+    return decode(open_header(data, spec, name, index), name, index)
 
 
 def resized(img, spec: ImagePreprocessing):
@@ -109,11 +122,21 @@ def preprocess_one(data: bytes, spec: ImagePreprocessing, name: str = "image",
 
 
 def preprocess(images: Sequence[bytes], spec: ImagePreprocessing, name: str = "image",
-               start: int = 0) -> np.ndarray:
+               start: int = 0, max_total_pixels: int | None = None) -> np.ndarray:
     """Encoded images to the model's pixel batch [N, ...]; element ``start + i`` names the
-    i-th in errors."""
-    shape = spec.pixel_shape[1:]
-    out = np.empty((len(images), *shape), dtype=np.float32)
+    i-th in errors. With ``max_total_pixels``, every header is read first and a batch holding
+    more pixels in all is refused (413) before any image is decoded."""
+    if max_total_pixels is not None:
+        opened = [open_header(d, spec, name, start + i) for i, d in enumerate(images)]
+        total = sum(img.size[0] * img.size[1] for img in opened)
+        if total > max_total_pixels:
+            raise PayloadTooLarge(
+                f"input {name!r}: the request's {len(images)} images hold {total} pixels, more "
+                f"than the limit of {max_total_pixels} pixels per request")
+    else:
+        opened = None
+    out = np.empty((len(images), *spec.pixel_shape[1:]), dtype=np.float32)
     for i, data in enumerate(images):
-        out[i] = preprocess_one(data, spec, name, start + i)
+        img = (opened[i] if opened is not None else open_header(data, spec, name, start + i))
+        out[i] = to_pixels(resized(decode(img, name, start + i), spec), spec)
     return out
