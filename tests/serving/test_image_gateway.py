@@ -226,3 +226,22 @@ def test_shadow_compares_image_versions(gateway, jpegs):
     scores = [c[3] for c in rec.of(M.SHADOW_AGREEMENT)]
     assert scores == [1.0, 1.0, 1.0]  # the same weights: the same top-1 on every image
     assert {c[0] for c in gateway.calls} == {v1, v2}
+
+
+def test_the_openapi_document_has_an_image_example_that_the_gateway_answers(gateway):
+    doc = gateway.openapi()
+    infer = doc["paths"]["/v2/models/{model_name}/infer"]["post"]
+    examples = infer["requestBody"]["content"]["application/json"]["examples"]
+    assert "pixel_values" in examples["pets"]["description"]
+    assert "pixel_values" in doc["components"]["schemas"]["RequestInput"]["properties"]["name"][
+        "enum"]
+    answers = infer["responses"]["200"]["content"]["application/json"]["examples"]
+    assert answers["pets-labels"]["value"]["outputs"][1]["data"] == [LABELS[0]]
+
+    async def main():
+        return [await call(gateway, orjson.dumps(examples[k]["value"]))
+                for k in ("pets", "pets-class-count")]
+
+    (s1, d1), (s2, d2) = asyncio.run(main())
+    assert s1 == 200 and d1["outputs"][1]["data"][0] in LABELS, d1
+    assert s2 == 200 and d2["outputs"][0]["shape"] == [1, 5], d2
