@@ -130,3 +130,39 @@ def test_a_request_over_its_pixel_budget_is_refused_before_decoding(photo):
     with pytest.raises(PayloadTooLarge, match=r"input 'image': the request's 4 images hold "
                                               r"1093120 pixels, more than the limit of 819840"):
         preprocess([data] * 4, spec, max_total_pixels=3 * 640 * 427)
+
+
+def _pillow_only(data: bytes, spec) -> np.ndarray:
+    from serving.images import decode, open_header, resized, to_pixels
+
+    return to_pixels(resized(decode(open_header(data, spec, "image", 0), "image", 0), spec), spec)
+
+
+@pytest.mark.parametrize("variant", ["baseline", "progressive", "444", "grey", "exif-6",
+                                     "exif-3", "cmyk"])
+def test_jpegs_decoded_by_simplejpeg_are_pillows_pixels(photo, variant):
+    """The faster JPEG decoder gives exactly the pixels Pillow gives (the optimizer judged
+    variants on these); CMYK, which it does not take, falls back to Pillow."""
+    img = Image.fromarray(photo)
+    kw: dict = {"quality": 90}
+    if variant == "progressive":
+        kw["progressive"] = True
+    elif variant == "444":
+        kw["subsampling"] = 0
+    elif variant == "grey":
+        img = img.convert("L")
+    elif variant == "cmyk":
+        img = img.convert("CMYK")
+    elif variant.startswith("exif"):
+        exif = Image.Exif()
+        exif[0x0112] = int(variant[-1])
+        kw["exif"] = exif
+    buf = io.BytesIO()
+    img.save(buf, "JPEG", **kw)
+    spec = image_spec(224, resize_to=256)
+    np.testing.assert_array_equal(preprocess_one(buf.getvalue(), spec),
+                                  _pillow_only(buf.getvalue(), spec))
+    if variant == "exif-6":  # the orientation was applied: 640x427 stored, shown 427x640
+        from serving.images import open_image
+
+        assert open_image(buf.getvalue(), spec, "image", 0).size == (427, 640)
