@@ -52,10 +52,18 @@ class BenchResult:
         return dict(self.__dict__)
 
 
-def load_inputs(path: str | None, metadata: dict) -> list[dict[str, np.ndarray]]:
-    """Request inputs: one text per line (text models), ``.npz`` rows, tabular rows (``.csv`` or
-    ``.npy``, single 2-D input models), or the built-in sentences / random tensors."""
+#: files ``--input-file DIR`` sends to an image version, by suffix: their data-URL media type
+IMAGE_SUFFIXES = {".jpg": "jpeg", ".jpeg": "jpeg", ".png": "png", ".webp": "webp"}
+
+
+def load_inputs(path: str | None, metadata: dict, json_body: bool = False
+                ) -> list[dict[str, np.ndarray]]:
+    """Request inputs: a directory's images (image versions), one text per line (text models),
+    ``.npz`` rows, tabular rows (``.csv`` or ``.npy``, single 2-D input models), or the built-in
+    sentences / random tensors."""
     inputs = metadata["inputs"]
+    if path and Path(path).is_dir():
+        return _image_rows(Path(path), metadata, json_body)
     if len(inputs) == 1 and inputs[0]["datatype"] == "BYTES":
         if path:
             texts = [line.strip() for line in Path(path).read_text().splitlines() if line.strip()]
@@ -88,6 +96,33 @@ def load_inputs(path: str | None, metadata: dict) -> list[dict[str, np.ndarray]]
         arrays = {k: z[k] for k in z.files}
     n = len(next(iter(arrays.values())))
     return [{k: v[i:i + 1] for k, v in arrays.items()} for i in range(n)]
+
+
+def _image_rows(folder: Path, metadata: dict, json_body: bool) -> list[dict[str, np.ndarray]]:
+    """One request row per image file of ``folder`` (its encoded bytes, as the server decodes
+    them; a base64 data URL when the body is JSON)."""
+    import base64
+
+    inputs = metadata["inputs"]
+    image = (metadata.get("parameters") or {}).get("image_preprocessing")
+    if image is not None:
+        name = image["image_input"]
+    elif len(inputs) == 1 and inputs[0]["datatype"] == "BYTES":  # gRPC metadata: no parameters
+        name = inputs[0]["name"]
+    else:
+        raise ValueError(f"{folder} is a directory of images; model {metadata.get('name')!r} "
+                         f"takes {', '.join(i['name'] for i in inputs)}, not encoded images")
+    files = sorted(f for f in folder.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise ValueError(f"{folder} holds no images ({', '.join(IMAGE_SUFFIXES)})")
+    rows = []
+    for f in files:
+        data = f.read_bytes()
+        if json_body:
+            data = (f"data:image/{IMAGE_SUFFIXES[f.suffix.lower()]};base64,"
+                    + base64.b64encode(data).decode())
+        rows.append({name: np.array([data], dtype=object)})
+    return rows
 
 
 def _table_rows(path: str, inputs: list[dict]) -> list[dict[str, np.ndarray]]:

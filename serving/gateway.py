@@ -36,6 +36,7 @@ from .repository import Manifest, ModelRepository
 from .routing import TrafficPolicy, choose_version, shadow_target
 from .runtimes import TextEncoder, length_groups
 from .tasks import TextTask, apply_class_counts, check_class_counts, text_task
+from .tasks.image import ImageInputs, image_metadata
 from .settings import settings
 
 #: under Ray Serve's logger, so records land in the replica's log file with Serve's request ids
@@ -95,10 +96,22 @@ class VersionState:
     executor: ThreadPoolExecutor | None = None
     #: text versions: what the outputs mean (labels, entities, truncated rows)
     task: TextTask | None = None
+    #: image versions: images (or pixels) in, labels out
+    images: ImageInputs | None = None
 
     def __post_init__(self):
         if self.encoder is not None and self.task is None:  # the model's tensors as they are
             self.task = TextTask(self.manifest)
+
+    def input_signature(self, req: InferRequest):
+        """What a request's inputs are checked against (image versions also take pixels)."""
+        return self.images.signature(req) if self.images else self.manifest.signature
+
+    async def admit(self, req: InferRequest) -> tuple[Any, int]:
+        """:meth:`prepare`, images decoded off the event loop."""
+        if self.images is not None:
+            return await self.images.prepare(req, self.executor)
+        return self.prepare(req)
 
     def prepare(self, req: InferRequest) -> tuple[Any, int]:
         """Turn request tensors into a batch payload and its row count (texts stay strings:
@@ -146,6 +159,8 @@ class VersionState:
         feeds = [{n: np.concatenate([payloads[i][n] for i in g]) for n in payloads[g[0]]}
                  for g in groups]
         results = await self.backend(feeds)
+        if self.images is not None:
+            results = [self.images.finish(r) for r in results]
         out: list[dict[str, np.ndarray]] = [{} for _ in payloads]
         for g, res in zip(groups, results):
             start = 0
@@ -312,7 +327,8 @@ class Gateway:
             encoder, task = TextEncoder(path, m.preprocessing), text_task(m)
         tags = {"model": model, "version": str(version)}
         vs = VersionState(model, version, m, self._backend_factory(model, version), encoder,
-                          tags=tags, executor=self.executor, task=task)
+                          tags=tags, executor=self.executor, task=task,
+                          images=ImageInputs(m) if m.image_preprocessing else None)
         vs.batcher = AdaptiveBatcher(vs.run_batch, BatchPolicy(), label=f"{model}:{version}",
                                      observer=_BatchObserver(self.recorder, tags))
         return vs
@@ -405,7 +421,8 @@ class Gateway:
             "parameters": {"variant": m.variant, "task": m.task, "stable": st.policy.stable,
                            "canary": st.policy.canary,
                            "canary_weight": st.policy.canary_weight,
-                           **({"labels": m.postprocessing.labels} if m.postprocessing else {})},
+                           **({"labels": m.postprocessing.labels} if m.postprocessing else {}),
+                           **image_metadata(m)},
         }
 
     def model_config(self, name: str, version: str | None = None) -> dict:
@@ -425,7 +442,9 @@ class Gateway:
             "dynamic_batching": {"max_queue_delay_microseconds": int(p.max_delay_s * 1e6),
                                  "default_queue_policy": {"max_queue_size": p.max_queue_rows}},
             "version_policy": {"specific": {"versions": sorted(self.model(name).versions)}},
-            "parameters": {"variant": {"string_value": m.variant}},
+            "parameters": {"variant": {"string_value": m.variant}, **{
+                k: {"string_value": orjson.dumps(v).decode()} for k, v in
+                image_metadata(m).items()}},
         }
 
     async def repository_index(self) -> list[dict]:
@@ -440,8 +459,9 @@ class Gateway:
     # ---- inference -----------------------------------------------------------------------------
     def limits(self, vs: VersionState) -> Limits:
         cfg = self.config
+        # an encoded image is one element: bounded by the body (and its pixels by the version)
         return Limits(max_body_bytes=cfg.max_body_bytes, max_rows=vs.batcher.policy.max_batch_size,
-                      max_element_bytes=cfg.max_element_bytes)
+                      max_element_bytes=cfg.max_body_bytes if vs.images else cfg.max_element_bytes)
 
     async def handle_infer(self, name: str, version: str | None,
                            read_body: Callable[[int], Awaitable[bytes]], headers
@@ -492,9 +512,9 @@ class Gateway:
         else:
             req = await asyncio.get_running_loop().run_in_executor(
                 self.executor, decode_request, body, dict(headers), limits)
-        validate_inputs(req, vs.manifest.signature, vs.model)
+        validate_inputs(req, vs.input_signature(req), vs.model)
         check_class_counts(req.classification, vs.manifest.signature)
-        payload, rows = vs.prepare(req)
+        payload, rows = await vs.admit(req)
         vs.inflight += 1
         self.recorder.set(M.INFLIGHT, vs.tags, vs.inflight)
         try:
@@ -525,7 +545,7 @@ class Gateway:
         tags = {"model": served.model, "stable": str(st.policy.stable),
                 "canary": str(st.policy.canary)}
         try:
-            payload, rows = mirror.prepare(req)
+            payload, rows = await mirror.admit(req)
             out = await mirror.batcher.submit(payload, rows, shadow=True)
         except ShadowDropped:
             self.recorder.inc(M.SHADOW_REQUESTS, {**tags, "outcome": "dropped"})

@@ -122,6 +122,12 @@ class Settings(BaseSettings):
         64 * KiB, json_schema_extra=_group("gateway"),
         description="Largest element of a BYTES input (one text), bytes; more gets 413 "
                     "(serve config: user_config.max_element_bytes wins).")
+    max_request_pixels: PositiveInt = Field(
+        100_000_000, json_schema_extra=_group("gateway"),
+        description="Most pixels (width x height, summed) of the encoded images of one "
+                    "request to an image version, read from their headers before any is "
+                    "decoded; more gets 413. Each image is also bounded by its version's "
+                    "image_preprocessing.max_pixels, and an image element by max_body_bytes.")
     inline_text_bytes: PositiveInt = Field(
         16 * KiB, json_schema_extra=_group("gateway"),
         description="Text of a batch tokenized on the event loop up to this many bytes; "

@@ -27,8 +27,10 @@ def bench_command(
     warmup: float = typer.Option(1.0, "--warmup", help="Seconds sent before measuring."),
     requests: Optional[int] = typer.Option(None, "--requests", help="Stop after this many."),
     input_file: Optional[str] = typer.Option(
-        None, "--input-file", help="Text lines (text models), .npz rows, or tabular rows in "
-                                   ".csv/.npy [default: built-in sentences / random tensors]."),
+        None, "--input-file", help="A directory of images (JPEG, PNG, WebP: image models, one "
+                                   "per row), text lines (text models), .npz rows, or tabular "
+                                   "rows in .csv/.npy [default: built-in sentences / random "
+                                   "tensors]."),
     rows: int = typer.Option(1, "--rows", help="Rows per request."),
     json_body: bool = typer.Option(False, "--json-body", help="Send JSON tensors, not binary."),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON only."),
@@ -51,7 +53,7 @@ def bench_command(
         fail(f"--protocol must be http, grpc or openai, got {protocol!r}")
     try:
         meta = fetch_metadata(url, model, version, protocol)
-        inputs = load_inputs(input_file, meta)
+        inputs = load_inputs(input_file, meta, json_body)
     except (RuntimeError, ValueError, OSError) as e:
         fail(str(e))
     opts = BenchOptions(url=url, model=model, version=version,

@@ -157,8 +157,60 @@ def example_request(signature) -> dict:
 _SENTENCE = "The weather in Lyon is mild today."
 
 
+def _tiny_png() -> str:
+    """A 2x2 PNG as a data URL: an example image small enough to sit in the document."""
+    import base64
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (2, 2), (200, 120, 40)).save(buf, "PNG")
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+def image_examples(name: str, manifest) -> tuple[dict, dict]:
+    """An image version's examples: one encoded image in (JSON carries it as a data URL; the
+    binary extension as its raw bytes), probabilities and the top label out, the best labels
+    with the classification extension."""
+    spec, post = manifest.image_preprocessing, manifest.postprocessing
+    image = {"name": spec.image_input, "datatype": "BYTES", "shape": [1], "data": [_tiny_png()]}
+    requests = {name: {
+        "summary": f"{name}: one image (JPEG, PNG or WebP; in JSON a base64 data URL, with the "
+                   "binary extension its bytes)",
+        "description": f"Instead of {spec.image_input!r}, already preprocessed pixels may be "
+                       f"sent as {spec.pixel_input!r} (FP32 {spec.pixel_shape}): "
+                       "image_preprocessing in the model's metadata says how they are made.",
+        "value": {"inputs": [image]}}}
+    responses: dict = {}
+    if post is None:
+        return requests, responses
+    prob = manifest.model_signature.outputs[0].name
+    k = min(5, len(post.labels))
+    requests[f"{name}-class-count"] = {
+        "summary": f"{name}: the {k} best labels of an image (Triton's classification "
+                   "extension)",
+        "value": {"inputs": [image], "outputs": [
+            {"name": prob, "parameters": {"classification": k}}, {"name": "label"}]}}
+    n = len(post.labels)
+    probs = [round(1.0 / n, 4)] * n
+    label = {"name": "label", "datatype": "BYTES", "shape": [1], "data": [post.labels[0]]}
+    responses[f"{name}-labels"] = {
+        "summary": f"{name}: probabilities in label order and the top label",
+        "value": {"model_name": name, "model_version": str(manifest.version), "outputs": [
+            {"name": prob, "datatype": "FP32", "shape": [1, n], "data": probs}, label]}}
+    responses[f"{name}-class-count"] = {
+        "summary": f"{name}: with classification {k}",
+        "value": {"model_name": name, "model_version": str(manifest.version), "outputs": [
+            {"name": prob, "datatype": "BYTES", "shape": [1, k],
+             "data": [f"{probs[i]:f}:{i}:{post.labels[i]}" for i in range(k)]}, label]}}
+    return requests, responses
+
+
 def task_examples(name: str, manifest) -> tuple[dict, dict]:
     """(request examples, response examples) of one served model, in its task's terms."""
+    if getattr(manifest, "image_preprocessing", None) is not None:
+        return image_examples(name, manifest)
     sig, post = manifest.signature, manifest.postprocessing
     requests = {name: {"summary": f"one row for {name}", "value": example_request(sig)}}
     responses: dict = {}
@@ -230,7 +282,9 @@ def openapi_document(models: dict[str, list[int]], version: str,
                                  ref_template="#/components/schemas/{model}")
     defs = defs["$defs"]
     signatures = signatures or {}
-    input_names = sorted({t.name for sig in signatures.values() for t in sig.inputs})
+    input_names = sorted({t.name for sig in signatures.values() for t in sig.inputs} | {
+        m.image_preprocessing.pixel_input for m in (manifests or {}).values()
+        if getattr(m, "image_preprocessing", None) is not None})  # images' raw-pixel input
     if input_names:  # the names the served models take: generated requests reach validation
         defs["RequestInput"]["properties"]["name"]["enum"] = input_names
     names = sorted(models)

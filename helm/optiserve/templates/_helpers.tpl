@@ -400,7 +400,9 @@ app.kubernetes.io/part-of: optiserve
 {{- end }}
 {{- range $name, $value := $root.Values.serve.settings }}
 - name: {{ printf "OPTISERVE_%s" (upper $name) }}
-  value: {{ $value | toString | quote }}
+  {{- /* numbers through toJson: toString prints YAML's float64 20000000 as 2e+07, which an
+  integer setting refuses */}}
+  value: {{ ternary $value (toJson $value) (kindIs "string" $value) | quote }}
 {{- end }}
 # user code and the handle router on the replica's loop, handles over gRPC; no direct
 # ingress (the gateway's own server replaces it)
