@@ -184,7 +184,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             return body
 
         status, out, out_headers = await self.gateway.handle_infer(
-            request.model_name, request.model_version or None, read_body, {**headers, **extra})
+            request.model_name, request.model_version or None, read_body, {**headers, **extra},
+            protocol="grpc")
         if status == 200:
             return infer_response(out, out_headers), None
         trailing = tuple((k.lower(), v) for k, v in out_headers.items()

@@ -250,7 +250,9 @@ def test_statistics_follow_what_the_gateway_records(tmp_path):
             c.infer("reducer", [bad])
         return c.get_inference_statistics("reducer", as_json=True)["model_stats"][0]
 
-    stats, _ = serve(tmp_path, client)
+    stats, srv = serve(tmp_path, client)
+    # the Prometheus series say how the requests came: gRPC
+    assert [c[2]["protocol"] for c in srv.rec.of(M.REQUESTS) if c[3] > 0] == ["grpc"] * 4
     s = stats["inference_stats"]
     assert int(stats["inference_count"]) == 3 and int(stats["execution_count"]) == 3
     assert int(s["success"]["count"]) == 3 and int(s["fail"]["count"]) == 1
