@@ -298,6 +298,8 @@ class DashboardSpec:
 
 MV = "namespace, model, version"
 F = (NS, MODEL, VERSION)
+#: per protocol (serving.metrics.PROTOCOLS: http, grpc, openai), over the selected models
+BY_PROTOCOL = "namespace, protocol"
 
 
 def overview() -> DashboardSpec:
@@ -333,6 +335,16 @@ def overview() -> DashboardSpec:
                     unit="percentunit", min=0),
                 PanelSpec("Rows/s by model and version", "", [
                     Query(f"sum by ({MV}) ({rate(M.ROWS, *F)})", "{{model}} v{{version}}")]),
+                PanelSpec("Requests/s by protocol", "Inference requests by how they arrived: "
+                          "http (the OIP over REST), grpc (the OIP over gRPC), openai "
+                          "(/v1/embeddings, one per OIP request it makes).", [
+                              Query(f"sum by ({BY_PROTOCOL}) ({rate(M.REQUESTS, *F)})",
+                                    "{{protocol}}")], unit="reqps", min=0),
+                PanelSpec("Server error ratio by protocol", "Requests answered 5xx (server_error, "
+                          "overloaded, timeout; over gRPC their status codes) / all requests, "
+                          "by protocol.", [
+                              Query(error_ratio(BY_PROTOCOL, *F), "{{protocol}}")],
+                          unit="percentunit", min=0),
             ]),
             RowSpec("Latency", [
                 PanelSpec("Request latency p50 / p95 / p99", "End-to-end in the gateway, from "
@@ -340,6 +352,11 @@ def overview() -> DashboardSpec:
                               Query(quantile(q, M.REQUEST_DURATION, MV, *F),
                                     f"{{{{model}}}} v{{{{version}}}} p{int(q * 100)}")
                               for q in (0.5, 0.95, 0.99)], unit="s", width=24),
+                PanelSpec("Request latency p50 / p99 by protocol", "End-to-end in the gateway, "
+                          "by how the request arrived (http, grpc, openai).", [
+                              Query(quantile(q, M.REQUEST_DURATION, BY_PROTOCOL, *F),
+                                    f"{{{{protocol}}}} p{int(q * 100)}")
+                              for q in (0.5, 0.99)], unit="s", width=24, min=0),
                 PanelSpec("Queue wait p95", "Time requests waited in the batcher.", [
                     Query(quantile(0.95, M.QUEUE_WAIT, MV, *F), "{{model}} v{{version}}")],
                     unit="s"),
@@ -918,6 +935,24 @@ def _request_series(share: float, outcome: str = "server_error", code: str = "50
                f"0+{600 - ok:g}x30")]
 
 
+def _protocol_series(per_min: dict[tuple[str, str, str], float]) -> list[dict]:
+    """Request counters split by protocol: (protocol, outcome, code) -> requests a minute."""
+    lb = {"namespace": "prod", "model": "minilm", "version": "2"}
+    return [_s(M.REQUESTS.prom, {**lb, "outcome": o, "code": c, "protocol": p}, f"0+{n:g}x30")
+            for (p, o, c), n in per_min.items()]
+
+
+#: 4 requests a minute over each of REST and gRPC, one in four a 500: each protocol alone is
+#: under the alerts' minimum request rate (6 a minute), the model's traffic is over it
+SPLIT_SLOW_ERRORS = _protocol_series({
+    ("http", "success", "200"): 3, ("http", "server_error", "500"): 1,
+    ("grpc", "success", "200"): 3, ("grpc", "server_error", "500"): 1})
+#: 1% server errors over all protocols, all of them on the little gRPC traffic (20% of it)
+SPLIT_FEW_ERRORS = _protocol_series({
+    ("http", "success", "200"): 570, ("grpc", "success", "200"): 24,
+    ("grpc", "server_error", "500"): 6})
+
+
 GPU_POD = {"namespace": "prod", "pod": "osv-optiserve-raycluster-x-gpu-worker-a"}
 GPU_UUID = "GPU-5c1a2b3c-0000-1111-2222-333344445555"
 
@@ -1046,8 +1081,17 @@ def rule_tests(rules_file: str) -> dict:
         ("OptiserveGPUMemoryHigh", _gpu_series(0.5, 0.98), _gpu_series(0.5, 0.5), "30m",
          {**gpu, "severity": "warning"}),
     ]
+    # a model's requests arrive over several protocols; the alerts judge them together
+    more_firing = [
+        ("OptiserveErrorRateHigh",
+         "errors over REST and gRPC, each protocol below the minimum rate", SPLIT_SLOW_ERRORS,
+         "20m",
+         {"namespace": "prod", "model": "minilm", "severity": "critical"}),
+    ]
     # more cases where an alert must stay quiet: (alert, what, input series, eval time)
     more_quiet = [
+        ("OptiserveErrorRateHigh", "1% errors overall, all on the little gRPC traffic",
+         SPLIT_FEW_ERRORS, "20m"),
         ("OptiserveKubeRayUpgradeStuck", "an upgrade of 10 minutes",
          [_s(KUBERAY_SERVICE_UPGRADING, {"namespace": "prod", "name": "osv-optiserve",
                                          "uid": "u1", "condition": "true"}, "0x25 1x10")],
@@ -1078,6 +1122,16 @@ def rule_tests(rules_file: str) -> dict:
         tests.append({"name": f"{name} stays quiet", "interval": "1m", "input_series": quiet,
                       "alert_rule_test": [{"eval_time": at, "alertname": name,
                                            "exp_alerts": []}]})
+    for name, what, series_, at, labels in more_firing:
+        a = by_name[name]
+        tests.append({"name": f"{name} fires: {what}", "interval": "1m",
+                      "input_series": series_,
+                      "alert_rule_test": [{"eval_time": at, "alertname": name, "exp_alerts": [{
+                          "exp_labels": labels,
+                          "exp_annotations": {
+                              "summary": _render(a.summary, labels),
+                              "description": _render(with_defaults(a.description), labels)},
+                      }]}]})
     for name, what, series_, at in more_quiet:
         tests.append({"name": f"{name} stays quiet: {what}", "interval": "1m",
                       "input_series": series_,

@@ -72,6 +72,8 @@ class GatewayDeployment:
             self._start_ingress(self._listen)
         if settings().grpc_listen and self.grpc is None:
             self._start_grpc(settings().grpc_listen)
+        elif self.grpc is not None:  # gRPC's receive limit follows a raised max_body_bytes
+            await self.grpc.follow_body_limit(self.gateway.config.max_body_bytes)
 
     def _start_ingress(self, address: str) -> None:
         """Listen once the first config applies, so no request arrives before there is

@@ -12,6 +12,7 @@ tested without Ray; ``serving.app`` wraps it in a Ray Serve deployment.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import random
 import time
@@ -290,8 +291,10 @@ class Gateway:
         self.models, self.config = new, cfg
         self.rejected_config = None
         for vs in loaded:
-            for outcome, code in OUTCOMES:  # rate()/increase() see a version's first requests
-                self.recorder.inc(M.REQUESTS, {**vs.tags, "outcome": outcome, "code": code}, 0.0)
+            # rate()/increase() see a version's first requests, whichever protocol brings them
+            for (outcome, code), protocol in itertools.product(OUTCOMES, M.PROTOCOLS):
+                self.recorder.inc(M.REQUESTS, {**vs.tags, "outcome": outcome, "code": code,
+                                               "protocol": protocol}, 0.0)
             for tags, seconds in _predicted_compute(vs):
                 self.recorder.set(M.PREDICTED_COMPUTE, tags, seconds)
         current = set()
@@ -464,11 +467,12 @@ class Gateway:
                       max_element_bytes=cfg.max_body_bytes if vs.images else cfg.max_element_bytes)
 
     async def handle_infer(self, name: str, version: str | None,
-                           read_body: Callable[[int], Awaitable[bytes]], headers
-                           ) -> tuple[int, bytes, dict[str, str]]:
+                           read_body: Callable[[int], Awaitable[bytes]], headers,
+                           protocol: str = "http") -> tuple[int, bytes, dict[str, str]]:
         """Serve one infer request: (status, body, headers). Every outcome is counted and
         timed under the version that was chosen for it, so a canary's errors are the
-        canary's, and a p99 sees the requests that timed out."""
+        canary's, and a p99 sees the requests that timed out; ``protocol`` (one of
+        ``metrics.PROTOCOLS``) labels those series with how the request arrived."""
         t0 = time.perf_counter()
         tags = {"model": name if name in self.models else "", "version": ""}
         try:
@@ -482,7 +486,7 @@ class Gateway:
             body = await read_body(self.config.max_body_bytes)
             out, out_headers = await self._infer(st, vs, not version, body, headers)
         except asyncio.CancelledError:
-            self._count(tags, "cancelled", "499", t0)
+            self._count(tags, "cancelled", "499", t0, protocol)
             raise
         except Exception as e:
             status, outcome, message, extra = error_outcome(e)
@@ -494,14 +498,17 @@ class Gateway:
                 log.error("infer %s:%s (request id %s) failed", tags["model"], tags["version"],
                           rid, exc_info=e)
                 doc = {"error": f"internal error (request id {rid})", "request_id": rid}
-            self._count(tags, outcome, str(status), t0)
+            self._count(tags, outcome, str(status), t0, protocol)
             return status, orjson.dumps(doc), {"content-type": "application/json", **extra}
-        self._count(tags, "success", "200", t0)
+        self._count(tags, "success", "200", t0, protocol)
         return 200, out, out_headers
 
-    def _count(self, tags: dict[str, str], outcome: str, code: str, t0: float) -> None:
-        self.recorder.inc(M.REQUESTS, {**tags, "outcome": outcome, "code": code})
-        self.recorder.observe(M.REQUEST_DURATION, {**tags, "outcome": outcome},
+    def _count(self, tags: dict[str, str], outcome: str, code: str, t0: float,
+               protocol: str) -> None:
+        self.recorder.inc(M.REQUESTS, {**tags, "outcome": outcome, "code": code,
+                                       "protocol": protocol})
+        self.recorder.observe(M.REQUEST_DURATION, {**tags, "outcome": outcome,
+                                                   "protocol": protocol},
                               time.perf_counter() - t0)
 
     async def _infer(self, st: ModelState, vs: VersionState, routed: bool, body: bytes, headers

@@ -9,7 +9,12 @@ from :mod:`serving.settings`:
 
 - a message past the gateway's ``max_body_bytes`` (plus ``grpc_message_overhead_bytes``) is
   refused by gRPC with RESOURCE_EXHAUSTED before it is decoded; one within that slack but past
-  ``max_body_bytes`` gets the REST path's 413 message, also RESOURCE_EXHAUSTED;
+  ``max_body_bytes`` gets the REST path's 413 message, also RESOURCE_EXHAUSTED. gRPC fixes its
+  receive limit when its server starts, so every message is checked again against the limit of
+  the config in force: a lowered ``max_body_bytes`` applies at once, and a raised one replaces
+  the server by one with the larger limit on the same port (:meth:`GrpcIngress.follow_body_limit`);
+- connections past ``grpc_max_connections`` are closed as they are accepted (the client sees
+  UNAVAILABLE and may retry), so idle connections cannot crowd out those in use;
 - RPCs in progress past ``grpc_max_concurrent_rpcs`` get RESOURCE_EXHAUSTED at once, streams
   per connection past ``grpc_max_concurrent_streams`` wait (HTTP/2 flow control);
 - a stream answers at most ``grpc_stream_max_inflight`` requests at once, in order, and reads
@@ -184,7 +189,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             return body
 
         status, out, out_headers = await self.gateway.handle_infer(
-            request.model_name, request.model_version or None, read_body, {**headers, **extra})
+            request.model_name, request.model_version or None, read_body, {**headers, **extra},
+            protocol="grpc")
         if status == 200:
             return infer_response(out, out_headers), None
         trailing = tuple((k.lower(), v) for k, v in out_headers.items()
@@ -323,27 +329,67 @@ class GrpcIngress:
         self.settings = s = settings()
         self.servicer = InferenceServicer(gateway, statistics)
         self.max_message = max_body_bytes + s.grpc_message_overhead_bytes
-        self.options = [
-            ("grpc.max_receive_message_length", self.max_message),
+        self._server: grpc.aio.Server | None = None
+        self._drain_task: asyncio.Task | None = None
+        #: servers replaced by one with a larger receive limit, finishing their RPCs
+        self._retiring: set[asyncio.Task] = set()
+        self._replacing = asyncio.Lock()
+        self.stopped = False
+
+    def options(self, max_message: int) -> list[tuple[str, int]]:
+        """The gRPC server's channel arguments, for a receive limit of ``max_message``."""
+        s = self.settings
+        return [
+            ("grpc.max_receive_message_length", max_message),
             # answers are as large as the outputs asked for; the client sets its own bound
             ("grpc.max_send_message_length", -1),
             ("grpc.max_concurrent_streams", s.grpc_max_concurrent_streams),
+            # gRPC core's connection quota: one past it is closed as it is accepted
+            ("grpc.max_allowed_incoming_connections", s.grpc_max_connections),
             ("grpc.max_connection_idle_ms", int(s.grpc_idle_timeout_s * 1000)),
             ("grpc.http2.min_ping_interval_without_data_ms",
              int(s.grpc_keepalive_min_interval_s * 1000)),
             ("grpc.http2.max_ping_strikes", 2),
+            # the replicas of a machine share the port, and a replacement server binds it
+            # beside the one it replaces
             ("grpc.so_reuseport", 1),
         ]
-        self._server: grpc.aio.Server | None = None
-        self._drain_task: asyncio.Task | None = None
-        self.stopped = False
 
     @property
     def draining(self) -> bool:
         return self.servicer.draining
 
     async def start(self) -> None:
-        server = grpc.aio.server(options=self.options,
+        async with self._replacing:  # a new limit that comes meanwhile is followed after
+            self._server = await self._serve(self.max_message)
+
+    async def follow_body_limit(self, max_body_bytes: int) -> None:
+        """Follow a new ``max_body_bytes`` of the gateway's config. A lower one needs nothing
+        here (every message is checked against the config in force, RESOURCE_EXHAUSTED past
+        it). gRPC cannot change a running server's receive limit, so past it a server with the
+        larger one starts on the same port (SO_REUSEPORT) and the old one stops accepting and
+        finishes its RPCs (``http_drain_timeout_s``); clients reconnect to the new one."""
+        wanted = max_body_bytes + self.settings.grpc_message_overhead_bytes
+        if wanted <= self.max_message or self.draining:
+            return
+        async with self._replacing:
+            if wanted <= self.max_message or self._server is None or self.draining:
+                return
+            try:
+                new = await self._serve(wanted)
+            except OSError as e:  # the running server stays, with its smaller limit
+                log.error("gRPC receive limit not raised to %d bytes: %s", wanted, e)
+                return
+            old, self._server, self.max_message = self._server, new, wanted
+            task = asyncio.get_running_loop().create_task(
+                old.stop(self.settings.http_drain_timeout_s))
+            self._retiring.add(task)
+            task.add_done_callback(self._retiring.discard)
+            log.info("gRPC receive limit raised to %d bytes (max_body_bytes %d)", wanted,
+                     max_body_bytes)
+
+    async def _serve(self, max_message: int) -> grpc.aio.Server:
+        server = grpc.aio.server(options=self.options(max_message),
                                  maximum_concurrent_rpcs=self.settings.grpc_max_concurrent_rpcs)
         methods = handlers(self.servicer)
         # registered as the generated add_GRPCInferenceServiceServicer_to_server does (the
@@ -358,8 +404,8 @@ class GrpcIngress:
         if not bound:
             raise OSError(f"cannot listen for gRPC on {address}")
         await server.start()
-        self._server = server
         log.info("listening for OIP gRPC requests on %s", address)
+        return server
 
     def drain(self, accept_s: float | None = None) -> asyncio.Task:
         """Start draining (once); the task ends when the server has stopped."""
@@ -375,8 +421,10 @@ class GrpcIngress:
             return
         if accept_s > 0:
             await asyncio.sleep(accept_s)
-        with contextlib.suppress(Exception):
-            await self._server.stop(self.settings.http_drain_timeout_s)
+        async with self._replacing:  # no replacement starts once the server is stopping
+            with contextlib.suppress(Exception):
+                await asyncio.gather(self._server.stop(self.settings.http_drain_timeout_s),
+                                     *self._retiring)
         self.stopped = True
         log.info("gRPC server on %s:%d drained", self.host, self.port)
 

@@ -46,17 +46,24 @@ MV = ("model", "version")
 LATENCY_OUTCOMES = ("success", "server_error", "timeout")
 LATENCY_MATCHER = f'outcome=~"{"|".join(LATENCY_OUTCOMES)}"'
 
+#: How a request reached the gateway: the OIP over REST (``http``), the OIP over gRPC (``grpc``),
+#: or the OpenAI-compatible ``/v1/embeddings`` (``openai``; one per OIP request it makes, a long
+#: input list being split at the version's max_batch_size). Only the per-request series carry it;
+#: every query that judges a version (the rollout's checks, the alerts) sums over it.
+PROTOCOLS = ("http", "grpc", "openai")
+
 REQUESTS = MetricSpec(
     "optiserve_requests", "counter",
     "Inference requests by outcome (success, client_error, server_error, overloaded, timeout, "
-    "cancelled).",
-    (*MV, "outcome", "code"))
+    "cancelled) and protocol (http, grpc, openai).",
+    (*MV, "outcome", "code", "protocol"))
 ROWS = MetricSpec("optiserve_rows", "counter", "Rows (inferences) processed successfully.", MV)
 REQUEST_DURATION = MetricSpec(
     "optiserve_request_duration_seconds", "histogram",
     "End-to-end request latency in the gateway, from receipt to response, by outcome (every "
-    "outcome is timed: success, client_error, server_error, overloaded, timeout, cancelled).",
-    (*MV, "outcome"), tuple(LATENCY_BUCKETS_S))
+    "outcome is timed: success, client_error, server_error, overloaded, timeout, cancelled) "
+    "and protocol (http, grpc, openai).",
+    (*MV, "outcome", "protocol"), tuple(LATENCY_BUCKETS_S))
 QUEUE_WAIT = MetricSpec(
     "optiserve_queue_wait_seconds", "histogram",
     "Time a request waited in the batcher before its batch was dispatched.", MV,

@@ -138,7 +138,7 @@ async def _infer(gateway, name, version, vs, texts, output, headers):
     # the client's headers carry the sticky-routing header; the body is ours (plain JSON)
     own = {k: v for k, v in headers.items() if k not in ("content-encoding", "content-length",
                                                           "inference-header-content-length")}
-    return await gateway.handle_infer(name, version, read, {**own, **_JSON})
+    return await gateway.handle_infer(name, version, read, {**own, **_JSON}, protocol="openai")
 
 
 def models(gateway):

@@ -94,6 +94,11 @@ class Settings(BaseSettings):
         1000, json_schema_extra=_group("grpc"),
         description="RPCs in progress per gateway replica (streams count as one); one more is "
                     "answered RESOURCE_EXHAUSTED at once.")
+    grpc_max_connections: PositiveInt = Field(
+        1000, json_schema_extra=_group("grpc"),
+        description="Open gRPC connections per gateway replica; one more is closed as it is "
+                    "accepted (the client sees UNAVAILABLE), so idle connections cannot crowd "
+                    "out connected clients.")
     grpc_max_concurrent_streams: PositiveInt = Field(
         100, json_schema_extra=_group("grpc"),
         description="HTTP/2 streams one gRPC connection may have open at once.")

@@ -127,6 +127,12 @@ def test_dashboards_have_the_required_panels_and_variables():
     for name in (mon.DCGM_GR_ACTIVE, mon.DCGM_UTIL, mon.DCGM_FB_USED, mon.RAY_GPU_UTIL):
         assert name in exprs["gpu"]
     assert any("Errors" in t for t in titles["overview"])
+    # rate, errors and latency by protocol (http, grpc, openai)
+    by_protocol = {t: e for t, e in mon.dashboard_queries(DASHBOARDS["overview"])
+                   if "by protocol" in t}
+    assert set(by_protocol) == {"Requests/s by protocol", "Server error ratio by protocol",
+                                "Request latency p50 / p99 by protocol"}
+    assert all("sum by (namespace, protocol" in e for e in by_protocol.values())
 
 
 CANARY_COLUMNS = {  # side-by-side panel -> what its queries must read
@@ -214,7 +220,12 @@ def test_promtool_test_rules(promtool):
         cases = [t for t in tests if t["alert_rule_test"][0]["alertname"] == a.name]
         assert sorted({bool(t["alert_rule_test"][0]["exp_alerts"]) for t in cases}) == \
             [False, True], a.name
-        assert sum(bool(t["alert_rule_test"][0]["exp_alerts"]) for t in cases) == 1, a.name
+    # requests split by protocol are judged together (fires on the sum, quiet on the sum)
+    names = {t["name"] for t in tests}
+    assert {("OptiserveErrorRateHigh fires: errors over REST and gRPC, each protocol below "
+             "the minimum rate"),
+            ("OptiserveErrorRateHigh stays quiet: 1% errors overall, all on the little gRPC "
+             "traffic")} <= names
 
 
 def test_promtool_tests_can_fail(promtool, tmp_path):
@@ -328,3 +339,47 @@ def test_gpu_alerts_read_dcgm_mig_and_fall_back_to_ray(promtool, tmp_path):
                                     [{**uuid, "gpu": mon.GPU_UUID}])]
     (tmp_path / "gpu.test.yaml").write_text(yaml.safe_dump(doc))
     assert run([promtool, "test", "rules", "gpu.test.yaml"], cwd=tmp_path).returncode != 0
+
+
+def test_rollout_queries_judge_a_version_over_every_protocol(promtool, tmp_path):
+    """The rollout's analysis PromQL (optiserve.rollout.analysis.Queries) on a canary whose
+    requests arrive over REST, gRPC and /v1/embeddings: one number per check, summed over the
+    protocol label, evaluated by promtool. A query that kept the protocol apart would return
+    one sample per protocol (or judge gRPC's slow requests alone) and fail here."""
+    from optiserve.rollout.analysis import Queries
+    from optiserve.rollout.state import RolloutSpec
+
+    q = Queries(RolloutSpec(model="minilm", stable=1, canary=2), window_s=300)
+    lb = {"model": "minilm", "version": "2"}
+    per_min = {("http", "success", "200"): 90, ("http", "server_error", "500"): 2,
+               ("grpc", "success", "200"): 10, ("grpc", "timeout", "504"): 3,
+               ("openai", "success", "200"): 4, ("openai", "client_error", "400"): 5}
+    series = [mon._s(M.REQUESTS.prom, {**lb, "outcome": o, "code": c, "protocol": p},
+                     f"0+{n}x20") for (p, o, c), n in per_min.items()]
+    # successes: REST's all within 50 ms, gRPC's between 0.5 and 1 s
+    for le in M.REQUEST_DURATION.boundaries + (float("inf"),):
+        le_s = "+Inf" if le == float("inf") else repr(le)
+        for p, n, at_least in (("http", 90, 0.05), ("grpc", 10, 1.0)):
+            series.append(mon._s(M.REQUEST_DURATION.prom + "_bucket",
+                                 {**lb, "outcome": "success", "protocol": p, "le": le_s},
+                                 f"0+{n if le >= at_least else 0}x20"))
+    minutes = 5  # the window, at one sample a minute (no extrapolation at these boundaries)
+    doc = {"evaluation_interval": "1m", "tests": [{
+        "interval": "1m", "input_series": series,
+        "promql_expr_test": [
+            {"expr": q.requests(2), "eval_time": "10m",
+             "exp_samples": [{"labels": "{}", "value": minutes * sum(per_min.values())}]},
+            {"expr": q.errors(2), "eval_time": "10m",
+             "exp_samples": [{"labels": "{}", "value": minutes * (2 + 3)}]},
+            # rank 99 of 100: the 9th of gRPC's 10 requests in (0.5, 1] s -> 950 ms
+            {"expr": q.p99_ms(2), "eval_time": "10m",
+             "exp_samples": [{"labels": "{}", "value": 950}]},
+        ]}]}
+    (tmp_path / "rollout.test.yaml").write_text(yaml.safe_dump(doc))
+    r = run([promtool, "test", "rules", "rollout.test.yaml"], cwd=tmp_path)
+    assert r.returncode == 0, r.stdout + r.stderr
+    # and the check can fail: a query grouped by protocol is refused
+    doc["tests"][0]["promql_expr_test"][1]["expr"] = q.errors(2).replace("sum(", "sum by "
+                                                                         "(protocol) (", 1)
+    (tmp_path / "rollout.test.yaml").write_text(yaml.safe_dump(doc))
+    assert run([promtool, "test", "rules", "rollout.test.yaml"], cwd=tmp_path).returncode != 0

@@ -191,8 +191,42 @@ def test_unknown_model_and_version(gateway):
     assert s1 == 404 and "model 'nope' is not served" in orjson.loads(b1)["error"]
     assert s2 == 404 and "version 42 of model 'reducer' is not served" in orjson.loads(b2)["error"]
     unknown = [c for c in gateway.rec.of(M.REQUESTS) if c[3] > 0]
-    assert unknown[0][2] == {"model": "", "version": "", "outcome": "client_error", "code": "404"}
+    assert unknown[0][2] == {"model": "", "version": "", "outcome": "client_error", "code": "404",
+                              "protocol": "http"}
     assert unknown[1][2]["model"] == "reducer" and unknown[1][2]["version"] == ""
+
+
+def test_a_loaded_version_exports_every_outcome_of_every_protocol_at_zero(gateway):
+    """increase() counts only what happens after a series' first sample: a canary's first
+    errors over gRPC would be lost if only the HTTP series had been zero-initialised."""
+    from itertools import product
+
+    from serving.gateway import OUTCOMES
+
+    zeros = {(c[2]["version"], c[2]["outcome"], c[2]["code"], c[2]["protocol"])
+             for c in gateway.rec.of(M.REQUESTS) if c[3] == 0}
+    want = {(str(v), o, code, p) for v, (o, code), p in
+            product(gateway.v.values(), OUTCOMES, M.PROTOCOLS)}
+    assert zeros == want
+    assert set(M.PROTOCOLS) == {"http", "grpc", "openai"}
+
+
+def test_requests_are_counted_and_timed_under_their_protocol(gateway):
+    from serving.endpoints import dispatch
+
+    body = request(np.ones((1, 3), np.float32))
+
+    async def main():
+        async def read(limit):
+            return body
+        http = await dispatch(gateway, "POST", "/v2/models/reducer/infer", {}, read)
+        grpc = await gateway.handle_infer("reducer", None, read, {}, protocol="grpc")
+        return http[0], grpc[0]
+
+    assert asyncio.run(main()) == (200, 200)
+    counted = [c[2]["protocol"] for c in gateway.rec.of(M.REQUESTS) if c[3] > 0]
+    timed = [c[2]["protocol"] for c in gateway.rec.of(M.REQUEST_DURATION)]
+    assert counted == timed == ["http", "grpc"]
 
 
 def test_removed_versions_are_closed(gateway):

@@ -55,6 +55,16 @@ class Server:
     def inflight(self) -> int:
         return self.gateway.models["reducer"].versions[self.v].inflight
 
+    def set_body_limit(self, max_body_bytes: int) -> None:
+        """What the gateway deployment's reconfigure does (on the server's loop, from the
+        client's thread): the gateway takes the new config, gRPC follows its body limit."""
+        async def apply():
+            self.gateway.reconfigure({"models": {"reducer": {"versions": {self.v: {
+                "max_batch_size": 1, "max_delay_ms": 0}}, "stable": self.v}},
+                "max_body_bytes": max_body_bytes})
+            await self.ingress.follow_body_limit(max_body_bytes)
+        asyncio.run_coroutine_threadsafe(apply(), self.loop).result(30)
+
 
 def serve(tmp_path, client, delay_s=0.0, env=None, monkeypatch=None):
     """Run ``client(server)`` (blocking, in a thread) against a started server."""
@@ -65,6 +75,7 @@ def serve(tmp_path, client, delay_s=0.0, env=None, monkeypatch=None):
         srv = Server(tmp_path, delay_s)
 
         async def main():
+            srv.loop = asyncio.get_running_loop()
             await srv.ingress.start()
             stop = asyncio.Event()
 
@@ -134,6 +145,75 @@ def test_a_message_past_the_limit_is_refused_by_grpc_before_it_is_decoded(tmp_pa
     assert "exceeds the limit of 100000 bytes" in within[1]
     assert "larger than max" in past[1], past
     assert ok == "reducer"
+
+
+def test_the_size_limit_follows_a_later_change_of_max_body_bytes(tmp_path):
+    """gRPC fixes its receive limit when its server starts: a lowered max_body_bytes must still
+    refuse what is past it, a raised one must admit what the old server could not receive."""
+    def client(srv):
+        import tritonclient.grpc as tg
+        from tritonclient.utils import InferenceServerException
+
+        c = tg.InferenceServerClient(srv.address)
+
+        def send(width):
+            x = tg.InferInput("x", [1, width], "FP32")
+            x.set_data_from_numpy(np.ones((1, width), np.float32))
+            try:
+                return float(c.infer("reducer", [x]).as_numpy("y")[0, 0])
+            except InferenceServerException as e:
+                return e.status(), e.message()
+
+        out = {"before": send(15_000)}        # 60 kB, within 100 kB
+        srv.set_body_limit(50_000)
+        out["lowered"] = send(15_000)
+        out["small"] = send(100)
+        srv.set_body_limit(1_000_000)
+        out["raised"] = send(100_000)         # 400 kB, past the first server's receive limit
+        out["past"] = send(300_000)           # 1.2 MB, past the new limit
+        return out
+
+    out, _ = serve(tmp_path, client)
+    assert out["before"] == 15_000.0
+    assert out["lowered"][0] == "StatusCode.RESOURCE_EXHAUSTED"
+    assert "exceeds the limit of 50000 bytes" in out["lowered"][1]
+    assert out["small"] == 100.0
+    assert out["raised"] == 100_000.0, out["raised"]
+    assert out["past"][0] == "StatusCode.RESOURCE_EXHAUSTED"
+
+
+def test_connections_past_the_cap_are_closed_and_the_others_go_on(tmp_path, monkeypatch):
+    def client(srv):
+        def live(ch):
+            try:
+                return pb_grpc.GRPCInferenceServiceStub(ch).ServerLive(
+                    pb.ServerLiveRequest(), timeout=5).live
+            except grpc.RpcError as e:
+                return e.code()
+
+        # one connection per channel (no subchannel shared between channels)
+        def channel():
+            return grpc.insecure_channel(srv.address,
+                                         options=[("grpc.use_local_subchannel_pool", 1)])
+
+        held = [channel() for _ in range(3)]
+        first = [live(ch) for ch in held]
+        extra = channel()
+        refused = live(extra)
+        still = [live(ch) for ch in held]
+        held[0].close()
+        time.sleep(0.5)
+        late = channel()
+        after = live(late)
+        for ch in (*held[1:], extra, late):
+            ch.close()
+        return first, refused, still, after
+
+    (first, refused, still, after), _ = serve(
+        tmp_path, client, env={"OPTISERVE_GRPC_MAX_CONNECTIONS": "3"}, monkeypatch=monkeypatch)
+    assert first == still == [True] * 3
+    assert refused == grpc.StatusCode.UNAVAILABLE
+    assert after is True  # a closed connection frees its place
 
 
 def test_a_stream_answers_in_order_within_its_window(tmp_path, monkeypatch):
@@ -250,7 +330,9 @@ def test_statistics_follow_what_the_gateway_records(tmp_path):
             c.infer("reducer", [bad])
         return c.get_inference_statistics("reducer", as_json=True)["model_stats"][0]
 
-    stats, _ = serve(tmp_path, client)
+    stats, srv = serve(tmp_path, client)
+    # the Prometheus series say how the requests came: gRPC
+    assert [c[2]["protocol"] for c in srv.rec.of(M.REQUESTS) if c[3] > 0] == ["grpc"] * 4
     s = stats["inference_stats"]
     assert int(stats["inference_count"]) == 3 and int(stats["execution_count"]) == 3
     assert int(s["success"]["count"]) == 3 and int(s["fail"]["count"]) == 1
