@@ -26,6 +26,9 @@ def port_free(port: int, host: str = "127.0.0.1") -> bool:
 
 #: Ports Ray takes by default whatever else is configured (GCS, client server, dashboard,
 #: dashboard agent HTTP/gRPC, metrics agent): a "free" port equal to one of them collides later.
+#: the largest gateway -> replica handle call (gRPC's own ceiling, 2 GiB - 1); the chart sets
+#: the same
+REPLICA_MESSAGE_BYTES = str(2**31 - 1)
 RAY_DEFAULT_PORTS = frozenset({6379, 8265, 10001, 52365, 52366, 8076})
 
 
@@ -99,6 +102,10 @@ class LocalCluster:
         # user code and the handle router on the replica's own event loop, handles over gRPC:
         # 637 -> 866 req/s served (MiniLM INT8, 2 cores, measured)
         env.setdefault("RAY_SERVE_THROUGHPUT_OPTIMIZED", "1")
+        # those gRPC handle calls are capped at 4 MiB by default: a batch of 32 decoded 224x224
+        # images is 19 MiB. Requests are bounded by max_body_bytes and the pixel budgets, so the
+        # gateway -> replica hop takes any batch they make
+        env.setdefault("RAY_SERVE_REPLICA_GRPC_MAX_MESSAGE_LENGTH", REPLICA_MESSAGE_BYTES)
         # a replica that cannot be scheduled is reported (with Serve's reason) after 10 s
         env.setdefault("RAY_SERVE_SLOW_STARTUP_WARNING_S", str(s.slow_startup_report_s))
         env.setdefault("RAY_SERVE_SLOW_STARTUP_WARNING_PERIOD_S", str(s.slow_startup_report_s))

@@ -36,7 +36,7 @@ MAX_REQUEST_PIXELS = 20_000_000
 def server(tmp_path_factory):
     work = tmp_path_factory.mktemp("images")
     repo = ModelRepository(work / "repo")
-    v = publish_tiny_classifier(repo, "pets", size=64)
+    v = publish_tiny_classifier(repo, "pets", size=224, resize_to=256)
     doc, env = chart_serving(serving_values(
         work / "repo", {"pets": {"versions": {v: {"numCpus": 0.5, "replicas": 1}}}},
         gateway={"maxBodyBytes": MAX_BODY},
@@ -87,13 +87,20 @@ def test_tritonclient_jpegs_over_http_and_grpc_get_the_in_process_labels(server,
         assert [x.decode().split(":", 1)[1] for x in best[r]] == [
             f"{i}:{LABELS[i]}" for i in np.argsort(-want[r])[:3]]
     # raw pixels under the model's input name: the same answer
-    pix = th.InferInput("pixel_values", [len(jpegs), 3, 64, 64], "FP32")
+    pix = th.InferInput("pixel_values", [len(jpegs), 3, 224, 224], "FP32")
     pix.set_data_from_numpy(preprocess(jpegs, server.spec))
     res = hc.infer("pets", [pix])
     assert [x.decode() for x in res.as_numpy("label")] == top
     meta = hc.get_model_metadata("pets")
     assert meta["inputs"] == [{"name": "image", "datatype": "BYTES", "shape": [-1]}]
-    assert meta["parameters"]["pixel_input"]["shape"] == [-1, 3, 64, 64]
+    assert meta["parameters"]["pixel_input"]["shape"] == [-1, 3, 224, 224]
+    # a full batch: 32 decoded 224x224 images are 19 MiB between gateway and model replica
+    # (Ray Serve's handle calls stop at 4 MiB unless told otherwise)
+    many = (jpegs * 6)[:32]
+    inp = th.InferInput("image", [32], "BYTES")
+    inp.set_data_from_numpy(np.array(many, dtype=object), binary_data=True)
+    res = hc.infer("pets", [inp], outputs=[th.InferRequestedOutput("label")])
+    assert [x.decode() for x in res.as_numpy("label")] == (top * 6)[:32]
     hc.close()
 
     gc = tg.InferenceServerClient(server.grpc_url)

@@ -410,6 +410,10 @@ app.kubernetes.io/part-of: optiserve
   value: "1"
 - name: RAY_SERVE_ENABLE_DIRECT_INGRESS
   value: "0"
+# those gRPC handle calls are capped at 4 MiB by default, less than one batch of 32 decoded
+# 224x224 images (19 MiB); requests are bounded by maxBodyBytes and the pixel budgets
+- name: RAY_SERVE_REPLICA_GRPC_MAX_MESSAGE_LENGTH
+  value: "2147483647"
 # a replica that cannot be scheduled is reported in its application's status (with the
 # resources required and available) after 10 s instead of 30; the rollout controller shows it
 - name: RAY_SERVE_SLOW_STARTUP_WARNING_S
