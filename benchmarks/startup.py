@@ -81,7 +81,13 @@ def one_round(repo: Path, model: str, version: int, payload: bytes, tree: Path,
                 time.sleep(0.05)
             if first is None:
                 raise RuntimeError("no 200 within 180 s")
-            time.sleep(0.5)  # the phases are printed right after serving starts
+            # the phases are printed once serving, the dashboard's after it: wait for the last
+            # line (bounded), so stopping never races the dashboard's start
+            end = time.monotonic() + 60
+            while "Ctrl-C to stop" not in log.read_text() and time.monotonic() < end:
+                if proc.poll() is not None:
+                    break
+                time.sleep(0.1)
         finally:
             proc.send_signal(signal.SIGTERM)
             try:
