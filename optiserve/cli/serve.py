@@ -142,7 +142,7 @@ def serve_command(
                       "(OIP, tritonclient.grpc)")
     console.print(f"  metrics:   http://127.0.0.1:{metrics_port}/metrics")
     # the Serve REST API (rollouts, tune) comes up after serving: nothing before the first
-    # answer needs it (see optiserve/dashboard.py)
+    # answer needs it (see optiserve/ray_head.py)
     try:
         with err_console.status("starting the Ray dashboard (Serve REST API)..."):
             seconds = cluster.start_dashboard()
