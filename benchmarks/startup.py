@@ -19,8 +19,9 @@ config PUT through the dashboard 0.54 s). With the dashboard, autoscaler monitor
 started once the gateway listens (``optiserve/ray_head.py``), the config sent to Serve's
 controller and the registration polled every 20 ms: 5.89 s alone in 5 rounds (ray.init 1.58 s,
 Serve's controller 0.63 s, the applications 2.77 s, interpreter and imports 1.02 s; the
-dashboard then comes up in ~1.9 s more). In one interleaved run against the previous tree,
-while other work shared the cores unlocked: 7.95 s vs 12.11 s (ratio 0.66).
+dashboard then comes up in ~1.9 s more). Interleaved against the previous tree, in two runs
+while other work shared the cores unlocked (the previous tree took 12-14 s instead of 9.7 s):
+7.95 s vs 12.11 s and 8.72 s vs 14.13 s (ratios 0.66 and 0.62).
 """
 
 from __future__ import annotations
