@@ -11,7 +11,8 @@ from serving.settings import settings
 from serving.config import (
     GATEWAY_APP, GATEWAY_RESOURCE, MODEL_RESOURCE, validate_serve_config,
 )
-from .serve_api import ServeAPI
+from .ray_head import HeadStart
+from .serve_api import ServeAPI, wait_running
 
 
 def port_free(port: int, host: str = "127.0.0.1") -> bool:
@@ -84,6 +85,21 @@ def wait_listening(host: str, port: int, timeout_s: float = 30.0) -> None:
             time.sleep(0.1)
 
 
+def deploy_config(client, doc: dict) -> None:
+    """Apply a whole declarative config through Serve's controller, as the REST API's PUT
+    does (same schema, same ``apply_config``), without the dashboard in between."""
+    from ray.exceptions import RayTaskError
+    from ray.serve.schema import ServeDeploySchema
+
+    config = ServeDeploySchema.model_validate(doc)
+    try:
+        if config.logging_config:
+            client.update_global_logging_config(config.logging_config)
+        client.deploy_apps(config)
+    except RayTaskError as e:
+        raise RuntimeError(f"Serve refused the config: {e}") from None
+
+
 class LocalCluster:
     """An embedded Ray cluster serving one config: start(), then stop()."""
 
@@ -91,6 +107,7 @@ class LocalCluster:
         self.doc = validate_serve_config(doc)
         self.opts = opts
         self.api: ServeAPI | None = None
+        self.head: HeadStart | None = None
 
     def _environment(self) -> None:
         """What the cluster's processes read: set before ray.init, which hands the driver's
@@ -112,6 +129,11 @@ class LocalCluster:
         # THROUGHPUT_OPTIMIZED turns on direct ingress: an idle HTTP server in each replica,
         # which the gateway's own server replaces
         env["RAY_SERVE_ENABLE_DIRECT_INGRESS"] = "0"
+        # the raylet connects to its own object store thread once, and on a lost race sleeps
+        # this long before the next try: 1 s (Ray's default) in 14 of 51 starts seen here;
+        # same 10 s budget in 100 ms steps
+        env.setdefault("RAY_raylet_client_connect_timeout_milliseconds", "100")
+        env.setdefault("RAY_raylet_client_num_connect_attempts", "100")
         # Serve's controller reconcile period (a deploy waits for it at each step)
         env.setdefault("RAY_SERVE_CONTROL_LOOP_INTERVAL_S", f"{s.serve_control_loop_interval_s:g}")
         http = self.doc.get("http_options") or {}
@@ -149,33 +171,47 @@ class LocalCluster:
         cpus = self.opts.num_cpus or max(float(os.cpu_count() or 1),
                                          math.ceil(requested_cpus(self.doc) + 0.5))
         on_status({"ray": "starting"})
-        ray.init(
-            num_cpus=cpus, include_dashboard=True, dashboard_host="127.0.0.1",
-            # gateway replicas may run here, as many as asked (SO_REUSEPORT shares the port)
-            # model replicas too (a canary sharing its stable's CPUs asks for this one)
-            resources={GATEWAY_RESOURCE: 1000, MODEL_RESOURCE: 1000},
-            dashboard_port=self.opts.dashboard_port, _metrics_export_port=self.opts.metrics_port,
-            namespace="optiserve", log_to_driver=False, configure_logging=False,
-        )
+        self.head = HeadStart(f"127.0.0.1:{self.opts.dashboard_port}")
+        with self.head.deferring():
+            ray.init(
+                num_cpus=cpus, include_dashboard=True, dashboard_host="127.0.0.1",
+                # gateway replicas may run here, as many as asked (SO_REUSEPORT shares the port)
+                # model replicas too (a canary sharing its stable's CPUs asks for this one)
+                resources={GATEWAY_RESOURCE: 1000, MODEL_RESOURCE: 1000},
+                dashboard_port=self.opts.dashboard_port,
+                _metrics_export_port=self.opts.metrics_port,
+                namespace="optiserve", log_to_driver=False, configure_logging=False,
+            )
         phase("start the Ray cluster (ray.init)")
-        from ray import serve
+        from ray.serve._private.api import serve_start
 
         # no Serve proxy at all; a config PUT later cannot start one (Serve keeps the http
         # options and proxy location it started with), so the port stays the gateways'
-        serve.start(http_options={"host": "127.0.0.1", "port": free_port()},
-                    proxy_location="Disabled")
+        client = serve_start(http_options={"host": "127.0.0.1", "port": free_port()},
+                             proxy_location="Disabled")
         phase("start Serve's controller (serve.start)")
-        self.api = ServeAPI(f"http://127.0.0.1:{self.opts.dashboard_port}")
-        self.api.apply(self.doc)
-        phase("submit the config (Serve REST API)")
+        deploy_config(client, self.doc)
+        phase("submit the config (Serve controller)")
         names = [a["name"] for a in self.doc["applications"]]
-        self.api.wait_running(names, on_status=on_status)
+        wait_running(client.get_serve_details, names, on_status=on_status)
         phase("deploy the applications (replicas start, models load)")
         wait_listening(host, port)
         if self.opts.grpc_port:
             wait_listening(host, self.opts.grpc_port)
         phase("gateway listening")
         self.url = f"http://{host}:{port}"
+
+    def start_dashboard(self) -> float:
+        """Start what ``ray.init`` deferred (see ``optiserve/ray_head.py``) once serving: Ray's
+        dashboard, whose Serve REST API ``optiserve rollout``, ``tune`` and KubeRay-style
+        clients use, the autoscaler monitor and the log monitor; returns the seconds it took."""
+        import time
+
+        t0 = time.perf_counter()
+        if self.head is not None:
+            self.head.start_deferred()
+        self.api = ServeAPI(f"http://127.0.0.1:{self.opts.dashboard_port}")
+        return time.perf_counter() - t0
 
     def stop(self) -> None:
         import ray

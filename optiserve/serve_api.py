@@ -82,21 +82,30 @@ class ServeAPI:
     def wait_running(self, names: list[str], timeout_s: float = 300.0,
                      on_status=lambda _s: None) -> dict:
         """Wait until the named applications are RUNNING; raise with Ray's message on failure."""
-        deadline = time.monotonic() + timeout_s
-        last = {}
-        while time.monotonic() < deadline:
-            try:
-                apps = self.details().get("applications") or {}
-            except ServeAPIError:
-                apps = {}
-            last = {n: (apps.get(n) or {}).get("status", "NOT_STARTED") for n in names}
-            on_status(last)
-            failed = {n: apps[n].get("message", "") for n, s in last.items()
-                      if s in ("DEPLOY_FAILED", "UNHEALTHY")}
-            if failed:
-                raise ServeAPIError("deployment failed: " + "; ".join(
-                    f"{n}: {m.strip()[-1500:]}" for n, m in failed.items()))
-            if all(s == "RUNNING" for s in last.values()):
-                return apps
-            time.sleep(0.1)
-        raise ServeAPIError(f"applications not running after {timeout_s:.0f} s: {last}")
+        return wait_running(self.details, names, timeout_s, on_status)
+
+
+def wait_running(details, names: list[str], timeout_s: float = 300.0,
+                 on_status=lambda _s: None) -> dict:
+    """Wait until the named applications are RUNNING in ``details()`` (a ServeInstanceDetails
+    dict: the REST API's GET, or the controller's own); raise with Ray's message on failure."""
+    deadline = time.monotonic() + timeout_s
+    last = {}
+    while time.monotonic() < deadline:
+        try:
+            apps = details().get("applications") or {}
+        except ServeAPIError:
+            apps = {}
+        # the controller's dict holds ApplicationStatus members, the REST API's JSON strings
+        last = {n: getattr(status, "value", status) for n, status in (
+            (n, (apps.get(n) or {}).get("status", "NOT_STARTED")) for n in names)}
+        on_status(last)
+        failed = {n: apps[n].get("message") or "" for n, s in last.items()
+                  if s in ("DEPLOY_FAILED", "UNHEALTHY")}
+        if failed:
+            raise ServeAPIError("deployment failed: " + "; ".join(
+                f"{n}: {m.strip()[-1500:]}" for n, m in failed.items()))
+        if all(s == "RUNNING" for s in last.values()):
+            return apps
+        time.sleep(0.1)
+    raise ServeAPIError(f"applications not running after {timeout_s:.0f} s: {last}")

@@ -141,6 +141,16 @@ def serve_command(
         console.print(f"  gRPC:      {http.get('host', host)}:{grpc_port} "
                       "(OIP, tritonclient.grpc)")
     console.print(f"  metrics:   http://127.0.0.1:{metrics_port}/metrics")
+    # the Serve REST API (rollouts, tune) comes up after serving: nothing before the first
+    # answer needs it (see optiserve/ray_head.py)
+    try:
+        with err_console.status("starting the Ray dashboard (Serve REST API)..."):
+            seconds = cluster.start_dashboard()
+    except Exception as e:
+        cluster.stop()
+        fail(f"could not start the Ray dashboard (Serve REST API): {e}")
+    console.print(f"  start-up: {'Ray dashboard, Serve REST API (after serving)':55} "
+                  f"{seconds:6.2f} s", highlight=False)
     console.print(f"  Serve API: http://127.0.0.1:{dashboard_port}/api/serve/applications/")
     console.print("Ctrl-C to stop")
     try:
