@@ -24,8 +24,11 @@ ends: :meth:`HeadStart.start_deferred` must run on a thread that lives as long a
 
 from __future__ import annotations
 
+import logging
 import time
 from contextlib import contextmanager
+
+log = logging.getLogger(__name__)
 
 #: Node methods deferred, in the order Ray calls them
 DEFERRED = ("start_monitor", "start_api_server", "start_log_monitor")
@@ -46,6 +49,14 @@ class HeadStart:
         from ray._private import services
         from ray._private.node import Node
 
+        if not all(hasattr(Node, n) for n in DEFERRED) or not hasattr(services, "get_node"):
+            # another Ray than the pinned one: its own ray.init, waits included, rather than
+            # a patch that no longer fits
+            log.warning("Ray %s has no %s: starting its head as ray.init does (slower)",
+                        getattr(__import__("ray"), "__version__", "?"), ", ".join(
+                            [n for n in DEFERRED if not hasattr(Node, n)] or ["get_node"]))
+            yield self
+            return
         originals = {name: getattr(Node, name) for name in DEFERRED}
         get_node = services.get_node
         pending = self._pending

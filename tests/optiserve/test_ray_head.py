@@ -25,3 +25,15 @@ def test_deferring_records_the_head_processes_and_puts_ray_back():
     assert head.pending
     assert {n: getattr(Node, n) for n in DEFERRED} == originals
     assert services.get_node is get_node
+
+
+def test_another_ray_without_the_patched_methods_starts_as_ray_init_does(monkeypatch):
+    """A Ray other than the pinned one (no such Node method): nothing is patched or deferred,
+    ray.init runs with its own waits instead of failing."""
+    monkeypatch.delattr(Node, "start_monitor")
+    get_node = services.get_node
+    head = HeadStart("127.0.0.1:18265")
+    with head.deferring():
+        assert services.get_node is get_node
+        assert Node.start_api_server is Node.__dict__["start_api_server"]
+    assert not head.pending
