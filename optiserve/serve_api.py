@@ -32,20 +32,39 @@ def _token() -> str | None:
 
 
 class ServeAPI:
-    def __init__(self, address: str = DEFAULT_ADDRESS, timeout_s: float = 10.0):
+    def __init__(self, address: str = DEFAULT_ADDRESS, timeout_s: float = 10.0,
+                 refused_wait_s: float = 10.0):
         self.address = address.rstrip("/")
         self.timeout_s = timeout_s
+        #: how long a refused connection is tried again: ``optiserve serve`` answers inference
+        #: (and /v2/health/ready) ~2 s before its dashboard, which serves this API, is up, and
+        #: a restarting head refuses for a moment too. A refused connection never reached the
+        #: server, so retrying it is safe for every method.
+        self.refused_wait_s = refused_wait_s
 
-    def _request(self, method: str, path: str, doc: dict | None = None) -> dict | None:
+    def _send(self, method: str, path: str, doc: dict | None = None) -> dict | None:
         data = json.dumps(doc).encode() if doc is not None else None
         req = urllib.request.Request(self.address + path, data=data, method=method)
         req.add_header("Content-Type", "application/json")
         token = _token()
         if token:
             req.add_header("Authorization", f"Bearer {token}")
+        deadline = time.monotonic() + self.refused_wait_s
+        while True:
+            try:
+                with urllib.request.urlopen(req, timeout=self.timeout_s) as resp:
+                    body = resp.read()
+                break
+            except urllib.error.URLError as e:
+                if not (isinstance(getattr(e, "reason", None), ConnectionRefusedError)
+                        and time.monotonic() < deadline):
+                    raise
+            time.sleep(0.25)
+        return json.loads(body) if body.strip() else None
+
+    def _request(self, method: str, path: str, doc: dict | None = None) -> dict | None:
         try:
-            with urllib.request.urlopen(req, timeout=self.timeout_s) as resp:
-                body = resp.read()
+            return self._send(method, path, doc)
         except urllib.error.HTTPError as e:
             detail = e.read().decode(errors="replace")[:2000]
             raise ServeAPIError(f"Serve API {method} {path} answered {e.code}: {detail}") from None
@@ -53,7 +72,6 @@ class ServeAPI:
             reason = getattr(e, "reason", e)
             raise ServeAPIError(f"Serve API at {self.address} is unreachable ({reason}); is the "
                                 "Ray dashboard running?") from None
-        return json.loads(body) if body.strip() else None
 
     def details(self) -> dict:
         """Ray's ServeInstanceDetails: applications, their status and deployed configs."""
