@@ -7,6 +7,7 @@ tolerance its manifest measured)."""
 from __future__ import annotations
 
 import json
+import math
 
 import numpy as np
 import pytest
@@ -149,7 +150,12 @@ def test_token_classifier_finds_the_pipelines_entities(server, hf_dirs):
                                     ).measurements.fidelity
     both = len(spans["onnx-int8-dynamic"]) + len(reference)
     f1 = 2 * len(spans["onnx-int8-dynamic"] & reference) / both
-    assert f1 >= min(0.8, fidelity.entity_f1 - 0.1), (f1, fidelity.entity_f1)
+    # the served texts are a small sample beside the held-out rows the F1 was measured on (and
+    # the time-bounded INT8 search builds a different model under load): the allowance is
+    # three standard errors of an F1 on this many entities, at least 0.1
+    f = fidelity.entity_f1
+    allowed = max(0.1, 3 * math.sqrt(f * (1 - f) / len(reference)))
+    assert f1 >= min(0.8, f - allowed), (f1, f, allowed, len(reference))
 
 
 def test_a_text_longer_than_the_model_is_cut_and_the_response_says_so(server):
