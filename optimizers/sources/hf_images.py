@@ -149,7 +149,6 @@ def preprocessing_from_config(cfg: dict, cfg_path: Path) -> ImagePreprocessing:
 def load(d, name: str, task: str | None, pooling: str | None) -> SourceModel:
     """The SourceModel of a ``*ForImageClassification`` directory (``d``: what
     :func:`~optimizers.sources.huggingface.read_directory` read)."""
-    from transformers import AutoConfig
 
     from . import huggingface as hf
     from .image_classifier import ImageClassifier, image_source
@@ -166,12 +165,7 @@ def load(d, name: str, task: str | None, pooling: str | None) -> SourceModel:
                           "(DIR))")
     spec = preprocessing_from_config(hf._read_json(cfg_path, "the image processor's config"),
                                      cfg_path)
-    try:
-        config = AutoConfig.from_pretrained(str(d.model_dir), local_files_only=True,
-                                            trust_remote_code=False)
-    except Exception as e:
-        raise SourceError(f"{d.model_dir / 'config.json'}: transformers cannot read it "
-                          f"({type(e).__name__}: {str(e)[:300]})") from None
+    config = hf.read_config(d)
     if config.problem_type not in (None, "single_label_classification"):
         raise SourceError(f"{d.model_dir / 'config.json'}: problem_type {config.problem_type} "
                           "is not single-label classification (softmax over the classes)")

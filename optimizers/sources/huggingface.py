@@ -198,6 +198,19 @@ def choose_task(d: Directory, task: str | None) -> str:
     return task
 
 
+def read_config(d: Directory):
+    """transformers' config of the directory, read offline and without the directory's own
+    code; unreadable: refused with transformers' reason."""
+    from transformers import AutoConfig
+
+    try:
+        return AutoConfig.from_pretrained(str(d.model_dir), local_files_only=True,
+                                          trust_remote_code=False)
+    except Exception as e:
+        raise SourceError(f"{d.model_dir / 'config.json'}: transformers cannot read it "
+                          f"({type(e).__name__}: {str(e)[:300]})") from None
+
+
 def labels_of(d: Directory, config) -> list[str]:
     """Class names in id order; an empty or gapped label map is refused."""
     raw = d.config.get("id2label")
@@ -356,14 +369,7 @@ def load(path: str | Path, name: str | None = None, task: str | None = None,
                               f"not to {task}")
         if pooling not in ("mean", "cls"):
             raise SourceError(f"--pooling must be mean or cls (got {pooling!r})")
-    from transformers import AutoConfig
-
-    try:
-        config = AutoConfig.from_pretrained(str(d.model_dir), local_files_only=True,
-                                            trust_remote_code=False)
-    except Exception as e:
-        raise SourceError(f"{d.model_dir / 'config.json'}: transformers cannot read it "
-                          f"({type(e).__name__}: {str(e)[:300]})") from None
+    config = read_config(d)
     labels = labels_of(d, config) if task != "embedding" else None
     multi_label = False
     if task == "classification":

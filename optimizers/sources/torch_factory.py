@@ -59,6 +59,21 @@ def _import_factory(ref: str):
     return fn
 
 
+
+def _build_module(ref: str):
+    """The module the factory ``ref`` returns (its failures and non-modules refused by name)."""
+    import torch
+
+    fn = _import_factory(ref)
+    try:
+        module = fn()
+    except Exception as e:
+        raise SourceError(f"torch factory {ref!r} raised {type(e).__name__}: {e}") from e
+    if not isinstance(module, torch.nn.Module):
+        raise SourceError(
+            f"torch factory {ref!r} returned {type(module).__name__}; expected a torch.nn.Module")
+    return module
+
 def load(ref: str, inputs: list[str], outputs: list[str] | None = None,
          name: str | None = None, task: str = "generic") -> SourceModel:
     import torch
@@ -69,15 +84,7 @@ def load(ref: str, inputs: list[str], outputs: list[str] | None = None,
             "for each forward() argument, e.g. --input features:FP32:-1,16"
         )
     specs = [parse_input_spec(s) for s in inputs]
-    fn = _import_factory(ref)
-    try:
-        module = fn()
-    except Exception as e:
-        raise SourceError(f"torch factory {ref!r} raised {type(e).__name__}: {e}") from e
-    if not isinstance(module, torch.nn.Module):
-        raise SourceError(
-            f"torch factory {ref!r} returned {type(module).__name__}; expected a torch.nn.Module"
-        )
+    module = _build_module(ref)
     module.eval()
     # One forward pass on the declared shapes tells the outputs' count, dtypes and shapes.
     example = example_inputs(specs, rows=2)
@@ -153,14 +160,7 @@ def load_image(ref: str, spec, inputs: list[str], outputs: list[str] | None = No
                             "options (--image-size, --layout); drop --input")
     if outputs and len(outputs) != 1:
         raise OptimizeError("--preprocess image: the module returns one tensor of class scores")
-    fn = _import_factory(ref)
-    try:
-        module = fn()
-    except Exception as e:
-        raise SourceError(f"torch factory {ref!r} raised {type(e).__name__}: {e}") from e
-    if not isinstance(module, torch.nn.Module):
-        raise SourceError(
-            f"torch factory {ref!r} returned {type(module).__name__}; expected a torch.nn.Module")
+    module = _build_module(ref)
     module.eval()
     shape = (2, *spec.pixel_shape[1:])
     example = torch.from_numpy(np.random.default_rng(0).standard_normal(shape).astype(np.float32))
