@@ -21,6 +21,7 @@ import pytest
 from tests.support.harness import gateway_replica
 from serving.repository import ModelRepository
 from tests.helpers import PrometheusProcess, ServeProcess, http
+from tests.support import steady
 from tests.support.chart import chart_serving, serving_values
 from tests.serving.conftest import version_of
 from tests.serving.test_hostile_gateway import ids_request, publish_lookup
@@ -72,23 +73,8 @@ def infer_url(server, model="minilm") -> str:
 
 async def steady_clients(url: str, seconds: float, clients: int = 4):
     """Closed-loop clients sending one sentence each: (latencies, statuses)."""
-    import aiohttp
-
-    body = orjson.dumps({"inputs": [SENTENCE]})
-    latencies, statuses = [], []
-    deadline = time.monotonic() + seconds
-
-    async def one(session):
-        while time.monotonic() < deadline:
-            t0 = time.perf_counter()
-            async with session.post(url, data=body) as r:
-                await r.read()
-                statuses.append(r.status)
-            latencies.append(time.perf_counter() - t0)
-
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as session:
-        await asyncio.gather(*[one(session) for _ in range(clients)])
-    return latencies, statuses
+    return await steady.steady_clients(url, orjson.dumps({"inputs": [SENTENCE]}), seconds,
+                                       clients)
 
 
 # ---- cancellation first: the lookup model has seen no request yet -------------------------------

@@ -23,6 +23,7 @@ from serving.protocol import encode_infer_request
 from serving.repository import ModelRepository
 from serving.runtimes import load_runtime
 from tests.helpers import ServeProcess, http, run_cli
+from tests.support import steady
 from tests.support.chart import chart_serving, serving_values
 from tests.support.image_models import LABELS, encode, photos, png_bomb, publish_tiny_classifier
 
@@ -184,22 +185,7 @@ def _hostile_bodies(jpegs) -> list[tuple[str, bytes, dict, int, str]]:
 
 
 async def steady_clients(server, body: bytes, headers: dict, seconds: float, clients: int = 3):
-    import aiohttp
-
-    latencies, statuses = [], []
-    deadline = time.monotonic() + seconds
-
-    async def one(session):
-        while time.monotonic() < deadline:
-            t0 = time.perf_counter()
-            async with session.post(url(server), data=body, headers=headers) as r:
-                await r.read()
-                statuses.append(r.status)
-            latencies.append(time.perf_counter() - t0)
-
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as session:
-        await asyncio.gather(*[one(session) for _ in range(clients)])
-    return latencies, statuses
+    return await steady.steady_clients(url(server), body, seconds, clients, headers)
 
 
 def test_hostile_images_are_refused_while_steady_clients_keep_their_p99(server, jpegs):
