@@ -21,12 +21,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
+from benchmarks.variant_rounds import medians_and_ratios, optimize_and_measure
 from serving.runtimes import available_cpus
 from tests.support.optimize_args import optimize_args, split_passthrough
 
@@ -42,10 +41,6 @@ def main() -> None:
     ap.add_argument("--json", type=Path)
     args = ap.parse_args(argv)
 
-    from optimizers import optimize
-    from optimizers.measure import measure_in_subprocess
-    from optimizers.pipeline import _draft_manifest
-    from optimizers.validation import load_validation
     from tests.support.hf_models import base_sized_classifier
 
     size = 32
@@ -56,28 +51,12 @@ def main() -> None:
         opts.keep_build = str(Path(tmp) / "build")
         print(f"optimizing a {args.layers}-layer, {args.hidden}-wide classifier "
               f"({' '.join(extra) or 'default variants'}) ...", flush=True)
-        t0 = time.perf_counter()
-        result = optimize(opts)
-        optimize_s = time.perf_counter() - t0
-        print(f"optimize took {optimize_s:.0f} s; chosen {result.chosen}", flush=True)
-        src = result.source
+        result, samples, optimize_s = optimize_and_measure(
+            opts, size, 8, args.rounds, args.threads, args.seconds)
         ok = [o for o in result.outcomes if o.status == "ok"]
-        vset = load_validation(src, None, None)
-        batches = [vset.bench_batch(size, i) for i in range(8)]
-        drafts = {o.name: _draft_manifest(src, o.build, o.candidate_dir, None, None, [])
-                  for o in ok}
-        samples = {o.name: [] for o in ok}
-        for r in range(args.rounds):
-            for o in ok:  # interleaved: every variant once per round, each in its process
-                m = measure_in_subprocess(drafts[o.name], o.candidate_dir, [], {size: batches},
-                                          args.threads, min_time_s=args.seconds, min_iters=3)
-                samples[o.name].append(m.latency[0].throughput)
-            print(f"round {r + 1}/{args.rounds} done", flush=True)
 
     base = "torch-fp32"
-    med = {k: statistics.median(x) for k, x in samples.items()}
-    ratio = {k: statistics.median([a / b for a, b in zip(samples[k], samples[base])])
-             for k in samples if base in samples}
+    med, ratio = medians_and_ratios(samples, base)
     top1 = {o.name: o.measurements.fidelity.top1_agreement for o in ok}
     diff = {o.name: o.measurements.fidelity.max_prob_diff for o in ok}
     print(f"\nthreads {args.threads}; batch {size} of natural sentences; medians of "
