@@ -108,6 +108,12 @@ class VersionState:
         """What a request's inputs are checked against (image versions also take pixels)."""
         return self.images.signature(req) if self.images else self.manifest.signature
 
+    def same_pixels(self, other: VersionState) -> bool:
+        """Both are image versions that preprocess images identically: one's decoded pixels
+        are the other's (a mirrored request is not decoded again)."""
+        return (self.images is not None and other.images is not None
+                and self.images.spec == other.images.spec)
+
     async def admit(self, req: InferRequest) -> tuple[Any, int]:
         """:meth:`prepare`, images decoded off the event loop."""
         if self.images is not None:
@@ -539,12 +545,14 @@ class Gateway:
                     and vs.batcher.queued_rows == 0)
             target = shadow_target(st.policy, vs.version, self._rng, room=room)
             if target is not None:
-                self._spawn(self._shadow(st, vs, st.versions[target], req, outputs))
+                self._spawn(self._shadow(st, vs, st.versions[target], req, outputs,
+                                         (payload, rows)))
         outputs = apply_class_counts(outputs, req.classification, vs.manifest)
         return encode_response(vs.model, vs.version, outputs, req)
 
     async def _shadow(self, st: ModelState, served: VersionState, mirror: VersionState,
-                      req: InferRequest, served_out: dict[str, np.ndarray]) -> None:
+                      req: InferRequest, served_out: dict[str, np.ndarray],
+                      served_payload: tuple[Any, int] | None = None) -> None:
         """Send a copy of a served request to the other version and record their agreement
         (labelled stable/canary whichever way the copy went). Copies queue in their own
         bounded share and give way to real requests; a dropped or failed copy is counted
@@ -552,7 +560,10 @@ class Gateway:
         tags = {"model": served.model, "stable": str(st.policy.stable),
                 "canary": str(st.policy.canary)}
         try:
-            payload, rows = await mirror.admit(req)
+            if served_payload is not None and mirror.same_pixels(served):
+                payload, rows = served_payload
+            else:
+                payload, rows = await mirror.admit(req)
             out = await mirror.batcher.submit(payload, rows, shadow=True)
         except ShadowDropped:
             self.recorder.inc(M.SHADOW_REQUESTS, {**tags, "outcome": "dropped"})

@@ -209,7 +209,16 @@ def test_metadata_and_config_show_the_image_and_pixel_inputs(gateway):
     assert "pixel_values" in cfg["parameters"]["pixel_input"]["string_value"]
 
 
-def test_shadow_compares_image_versions(gateway, jpegs):
+def test_shadow_compares_image_versions(gateway, jpegs, monkeypatch):
+    import serving.tasks.image as image_task
+
+    decoded = []
+
+    def counting(images, *a, **k):
+        decoded.append(len(images))
+        return preprocess(images, *a, **k)
+
+    monkeypatch.setattr(image_task, "preprocess", counting)
     v1, v2 = gateway.v
     gateway.reconfigure({"models": {"pets": {"versions": {v1: {}, v2: {}}, "stable": v1,
                                              "canary": v2, "canary_weight": 0.0,
@@ -226,6 +235,8 @@ def test_shadow_compares_image_versions(gateway, jpegs):
     scores = [c[3] for c in rec.of(M.SHADOW_AGREEMENT)]
     assert scores == [1.0, 1.0, 1.0]  # the same weights: the same top-1 on every image
     assert {c[0] for c in gateway.calls} == {v1, v2}
+    # the same preprocessing: the mirror ran on the served request's pixels, decoded once
+    assert decoded == [3]
 
 
 def test_the_openapi_document_has_an_image_example_that_the_gateway_answers(gateway):
