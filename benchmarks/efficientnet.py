@@ -41,7 +41,7 @@ import json
 import sys
 from pathlib import Path
 
-from benchmarks.variant_rounds import medians_and_ratios, optimize_and_measure
+from tests.support.variant_rounds import medians_and_ratios, optimize_and_measure
 from serving.runtimes import available_cpus
 from tests.support.optimize_args import optimize_args, split_passthrough
 

@@ -25,7 +25,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from benchmarks.variant_rounds import medians_and_ratios, optimize_and_measure
+from tests.support.variant_rounds import medians_and_ratios, optimize_and_measure
 from serving.runtimes import available_cpus
 from tests.support.optimize_args import optimize_args, split_passthrough
 

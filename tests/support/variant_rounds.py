@@ -1,6 +1,6 @@
-"""Shared by the benchmarks that optimize a model and then compare its variants: one optimize
-run, then every variant's throughput at one batch size measured round after round (every
-variant once per round, each measurement in its own fresh process), and the medians."""
+"""Shared by the benchmarks that optimize a model and compare its variants: one optimize run,
+then every variant's throughput at one batch size measured round after round (every variant
+once per round, each measurement in its own fresh process), and the medians."""
 
 from __future__ import annotations
 
