@@ -33,13 +33,21 @@ REPLICA_MESSAGE_BYTES = str(2**31 - 1)
 RAY_DEFAULT_PORTS = frozenset({6379, 8265, 10001, 52365, 52366, 8076})
 
 
+_GIVEN: set[int] = set()
+
+
 def free_port() -> int:
-    """A port free now on the loopback interface, never one Ray takes by default."""
+    """A port free now on the loopback interface, never one Ray takes by default, nor one this
+    process was already given (the kernel may hand the same free port out twice in a row: a
+    dashboard and a metrics port chosen back to back once collided)."""
     while True:
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]
-        if port not in RAY_DEFAULT_PORTS:
+        if port not in RAY_DEFAULT_PORTS and port not in _GIVEN:
+            if len(_GIVEN) >= 4096:
+                _GIVEN.clear()
+            _GIVEN.add(port)
             return port
 
 

@@ -2,7 +2,10 @@
 
 A batch is dispatched when it holds ``max_batch_size`` rows, or when its oldest request has
 waited ``max_delay``, and only while fewer than ``max_inflight`` batches are running: while the
-model is busy, requests gather into the next batch, so batches grow with load.
+model is busy, requests gather into the next batch, so batches grow with load — up to
+``merge_batches`` times ``max_batch_size`` rows, which the caller runs as model calls of at most
+``max_batch_size`` rows each (one hop to the model for all of them, and texts regrouped by length
+over more rows pad less).
 
 Bounds (Triton's rules, and then some):
 
@@ -44,10 +47,17 @@ class BatchPolicy:
     max_delay_s: float = 0.002
     max_queue_rows: int = 2048
     max_inflight: int = 2
+    #: a dispatch takes up to this many max_batch_size batches of waiting rows
+    merge_batches: int = 1
     timeout_s: float | None = 30.0
     #: rows of mirrored copies allowed to wait (None: a quarter of max_queue_rows, at least a
     #: batch)
     max_shadow_rows: int | None = None
+
+    @property
+    def dispatch_rows(self) -> int:
+        """Most rows of one dispatch (each model run within it: at most max_batch_size)."""
+        return self.max_batch_size * self.merge_batches
 
     @property
     def shadow_limit(self) -> int:
@@ -257,7 +267,8 @@ class AdaptiveBatcher:
                             and self._waiting_rows < p.max_batch_size
                             and oldest + p.max_delay_s > time.perf_counter()):
                         continue
-            batch, rows = self._take(p.max_batch_size)
+            # a full batch goes at once; what waited while the model was busy goes together
+            batch, rows = self._take(p.dispatch_rows)
             if not batch:
                 continue
             self._inflight += 1

