@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -154,8 +155,9 @@ class ModelVersionDeployment:
         self.tags = {"model": model, "version": str(version)}
         self.config = VersionConfig()
         self.runtime = self._load(self.config)
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model")
-        self._busy_since: float | None = None
+        self._executor = ThreadPoolExecutor(max_workers=self._lanes, thread_name_prefix="model")
+        #: when each running batch began, by lane thread (the oldest decides "stuck")
+        self._busy: dict[int, float] = {}
         self._gpu = None
         if self.ref.manifest.device == "cuda":
             from .gpu import GpuSampler
@@ -166,28 +168,39 @@ class ModelVersionDeployment:
     def _load(self, cfg: VersionConfig):
         from .runtimes import RuntimeOptions, load_runtime
 
+        threads, lanes = cfg.layout(self.ref.manifest, _reserved_cpus())
         runtime = load_runtime(self.ref.manifest, self.ref.path, RuntimeOptions(
-            intra_op_threads=cfg.intra_op_threads or _reserved_cpus(),
+            intra_op_threads=threads,
             inter_op_threads=cfg.inter_op_threads, spin=cfg.spin))
         self.recorder.set(M.LOAD_TIME, self.tags, runtime.load_time_s)
-        log.info("loaded %s:%s (%s) on %s in %.2f s", self.ref.name, self.ref.version,
-                 self.ref.manifest.variant, runtime.providers, runtime.load_time_s)
+        log.info("loaded %s:%s (%s) on %s in %.2f s: %d lane(s) x %d thread(s)",
+                 self.ref.name, self.ref.version, self.ref.manifest.variant, runtime.providers,
+                 runtime.load_time_s, lanes, threads)
+        self._lanes = lanes  # once loaded: a refused config leaves the running one whole
         return runtime
 
     def reconfigure(self, user_config: dict) -> None:
         cfg = VersionConfig.model_validate(user_config or {})
         if cfg != self.config:
+            lanes = self._lanes
             self.runtime = self._load(cfg)
+            if self._lanes != lanes:
+                # batches already running finish on the old lanes
+                old, self._executor = self._executor, ThreadPoolExecutor(
+                    max_workers=self._lanes, thread_name_prefix="model")
+                old.shutdown(wait=False)
             self.config = cfg
 
     def stuck_for(self) -> float:
-        """Seconds the batch now running has been running (0: none), for the health check."""
-        since = self._busy_since
+        """Seconds the oldest batch now running has been running (0: none), for the health
+        check."""
+        since = min(self._busy.values(), default=None)
         return 0.0 if since is None else time.monotonic() - since
 
     def _run(self, groups):
         t0 = time.perf_counter()
-        self._busy_since = time.monotonic()
+        lane = threading.get_ident()
+        self._busy[lane] = time.monotonic()
         try:
             out = [self.runtime.run(g) for g in groups]
         except InputRejected:
@@ -199,7 +212,7 @@ class ModelVersionDeployment:
             raise ModelExecutionError(f"{self.ref.name}:{self.ref.version} failed on a batch: "
                                       f"{type(e).__name__}: {str(e)[:500]}") from None
         finally:
-            self._busy_since = None
+            self._busy.pop(lane, None)
         return out, time.perf_counter() - t0
 
     async def infer(self, groups):
@@ -210,8 +223,9 @@ class ModelVersionDeployment:
         return out
 
     def _stuck(self) -> str | None:
-        """Why this replica cannot serve: its single model thread has been on one batch past
-        the request timeout (a batch the gateway gave up on; nothing else can run)."""
+        """Why this replica cannot serve: a model thread has been on one batch past the limit
+        (a batch the gateway gave up on; with one lane nothing else can run, with several the
+        replica serves at a fraction of its capacity until it is replaced)."""
         limit = settings().model_stuck_after_s
         if self.stuck_for() > limit:
             return (f"{self.ref.name}:{self.ref.version}: a batch has been running for "

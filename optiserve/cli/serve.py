@@ -76,6 +76,8 @@ def serve_command(
                 refs.append((name, repo.get(name, version).version))
         except (ValueError, RepositoryError) as e:
             fail(str(e))
+        from serving.config import VersionConfig
+
         from ..sizing import machine_cpus, plan
 
         on_cuda = [f"{m}:{v} ({repo.get(m, v).manifest.variant})" for m, v in refs
@@ -89,15 +91,22 @@ def serve_command(
         layout = plan(machine_cpus(), n_gpus, versions=len(refs), replicas=replicas,
                       threads=threads, cpus_per_replica=cpus, gateway_replicas=gateway_replicas,
                       gpus_per_replica=gpus if n_gpus else None)
+        # CPU versions without --threads: the replica picks lanes or threads for its runtime
+        # from the CPUs it reserved (VersionConfig.layout); else that many threads per call
+        runtime = {ref: {} if threads is None and repo.get(*ref).manifest.device == "cpu"
+                   else {"intra_op_threads": layout.threads} for ref in refs}
         if not print_config:
-            console.print(f"layout: {layout.describe(len(refs))}", highlight=False)
+            lanes = " (ONNX Runtime on CPU: as single-thread lanes)" if any(
+                VersionConfig().layout(repo.get(*ref).manifest, layout.threads)[1] > 1
+                for ref, c in runtime.items() if not c) else ""
+            console.print(f"layout: {layout.describe(len(refs))}{lanes}", highlight=False)
         num_gpus = layout.gpus_per_replica if n_gpus else (gpus or 0.0)
         doc = build_serve_config(str(repo.root.resolve()), refs, host=host, port=port,
                                  version_cpus=layout.cpus_per_replica,
                                  version_replicas=layout.version_replicas,
                                  gateway_replicas=layout.gateway_replicas,
                                  gateway_cpus=layout.gateway_cpus, num_gpus=num_gpus,
-                                 threads=layout.threads)
+                                 runtime=runtime)
     if print_config:
         console.print(yaml.safe_dump(doc, sort_keys=False), highlight=False, markup=False)
         return

@@ -10,8 +10,9 @@ leaves every other application untouched.
 A canary shares its stable's CPUs while both run. The sizing rule fills a machine (on 2 CPUs:
 gateway 0.25 + model 1.75), so a copy asking for the stable's 1.75 CPUs more could not be
 scheduled anywhere (measured: the rollout waited out its deploy timeout). The copy reserves no
-CPU and keeps the stable's threads; it asks for the ``optiserve_model`` resource instead, which
-every node that runs models offers, so it lands beside models and never on a head with no CPUs.
+CPU and keeps the stable's threads and lanes (the stable's CPUs in ``user_config.cpus``); it
+asks for the ``optiserve_model`` resource instead, which every node that runs models offers, so
+it lands beside models and never on a head with no CPUs.
 When the canary outlives the stable it borrowed from (promotion), the same apply gives it the
 stable's full reservation back; it is started with a surge (``max_surge_percent`` 100), so the
 borrowing replica serves until its replacement is up.
@@ -115,8 +116,8 @@ def _borrow_cpus(dep: dict) -> None:
     if actor.get("num_gpus") or cpus == 0:
         return  # a GPU is not shared this way; nothing to borrow
     uc = dep.setdefault("user_config", {})
-    # the threads the template runs with: set, or what the replica derives from its CPUs
-    uc.setdefault("intra_op_threads", max(1, math.ceil(cpus - 1e-9)))
+    # the threads and lanes the template runs with: the replica derives them from its CPUs
+    uc.setdefault("cpus", max(1, math.ceil(cpus - 1e-9)))
     actor["num_cpus"] = 0
     actor["resources"] = {**(actor.get("resources") or {}), MODEL_RESOURCE: 1}
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -297,8 +298,20 @@ def _sized(values: dict) -> tuple:
     (v,) = model["versions"].values()
     replicas = gw["replicas"] if gw["replicas"] is not None else \
         values["workers"]["cpu"]["replicas"]
-    return (replicas, gw["numCpus"], v["replicas"], v["numCpus"],
-            v["runtime"]["intra_op_threads"])
+    return (replicas, gw["numCpus"], v["replicas"], v["numCpus"], _model_threads(v))
+
+
+def _model_threads(version_values: dict) -> int:
+    """Threads a replica of the default (ONNX Runtime, CPU) model runs, lanes x threads, as the
+    replica resolves its runtime values (serving.config.VersionConfig.layout)."""
+    from types import SimpleNamespace
+
+    from serving.config import VersionConfig
+
+    onnx_cpu = SimpleNamespace(name="minilm", version=1, runtime="onnxruntime", device="cpu")
+    threads, lanes = VersionConfig.model_validate(version_values.get("runtime") or {}).layout(
+        onnx_cpu, math.ceil(version_values["numCpus"]))
+    return threads * lanes
 
 
 @pytest.mark.parametrize("values_file", [None, "production"])
@@ -353,7 +366,7 @@ def test_serve_config_equals_what_the_serving_code_builds(rendered):
                               version_cpus=layout.cpus_per_replica,
                               gateway_cpus=layout.gateway_cpus,
                               gateway_replicas=layout.gateway_replicas,
-                              version_replicas=layout.version_replicas, threads=layout.threads)
+                              version_replicas=layout.version_replicas)
     # version keys are strings in the chart's YAML, as in JSON (what Ray's REST API receives)
     assert got == json.loads(json.dumps(want))
 
@@ -366,9 +379,10 @@ def test_serve_config_carries_the_traffic_split_and_batching(rendered):
         (1, 2, 10, 0.2)
     assert route["sticky_header"] == "X-Session-Id"
     assert route["versions"]["1"]["max_batch_size"] == 32
-    # two batches in flight per replica unless set
+    # two batches in flight per lane of each replica unless set: v1 asks for 2 intra-op threads
+    # (one lane) on 2 replicas, v2 runs the default lanes (one per CPU: 2) on up to 4 replicas
     assert route["versions"]["1"]["max_inflight_batches"] == 4
-    assert route["versions"]["2"]["max_inflight_batches"] == 8
+    assert route["versions"]["2"]["max_inflight_batches"] == 16
     apps = {a["name"]: a for a in doc["applications"]}
     v2 = apps["minilm-v2"]["deployments"][0]
     assert v2["autoscaling_config"]["max_replicas"] == 4 and "num_replicas" not in v2

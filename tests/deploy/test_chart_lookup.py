@@ -90,7 +90,7 @@ def test_upgrade_keeps_the_controllers_split_and_canary(helm, api):
     validate_serve_config(doc, repository_check=False)
     assert gateway_route(doc, "minilm") == {
         # values' batching wins for v1 (values declare it); v2's comes from the controller
-        "versions": {"1": {"max_inflight_batches": 2}, "2": {"max_inflight_batches": 8}},
+        "versions": {"1": {"max_inflight_batches": 4}, "2": {"max_inflight_batches": 8}},
         "stable": 1, "canary": 2, "canary_weight": 25, "shadow": 0.1}
     apps = apps_by_name(doc)
     assert list(apps) == ["optiserve", "minilm-v1", "minilm-v2"]

@@ -301,16 +301,45 @@ def test_a_replica_stuck_on_a_batch_fails_its_health_check_and_readiness(monkeyp
         replica = object.__new__(ModelVersionDeployment.func_or_class)
         replica.ref = SimpleNamespace(name="m", version=3)
         replica.runtime = object()
-        replica._busy_since = None
+        replica._busy = {}
         asyncio.run(replica.check_health())
         assert asyncio.run(replica.ready())
-        replica._busy_since = time.monotonic() - 2  # busy, within the limit: healthy
+        replica._busy = {1: time.monotonic() - 2}  # busy, within the limit: healthy
         asyncio.run(replica.check_health())
         assert asyncio.run(replica.ready())
-        replica._busy_since = time.monotonic() - 6
+        replica._busy = {1: time.monotonic() - 1, 2: time.monotonic() - 6}  # one lane stuck
         with pytest.raises(RuntimeError, match=r"m:3: a batch has been running for 6 s "
                                                r"\(limit 5 s\); the model is stuck"):
             asyncio.run(replica.check_health())
         assert not asyncio.run(replica.ready())
     finally:
         S.settings.cache_clear()
+
+
+def test_while_the_model_is_busy_waiting_rows_go_together_up_to_merge_batches():
+    async def main():
+        model, obs = Model(delay=0.05), Recording()
+        b = AdaptiveBatcher(model, BatchPolicy(max_batch_size=8, max_delay_s=0.01,
+                                               max_inflight=1, merge_batches=4), observer=obs)
+        first = asyncio.ensure_future(b.submit("first", 1))
+        await asyncio.sleep(0.02)  # "first" is running: the rest gather behind it
+        rest = await asyncio.gather(*[b.submit(i, 1) for i in range(40)])
+        assert await first == "out:first"
+        assert rest == [f"out:{i}" for i in range(40)]
+        # one row alone, then a dispatch of 4 x 8 rows, then what is left
+        assert obs.sizes == [1, 32, 8]
+    run(main())
+
+
+def test_an_idle_model_gets_a_full_batch_at_once_without_waiting_for_more():
+    async def main():
+        model, obs = Model(delay=0.0), Recording()
+        b = AdaptiveBatcher(model, BatchPolicy(max_batch_size=8, max_delay_s=5.0,
+                                               max_inflight=1, merge_batches=4), observer=obs)
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        await asyncio.gather(*[b.submit(i, 1) for i in range(8)])
+        # a full batch of max_batch_size rows does not wait max_delay for merge_batches more
+        assert loop.time() - t0 < 1.0
+        assert obs.sizes == [8]
+    run(main())

@@ -167,8 +167,16 @@ app.kubernetes.io/part-of: optiserve
 {{- if gt $version $highest -}}{{- $highest = $version -}}{{- end -}}
 {{- $autoscaling := $v.autoscaling | default dict -}}
 {{- $replicas := int (ternary ($autoscaling.max_replicas | default 1) ($v.replicas | default 1) (not (empty $autoscaling))) -}}
-{{- /* two batches in flight per model replica: one computing, the next one ready */ -}}
-{{- $batching := merge (deepCopy ($v.batching | default dict)) (dict "max_inflight_batches" (mul 2 $replicas)) -}}
+{{- /* two batches in flight per lane of each model replica: one computing, the next one ready.
+       Lanes as serving.config.lanes_of reads them: runtime.lanes, else 1 with
+       runtime.intra_op_threads, else one per reserved CPU (ONNX Runtime on CPU) */ -}}
+{{- $runtime := $v.runtime | default dict -}}
+{{- $cpus := ternary 1 $v.numCpus (kindIs "invalid" $v.numCpus) -}}
+{{- $lanes := 1 -}}
+{{- if $runtime.lanes -}}{{- $lanes = int $runtime.lanes -}}
+{{- else if not $runtime.intra_op_threads -}}{{- $lanes = max 1 (int (ceil (float64 $cpus))) -}}
+{{- end -}}
+{{- $batching := merge (deepCopy ($v.batching | default dict)) (dict "max_inflight_batches" (mul 2 $replicas $lanes)) -}}
 {{- $_ := set $versions (toString $version) $batching -}}
 {{- $name := printf "%s-v%d" $model $version -}}
 {{- $actor := dict "num_cpus" (ternary 1 $v.numCpus (kindIs "invalid" $v.numCpus)) -}}

@@ -319,7 +319,7 @@ def test_a_canary_shares_its_stables_cpus_and_gets_the_full_share_when_it_outliv
     run_for(ctl, clock, 5)
     dep = next(a for a in target.doc["applications"] if a["name"] == "m-v2")["deployments"][0]
     assert dep["ray_actor_options"] == {"num_cpus": 0, "resources": {MODEL_RESOURCE: 1}}
-    assert dep["user_config"] == {"intra_op_threads": 2}  # the stable's threads (ceil 1.75)
+    assert dep["user_config"] == {"cpus": 2}  # the stable's threads and lanes (ceil 1.75)
     validate_serve_config(target.doc, repository_check=False)
     target.deploying.clear()
     run_until(ctl, clock, lambda st: st.phase == "promoted")

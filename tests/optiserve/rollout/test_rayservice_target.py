@@ -128,7 +128,7 @@ def test_a_canary_is_deployed_as_a_copy_of_stable_and_retired_versions_removed()
     assert v5["args"] == {"repository": "/models", "model": "minilm", "version": 5}
     assert v5["deployments"][0]["name"] == "minilm-v5"
     assert v5["deployments"][0]["num_replicas"] == 3  # stable's resources and threads
-    assert v5["deployments"][0]["user_config"] == {"intra_op_threads": 2}
+    assert v5["deployments"][0]["user_config"] == {"intra_op_threads": 2, "cpus": 1}
     t = target.read("minilm")
     assert (t.versions, t.deployed) == ((1,), (1, 2, 5))  # deployed, not routed yet
     target.apply("minilm", split(stable=5, canary=None, weight=0, shadow=0, routed=(5,),
