@@ -84,7 +84,10 @@ def load_inputs(path: str | None, metadata: dict, json_body: bool = False
         for _ in range(64):
             row = {}
             for t in inputs:
-                shape = [1, *[d if d > 0 else 8 for d in t["shape"][1:]]]
+                # one row where the first dimension is variable (the batch dimension); a model
+                # without one (Triton's max_batch_size 0: [3, 5]) gets its shape as declared
+                dims = t["shape"] or [-1]
+                shape = [1 if _batched(t) else dims[0], *[d if d > 0 else 8 for d in dims[1:]]]
                 dt = {"FP32": np.float32, "FP16": np.float16, "FP64": np.float64,
                       "INT64": np.int64, "INT32": np.int32}.get(t["datatype"], np.float32)
                 row[t["name"]] = rng.standard_normal(shape).astype(dt)
@@ -95,7 +98,26 @@ def load_inputs(path: str | None, metadata: dict, json_body: bool = False
     with np.load(path, allow_pickle=False) as z:
         arrays = {k: z[k] for k in z.files}
     n = len(next(iter(arrays.values())))
-    return [{k: v[i:i + 1] for k, v in arrays.items()} for i in range(n)]
+    # the file's first axis counts requests: each one's row keeps a batch dimension of 1 for the
+    # inputs that have one, and is the input's whole tensor for those that do not
+    batched = {t["name"]: _batched(t) for t in inputs}
+    return [{k: v[i:i + 1] if batched.get(k, True) else v[i] for k, v in arrays.items()}
+            for i in range(n)]
+
+
+def _batched(spec: dict) -> bool:
+    """Whether an input's first dimension is variable, the one rows are stacked on (Triton
+    declares a fixed first dimension only for models without batching, max_batch_size 0)."""
+    return not spec["shape"] or spec["shape"][0] < 0
+
+
+def check_rows(metadata: dict, rows: int) -> None:
+    """``rows`` per request need every input to have a batch dimension to stack them on."""
+    fixed = [t for t in metadata["inputs"] if not _batched(t)]
+    if rows > 1 and fixed:
+        raise ValueError(f"--rows {rows}: input {fixed[0]['name']!r} of model "
+                         f"{metadata.get('name')!r} has no batch dimension (shape "
+                         f"{fixed[0]['shape']}): one tensor per request, --rows 1")
 
 
 def _image_rows(folder: Path, metadata: dict, json_body: bool) -> list[dict[str, np.ndarray]]:
@@ -130,9 +152,10 @@ def _table_rows(path: str, inputs: list[dict]) -> list[dict[str, np.ndarray]]:
     from optimizers.rows import read_rows
 
     spec = inputs[0]
-    if len(inputs) != 1 or len(spec["shape"]) != 2:
+    if len(inputs) != 1 or len(spec["shape"]) != 2 or not _batched(spec):
         raise ValueError(f"{path}: CSV/NPY rows fit models with one 2-D input (rows x features);"
-                         f" this one takes {', '.join(i['name'] for i in inputs)}; use .npz")
+                         f" this one takes {', '.join(i['name'] for i in inputs)} "
+                         f"{spec['shape']}; use .npz")
     features = spec["shape"][1] if spec["shape"][1] > 0 else None
     rows, _ = read_rows(path, features)
     dtype = {"FP32": np.float32, "FP64": np.float64, "FP16": np.float16}.get(spec["datatype"])

@@ -41,7 +41,7 @@ def bench_command(
                                       "per request)."),
 ) -> None:
     """Send inference load and report latency percentiles, throughput and errors by code."""
-    from ..bench import BenchOptions, fetch_metadata, load_inputs, run_bench
+    from ..bench import BenchOptions, check_rows, fetch_metadata, load_inputs, run_bench
 
     if concurrency is not None and rate is not None:
         fail("choose --concurrency (closed loop) or --rate (open loop), not both")
@@ -53,6 +53,7 @@ def bench_command(
         fail(f"--protocol must be http, grpc or openai, got {protocol!r}")
     try:
         meta = fetch_metadata(url, model, version, protocol)
+        check_rows(meta, rows)
         inputs = load_inputs(input_file, meta, json_body)
     except (RuntimeError, ValueError, OSError) as e:
         fail(str(e))

@@ -49,8 +49,12 @@ class Server:
     """A server command in its own session on a free loopback port; stop() ends its group."""
 
     def __init__(self, name: str, cmd: list[str], port: int, log: Path, batched: bool,
-                 env: dict | None = None, cwd: Path | None = None):
+                 env: dict | None = None, cwd: Path | None = None,
+                 ready_path: str | None = None):
+        """``ready_path``: a GET answered 200 once the server is ready (e.g.
+        ``/v2/health/ready``); without it, readiness is a minilm inference."""
         self.name, self.cmd, self.log_path, self.batched = name, cmd, log, batched
+        self.ready_path = ready_path
         self.cwd = cwd or ROOT
         self.url = f"http://127.0.0.1:{port}"
         self.env = {**os.environ, "COLUMNS": "200", **(env or {})}
@@ -66,10 +70,15 @@ class Server:
                 raise RuntimeError(f"{self.name} exited {self.proc.returncode}:\n"
                                    + self.log_path.read_text()[-3000:])
             try:
-                infer(self.url, ["warm"], self.batched, timeout=5)
+                if self.ready_path:
+                    urllib.request.urlopen(self.url + self.ready_path, timeout=5).close()
+                else:
+                    infer(self.url, ["warm"], self.batched, timeout=5)
                 return self
             except urllib.error.HTTPError as e:
-                if e.code not in (404, 503):  # not a not-yet-ready answer: a wrong request
+                # a health check's refusal is "not yet"; an inference's other than 404/503 is a
+                # wrong request
+                if e.code not in (404, 503) and not self.ready_path:
                     self.stop()
                     raise RuntimeError(f"{self.name} answered {e.code}: "
                                        f"{e.read()[:500]!r}") from None

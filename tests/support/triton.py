@@ -1,10 +1,13 @@
-"""Triton Inference Server 2.51 on CPU, for the benchmarks that compare optiserve with it.
+"""Triton Inference Server 2.51 on CPU, for the benchmarks that compare optiserve with it and the
+tests that point optiserve's clients at it.
 
 Triton runs here from the binary inside the ``nvidia-pytriton==0.7.0`` wheel (python backend
-only), installed on first use into a cache directory with ``numpy<2``, onnxruntime and
-tokenizers. Its minilm model (``model.py`` written here) tokenizes the merged requests once with
-the version's ``tokenizer.json`` and runs one ONNX Runtime call per batch on the same
-``model.onnx`` optiserve serves.
+only), installed on first use into a cache directory: for the benchmarks with ``numpy<2``,
+onnxruntime and tokenizers (:data:`TRITON_PACKAGES`); for the tests, whose models are pure
+numpy, with the wheel and ``numpy<2`` alone (:data:`TRITON_LEAN_PACKAGES`). The benchmarks'
+minilm model (``model.py`` written here) tokenizes the merged requests once with the version's
+``tokenizer.json`` and runs one ONNX Runtime call per batch on the same ``model.onnx`` optiserve
+serves.
 """
 
 from __future__ import annotations
@@ -14,11 +17,18 @@ import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 from .harness import free_port
 
 TRITON_PACKAGES = ["nvidia-pytriton==0.7.0", "numpy<2", "onnxruntime", "tokenizers"]
+
+#: enough for python-backend models written in numpy: the server, backend and stub come in the
+#: wheel, and the stub imports numpy only. Installed without the wheel's own dependencies
+#: (tritonclient, grpcio, typer, ... are pytriton's Python API, which Triton never imports):
+#: a fresh install is then two wheels instead of ~60 packages
+TRITON_LEAN_PACKAGES = ["nvidia-pytriton==0.7.0", "numpy<2"]
 
 
 TRITON_MODEL_PY = '''\
@@ -80,15 +90,25 @@ class TritonPythonModel:
 '''
 
 
-def triton_install(cache: Path) -> tuple[Path, dict]:
+def triton_install(cache: Path, packages: Sequence[str] = TRITON_PACKAGES,
+                   deps: bool = True) -> tuple[Path, dict]:
     """Triton's directory (binary, python backend and stub) and the environment it runs with;
-    the venv and the copy out of the wheel are made on first use."""
+    the venv (``packages``, with their dependencies unless ``deps`` is false) and the copy out
+    of the wheel are made in ``cache`` on first use. A cache holds one package set: give each
+    set its own."""
     venv = cache / "triton-venv"
     py = venv / "bin" / "python"
     if not py.exists():
         print(f"installing Triton's venv in {venv} ...", flush=True)
-        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
-        subprocess.run([str(py), "-m", "pip", "install", "-q", *TRITON_PACKAGES], check=True)
+        # built aside and renamed when complete: an interrupted install is not taken for one
+        # (python finds its venv from pyvenv.cfg beside bin/python, so the rename is safe)
+        part = cache / "triton-venv.partial"
+        shutil.rmtree(part, ignore_errors=True)
+        subprocess.run([sys.executable, "-m", "venv", str(part)], check=True)
+        subprocess.run([str(part / "bin" / "python"), "-m", "pip", "install", "-q",
+                        "--disable-pip-version-check", *([] if deps else ["--no-deps"]),
+                        *packages], check=True)
+        part.rename(venv)
     info = json.loads(subprocess.run(
         [str(py), "-c", ("import json, sys, sysconfig; print(json.dumps(["
                          "sysconfig.get_paths()['purelib'], sysconfig.get_config_var('LIBDIR'), "
@@ -131,12 +151,15 @@ def triton_repository(work: Path, version_dir: Path, manifest, threads: int,
     return models
 
 
-def triton_command(server: Path, models: Path, port: int) -> list[str]:
+def triton_command(server: Path, models: Path, port: int, grpc_port: int | None = None,
+                   metrics_port: int | None = None) -> list[str]:
+    """Triton serving ``models`` on loopback: HTTP on ``port``, gRPC and metrics on the ports
+    given (free ones when not)."""
     return [str(server / "bin" / "tritonserver"), f"--model-repository={models}",
             f"--backend-directory={server / 'backends'}",
             f"--cache-directory={server / 'caches'}",
             "--http-address=127.0.0.1", f"--http-port={port}",
-            "--grpc-address=127.0.0.1", f"--grpc-port={free_port()}",
-            "--metrics-address=127.0.0.1", f"--metrics-port={free_port()}",
+            "--grpc-address=127.0.0.1", f"--grpc-port={grpc_port or free_port()}",
+            "--metrics-address=127.0.0.1", f"--metrics-port={metrics_port or free_port()}",
             "--exit-timeout-secs=20", "--log-verbose=0"]
 
