@@ -93,8 +93,9 @@ def trial_doc(base: dict, model: str, version: int, config: dict, cpus_per_repli
     route = gateway_user_config(doc)["models"][model]
     batching = dict(route["versions"].get(version) or route["versions"].get(str(version)) or {})
     batching.update(max_batch_size=config["max_batch_size"], max_delay_ms=config["max_delay_ms"],
-                    # two batches in flight per model replica: one computing, one ready
-                    max_inflight_batches=2 * config["replicas"])
+                    # two batches in flight per lane of each model replica: one computing,
+                    # one ready (a replica runs as many lanes as CPUs at most)
+                    max_inflight_batches=2 * config["replicas"] * config["threads"])
     route["versions"].pop(str(version), None)
     route["versions"][version] = batching
     name = version_app_name(model, version)
@@ -104,7 +105,11 @@ def trial_doc(base: dict, model: str, version: int, config: dict, cpus_per_repli
     actor = dict(dep.get("ray_actor_options") or {})
     actor["num_cpus"] = cpus_per_replica
     dep["ray_actor_options"] = actor
-    dep["user_config"] = {**(dep.get("user_config") or {}), "intra_op_threads": config["threads"]}
+    # the replica runs "threads" CPUs as optiserve serve would: single-thread lanes with ONNX
+    # Runtime on CPU, intra-op threads otherwise (serving.config.VersionConfig.layout)
+    runtime = {k: v for k, v in (dep.get("user_config") or {}).items()
+               if k not in ("intra_op_threads", "lanes")}
+    dep["user_config"] = {**runtime, "cpus": config["threads"]}
     _deployment(_app(doc, GATEWAY_APP), GATEWAY_DEPLOYMENT)["num_replicas"] = \
         config["gateway_replicas"]
     return doc

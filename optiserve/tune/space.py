@@ -6,7 +6,7 @@ or a range::
     max_batch_size: [1, 4, 8, 16, 32]          # rows per model call (gateway batching)
     max_delay_ms: {low: 0, high: 8, points: 4}  # wait for batch-mates (gateway batching)
     replicas: [1, 2]                            # model replicas of the version (layout)
-    threads: [1, 2]                             # intra-op threads per model replica (layout)
+    threads: [1, 2]                             # CPUs per model replica: its lanes or threads
     gateway_replicas: [1, 2]                    # gateway replicas (layout)
 
 Parameters left out take the value the machine's default layout / the manifest gives (one
@@ -64,7 +64,8 @@ class SearchSpace(_Strict):
     max_batch_size: Values | None = Field(None, description="Most rows per model call.")
     max_delay_ms: Values | None = Field(None, description="Longest a row waits for batch-mates.")
     replicas: Values | None = Field(None, description="Model replicas of the tuned version.")
-    threads: Values | None = Field(None, description="Intra-op threads per model replica.")
+    threads: Values | None = Field(None, description="CPUs per model replica: single-thread "
+                                   "lanes with ONNX Runtime on CPU, intra-op threads otherwise.")
     gateway_replicas: Values | None = Field(None, description="Gateway replicas.")
 
     @model_validator(mode="after")

@@ -276,10 +276,12 @@ def test_trial_doc_changes_batching_and_only_the_tuned_version():
     doc = trial_doc(base, "m", 1, config, per_replica)
     validate_serve_config(doc, repository_check=False)
     v1 = gateway_user_config(doc)["models"]["m"]["versions"][1]
-    assert (v1["max_batch_size"], v1["max_delay_ms"], v1["max_inflight_batches"]) == (16, 2.0, 4)
+    # two in flight per lane: 2 replicas x 2 CPUs (lanes with ONNX Runtime on CPU)
+    assert (v1["max_batch_size"], v1["max_delay_ms"], v1["max_inflight_batches"]) == (16, 2.0, 8)
     apps = {a["name"]: a for a in doc["applications"]}
     dep = apps["m-v1"]["deployments"][0]
-    assert dep["num_replicas"] == 2 and dep["user_config"] == {"intra_op_threads": 2}
+    # the replica runs its 2 CPUs as optiserve serve would (lanes or threads for its runtime)
+    assert dep["num_replicas"] == 2 and dep["user_config"] == {"cpus": 2}
     # 4 CPUs - 2 gateways x 0.25 - m-v2's 0.5 = 3 CPUs for 2 replicas: 1.5 each, capped at 2
     assert dep["ray_actor_options"]["num_cpus"] == 1.5
     assert apps["m-v2"] == {a["name"]: a for a in base["applications"]}["m-v2"]
