@@ -46,6 +46,30 @@ so its requests carry it and optiserve's don't: the bodies differ by that only. 
 70 s per server and round (optiserve's start and settling included): 3 rounds of Triton, optiserve
 and one --optiserve-flags configuration took 632 s.
 
+Measured 2026-12-04 after model replicas run ONNX Runtime on CPU as single-thread lanes and the
+gateway merges what waits while the model is busy (``merge_batches``), the previous tree
+(1 replica x 2 intra-op threads, one batch per call) in the same run from its checkout, same
+machine and model, `--rounds 3 --seconds 8 --tree before=CHECKOUT`, medians:
+
+    server                   max sent/s  p99@max  p99@70%  CPU ms/req@max  @70%  idle cores
+    triton                        723.8   14.9 ms  628 ms            2.36  3.18        0.00
+    optiserve (lanes, merged)     728.7  139.1 ms   91 ms            2.64  3.47        0.10
+    optiserve@before              535.5   91.7 ms  209 ms            3.27  3.38        0.09
+    optiserve / triton             1.01      9.31     0.14           1.12  1.09
+
+    per round optiserve / triton: 0.98, 1.16, 1.03 (before: 0.71, 0.78, 0.76)
+    CPU ms/request at max    optiserve: model replica 2.11 (before 2.57), gateway 0.39 (0.51),
+                             the rest of Ray 0.14; triton: python stub 2.20, tritonserver 0.16
+
+Where it came from (profiled with py-spy under wrk at 32 connections, then measured): the model
+replica's ONNX Runtime calls were 77 % of its samples; per sentence, one intra-op thread costs
+less CPU than two (MiniLM INT8, texts of this load: 1.72 vs 2.01 ms at 32-row batches, 2.03 vs
+2.24 at 8), and length groups over 32 rows pad less than over 8 (1.72 vs 2.01 ms on one thread).
+Two replicas of one thread each did as well as two lanes in one replica (736 vs 717 sent/s in a
+2-round run, Triton 706) but hold two copies of the model. What lanes cost: a lone request runs
+on one thread (c=8 closed loop 378-399 vs 472-505 sent/s before; p99 at 8 connections 26-29 ms
+both).
+
 Measured 2026-12-04 after the gateway's HTTP moved to uvicorn (serving/ingress.py), the
 previous hand-written listener in the same run from its checkout, same machine and model,
 `--rounds 3 --seconds 8 --tree listener=CHECKOUT`, medians:
