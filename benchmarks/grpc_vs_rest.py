@@ -34,7 +34,7 @@ CPU, counted per request of the whole run. Targets (issue 24): optiserve gRPC >=
 and >= 0.9 of Triton's gRPC, in max rate at p99 <= 250 ms.
 
     python -m benchmarks.grpc_vs_rest --repository DIR [--rounds 3] [--seconds 5]
-        [--concurrency 8,32] [--triton-protocols grpc,http] [--json out.json]
+        [--concurrency 8,32,64] [--triton-protocols grpc,http] [--json out.json]
 
 DIR holds ``minilm`` (an ONNX version: ``--minilm-version``, default the newest
 onnx-int8-dynamic one, as benchmarks/serving_vs_triton.py) and a tensor
@@ -45,7 +45,19 @@ input x FP32 [-1, 16], an onnx-fp32 version). To add ``tiny`` to a repository th
         --task classification --name tiny --variants onnx-fp32 --min-time 0.1 \\
         --batch-sizes 1,8 --repository DIR -q
 
-Measured: see the closing note.
+Smoke run only (1 round, 3 s per point, concurrency 8 and 32; 2026-12-04, 2 busy cores, minilm:1
+onnx-int8-dynamic max_batch_size 8, tiny:1 onnx-fp32; 99 s): rows/s at p99 <= 250 ms (every
+point was under 100 ms: the best was at 32 clients, hence 64 in the default sweep) and CPU
+µs per request of the server's tree (front: gateway replica / tritonserver), medians of points:
+
+    case        optiserve REST   optiserve gRPC   Triton gRPC     Triton REST
+    sentence       464 (2910/520)   477 (3278/843)   699 (2405/130)   579 (2906/235)
+    tensor64    190016 (630/353)  82368 (1270/784) 389973 (186/123) 348267 (265/202)
+
+optiserve gRPC / REST 1.03 (sentence), 0.43 (tensors); optiserve gRPC / Triton gRPC 0.68, 0.21
+(target 0.9 not met); optiserve REST / Triton REST 0.80, 0.55. Same answers from both servers
+(min cosine 1.000000; tensors max abs difference 0). One round is no measurement: the numbers
+to cite come from a full run (3 rounds).
 """
 
 from __future__ import annotations
@@ -69,7 +81,14 @@ from serving.config import build_serve_config, gateway_user_config
 from serving.repository import ModelNotFoundError, ModelRepository
 from serving.runtimes import available_cpus
 from tests.support.harness import ServeProcess, free_port
-from tests.support.loadgen import Server, cpu_per_request, pick_version, settle, tree_cpu
+from tests.support.loadgen import (
+    Server,
+    client_cpu,
+    cpu_per_request,
+    pick_version,
+    settle,
+    tree_cpu,
+)
 from tests.support.triton import (
     triton_command,
     triton_install,
@@ -137,16 +156,18 @@ def measure(server: Running, model: str, inputs, rows: int, protocol: str, concu
     opts = BenchOptions(url=server.urls[protocol], model=model, concurrency=concurrency,
                         duration_s=seconds, warmup_s=1.0, rows_per_request=rows,
                         protocol=protocol, timeout_s=30)
-    before = tree_cpu(server.pid)
+    before, c0 = tree_cpu(server.pid), client_cpu()
     r = asyncio.run(run_bench(opts, inputs))
-    after = tree_cpu(server.pid)
+    after, c1 = tree_cpu(server.pid), client_cpu()
     sent = r.requests * (opts.duration_s + opts.warmup_s) / opts.duration_s
     cpu = cpu_per_request(before, after, round(sent))
     front = sum(s for g, s in cpu.items() if FRONT[server.name] in g)
     return {"rows_per_s": r.rows_per_s, "rps": r.throughput_rps, "p50": r.latency_ms.get("p50"),
             "p99": r.latency_ms.get("p99"), "errors": r.errors,
             "cpu_us_per_request": 1e6 * sum(cpu.values()), "front_cpu_us_per_request": 1e6 * front,
-            "cpu_us_by_group": {g: 1e6 * s for g, s in cpu.items() if s > 0}}
+            "cpu_us_by_group": {g: 1e6 * s for g, s in cpu.items() if s > 0},
+            # the load generator's own (this process): near a core, it is the limit
+            "client_cpu_us_per_request": 1e6 * (c1 - c0) / max(sent, 1)}
 
 
 def answers(grpc_url: str, model: str, requests: list[dict[str, np.ndarray]],
@@ -212,7 +233,8 @@ def server_round(server: Running, cases: dict, conc: list[int], protocols: list[
                 print(f"round {r + 1} {case:9} {server.name + '/' + protocol:14} c={c:3} "
                       f"{m['rows_per_s']:9.1f} rows/s p50 {m['p50'] or 0:.1f} ms "
                       f"p99 {m['p99'] or 0:.1f} ms CPU {m['cpu_us_per_request']:.0f} us/request "
-                      f"(front {m['front_cpu_us_per_request']:.0f}) "
+                      f"(front {m['front_cpu_us_per_request']:.0f}, client "
+                      f"{m['client_cpu_us_per_request']:.0f}) "
                       f"errors {m['errors'] or 'none'}", flush=True)
     return row
 
@@ -284,7 +306,7 @@ def main() -> None:
     ap.add_argument("--tensor-model", default="tiny")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--seconds", type=float, default=5.0)
-    ap.add_argument("--concurrency", default="8,32")
+    ap.add_argument("--concurrency", default="8,32,64")
     ap.add_argument("--triton-protocols", default="grpc,http",
                     help="Triton's protocols measured (grpc is the target's reference)")
     ap.add_argument("--triton-threads", type=int, default=available_cpus())
