@@ -4,7 +4,8 @@ load, on the same machine (rounds interleaved, medians reported).
 Both servers get the same OIP JSON requests (one sentence each, ``text`` BYTES, at
 ``/v2/models/minilm/infer``; Triton's with its batch dimension, see below) and must answer the same
 numbers (the graph's mean-pooled ``embedding``; cosine >= 0.99 checked on a few sentences when each
-server first starts). Per server and round it measures:
+server first starts). (optiserve's gRPC against Triton's, with 64-row tensors too:
+benchmarks/grpc_vs_rest.py.) Per server and round it measures:
 
 - max sentences/s with p99 <= 250 ms: a closed-loop wrk sweep over connection counts
   (``--concurrency``, ``--seconds`` each after a 2 s warm-up), varied sentences rotated by a Lua

@@ -7,7 +7,9 @@ onnxruntime and tokenizers (:data:`TRITON_PACKAGES`); for the tests, whose model
 numpy, with the wheel and ``numpy<2`` alone (:data:`TRITON_LEAN_PACKAGES`). The benchmarks'
 minilm model (``model.py`` written here) tokenizes the merged requests once with the version's
 ``tokenizer.json`` and runs one ONNX Runtime call per batch on the same ``model.onnx`` optiserve
-serves.
+serves; a tensor model (:func:`triton_tensor_model`) concatenates the merged requests' inputs and
+runs one ONNX Runtime call per batch, its inputs and outputs those of the manifest's
+``model_signature``.
 """
 
 from __future__ import annotations
@@ -90,6 +92,50 @@ class TritonPythonModel:
 '''
 
 
+TRITON_TENSOR_MODEL_PY = '''\
+"""An ONNX model for Triton's python backend: the merged requests' inputs concatenated along
+the batch dimension, one ORT call, the outputs cut back per request."""
+import json
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        import onnxruntime as ort
+
+        cfg = json.loads(args["model_config"])
+        p = {k: v["string_value"] for k, v in cfg["parameters"].items()}
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = int(p["threads"])
+        so.inter_op_num_threads = 1
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        so.add_session_config_entry("session.inter_op.allow_spinning", "0")
+        self.sess = ort.InferenceSession(p["model"], so, providers=["CPUExecutionProvider"])
+        self.inputs = [t["name"] for t in cfg["input"]]
+        self.outputs = [t["name"] for t in cfg["output"]]
+
+    def execute(self, requests):
+        # an exception escaping here can take the stub down: answer every request instead
+        try:
+            parts = {n: [pb_utils.get_input_tensor_by_name(r, n).as_numpy() for r in requests]
+                     for n in self.inputs}
+            counts = [len(a) for a in parts[self.inputs[0]]]
+            outs = self.sess.run(self.outputs, {n: np.concatenate(v) for n, v in parts.items()})
+            res, i = [], 0
+            for n in counts:
+                res.append(pb_utils.InferenceResponse(
+                    [pb_utils.Tensor(name, o[i:i + n]) for name, o in zip(self.outputs, outs)]))
+                i += n
+            return res
+        except Exception as e:
+            return [pb_utils.InferenceResponse(error=pb_utils.TritonError(f"model: {e}"))
+                    for _ in requests]
+'''
+
+
 def triton_install(cache: Path, packages: Sequence[str] = TRITON_PACKAGES,
                    deps: bool = True) -> tuple[Path, dict]:
     """Triton's directory (binary, python backend and stub) and the environment it runs with;
@@ -149,6 +195,41 @@ def triton_repository(work: Path, version_dir: Path, manifest, threads: int,
             f'  {{ key: "{k}" value: {{ string_value: "{v}" }} }}' for k, v in params.items())
         + "\n]\n")
     return models
+
+
+def _triton_type(datatype: str) -> str:
+    """An OIP datatype as Triton's config names it (BYTES is TYPE_STRING)."""
+    return "TYPE_STRING" if datatype == "BYTES" else f"TYPE_{datatype}"
+
+
+def triton_tensor_model(models: Path, name: str, version_dir: Path, manifest, threads: int,
+                        delay_us: int, max_batch_size: int) -> Path:
+    """A python-backend model ``name`` in Triton's repository ``models`` running the version's
+    ``model.onnx`` with ONNX Runtime (``threads`` intra-op threads, no spinning): inputs and
+    outputs those of the manifest's ``model_signature`` (their first dimension the batch),
+    dynamic batching up to ``max_batch_size`` rows with ``delay_us`` of queue delay."""
+    sig = manifest.model_signature
+
+    def tensors(specs) -> str:
+        return ", ".join(
+            f'{{ name: "{t.name}" data_type: {_triton_type(t.datatype)} '
+            f'dims: [ {", ".join(str(d) for d in t.shape[1:])} ] }}' for t in specs)
+
+    folder = models / name
+    (folder / "1").mkdir(parents=True, exist_ok=True)
+    (folder / "1" / "model.py").write_text(TRITON_TENSOR_MODEL_PY)
+    params = {"model": version_dir / manifest.model_file, "threads": threads}
+    (folder / "config.pbtxt").write_text(
+        'backend: "python"\n'
+        f"max_batch_size: {max_batch_size}\n"
+        f"input [ {tensors(sig.inputs)} ]\n"
+        f"output [ {tensors(sig.outputs)} ]\n"
+        f"dynamic_batching {{ max_queue_delay_microseconds: {delay_us} }}\n"
+        "instance_group [ { count: 1 kind: KIND_CPU } ]\n"
+        "parameters [\n" + ",\n".join(
+            f'  {{ key: "{k}" value: {{ string_value: "{v}" }} }}' for k, v in params.items())
+        + "\n]\n")
+    return folder
 
 
 def triton_command(server: Path, models: Path, port: int, grpc_port: int | None = None,
