@@ -45,19 +45,25 @@ input x FP32 [-1, 16], an onnx-fp32 version). To add ``tiny`` to a repository th
         --task classification --name tiny --variants onnx-fp32 --min-time 0.1 \\
         --batch-sizes 1,8 --repository DIR -q
 
-Smoke run only (1 round, 3 s per point, concurrency 8 and 32; 2026-12-04, 2 busy cores, minilm:1
-onnx-int8-dynamic max_batch_size 8, tiny:1 onnx-fp32; 99 s): rows/s at p99 <= 250 ms (every
-point was under 100 ms: the best was at 32 clients, hence 64 in the default sweep) and CPU
-µs per request of the server's tree (front: gateway replica / tritonserver), medians of points:
+Measured here (2026-12-04, 2 cores, minilm:1 onnx-int8-dynamic max_batch_size 8, tiny:1
+onnx-fp32 max_batch_size 256, both served at once with 1 CPU each, `--rounds 3 --seconds 5`,
+concurrency 8, 32, 64; 533 s): best rows/s at p99 <= 250 ms, medians (per round), and CPU µs
+per request of the server's tree (front: gateway replica / tritonserver):
 
-    case        optiserve REST   optiserve gRPC   Triton gRPC     Triton REST
-    sentence       464 (2910/520)   477 (3278/843)   699 (2405/130)   579 (2906/235)
-    tensor64    190016 (630/353)  82368 (1270/784) 389973 (186/123) 348267 (265/202)
+    case      server/protocol   rows/s                              CPU     front
+    sentence  optiserve REST       559 (559, 559, 540)              2489     388
+              optiserve gRPC       543 (545, 524, 543)              2852     688
+              Triton gRPC          712 (712, 733, 696)              2398     129
+              Triton REST          692 (692, 711, 662)              2482     187
+    tensor64  optiserve REST    224768 (204006, 224768, 226138)      375     224
+              optiserve gRPC     84109 (81587, 85376, 84109)        1163     729
+              Triton gRPC       411661 (438797, 411661, 406758)      169     106
+              Triton REST       351373 (351373, 392730, 339315)      224     161
 
-optiserve gRPC / REST 1.03 (sentence), 0.43 (tensors); optiserve gRPC / Triton gRPC 0.68, 0.21
-(target 0.9 not met); optiserve REST / Triton REST 0.80, 0.55. Same answers from both servers
-(min cosine 1.000000; tensors max abs difference 0). One round is no measurement: the numbers
-to cite come from a full run (3 rounds).
+optiserve gRPC / REST 0.98 (sentence), 0.38 (tensors); optiserve gRPC / Triton gRPC 0.77, 0.21
+(target 0.9 not met); optiserve REST / Triton REST 0.81, 0.58. Same answers from both servers
+(min cosine 1.000000; tensors max abs difference 0). grpcio's own floor per call:
+benchmarks/grpc_floor.py.
 """
 
 from __future__ import annotations

@@ -1,0 +1,174 @@
+"""What a Python gRPC server costs per call before any inference: a bare echo server on grpcio
+(``grpc.aio``, what the gateway replicas run, and the thread-pool ``grpc.server``) against a bare
+HTTP/1.1 echo on uvicorn with httptools (what they run for REST), the same payload and client
+concurrency, server CPU per request from /proc (utime + stime of the server process).
+
+It answers one question: how much of the gateway's gRPC cost per request is the library's own
+floor. Each server runs in its own process, one at a time, rounds interleaved, medians.
+
+    python -m benchmarks.grpc_floor [--requests 20000] [--payload 4200] [--concurrency 32]
+        [--rounds 3]
+
+Measured here (2 cores, 2026-12-04, 4,200-byte payloads (64 rows x 16 FP32 and framing), 32
+calls at once from an asyncio client in this process, 20,000 calls per point, 3 interleaved
+rounds, medians):
+
+    server              calls/s   server CPU per call
+    grpc.aio               4451        240 us
+    grpc (threads)         6639        154 us
+    http (uvicorn)        29484         34 us
+
+The gateway's own options (message limits, stream and connection caps, keepalive rules,
+maximum_concurrent_rpcs) changed nothing measurable (238-251 vs 240-243 us in two rounds). So of
+the gateway replica's 729 us per 64-row gRPC request (224 over REST; benchmarks/grpc_vs_rest.py)
+about 200 us is grpcio's asyncio server itself; the rest of the difference is not attributed
+(suspected: grpc's poller thread and the busy event loop trading the GIL on every call).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+from tests.support.harness import free_port
+
+AIO = '''
+import asyncio, grpc, sys
+async def main():
+    server = grpc.aio.server()
+    async def echo(req, ctx):
+        return req
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(
+        "echo.Echo", {"Echo": grpc.unary_unary_rpc_method_handler(echo)}),))
+    server.add_insecure_port("127.0.0.1:" + sys.argv[1])
+    await server.start()
+    print("ready", flush=True)
+    await server.wait_for_termination()
+asyncio.run(main())
+'''
+
+SYNC = '''
+import grpc, sys
+from concurrent.futures import ThreadPoolExecutor
+server = grpc.server(ThreadPoolExecutor(max_workers=8))
+server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(
+    "echo.Echo", {"Echo": grpc.unary_unary_rpc_method_handler(lambda r, c: r)}),))
+server.add_insecure_port("127.0.0.1:" + sys.argv[1])
+server.start()
+print("ready", flush=True)
+server.wait_for_termination()
+'''
+
+HTTP = '''
+import sys, uvicorn
+async def app(scope, receive, send):
+    if scope["type"] != "http":
+        return
+    body, more = b"", True
+    while more:
+        m = await receive()
+        body += m.get("body", b"")
+        more = m.get("more_body", False)
+    await send({"type": "http.response.start", "status": 200,
+                "headers": [(b"content-type", b"application/octet-stream"),
+                            (b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body})
+print("ready", flush=True)
+uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[1]), http="httptools", loop="asyncio",
+            access_log=False, log_level="warning", lifespan="off")
+'''
+
+
+def cpu_s(pid: int) -> float:
+    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def grpc_client(port: int, n: int, payload: bytes, concurrency: int) -> None:
+    import grpc
+
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
+        call = ch.unary_unary("/echo.Echo/Echo")
+        left = [n]
+
+        async def worker():
+            while left[0] > 0:
+                left[0] -= 1
+                assert len(await call(payload)) == len(payload)
+        await asyncio.gather(*[worker() for _ in range(concurrency)])
+
+
+async def http_client(port: int, n: int, payload: bytes, concurrency: int) -> None:
+    left = [n]
+
+    async def worker():
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        head = (b"POST /echo HTTP/1.1\r\nhost: x\r\ncontent-type: application/octet-stream\r\n"
+                b"content-length: %d\r\n\r\n" % len(payload))
+        while left[0] > 0:
+            left[0] -= 1
+            writer.write(head + payload)
+            status = await reader.readline()
+            assert status.startswith(b"HTTP/1.1 200"), status
+            length = 0
+            while (line := await reader.readline()) not in (b"\r\n", b""):
+                if line.lower().startswith(b"content-length:"):
+                    length = int(line.split(b":")[1])
+            assert len(await reader.readexactly(length)) == len(payload)
+        writer.close()
+    await asyncio.gather(*[worker() for _ in range(concurrency)])
+
+
+def measure(kind: str, n: int, payload: bytes, concurrency: int) -> dict:
+    port = free_port()
+    code = {"grpc.aio": AIO, "grpc (threads)": SYNC, "http (uvicorn)": HTTP}[kind]
+    proc = subprocess.Popen([sys.executable, "-c", code, str(port)], stdout=subprocess.PIPE,
+                            text=True)
+    try:
+        assert proc.stdout.readline().strip() == "ready"
+        client = grpc_client if kind.startswith("grpc") else http_client
+        for _ in range(50):  # the server's socket is up once a call goes through
+            try:
+                asyncio.run(client(port, concurrency, payload, concurrency))
+                break
+            except Exception:
+                time.sleep(0.1)
+        c0, t0 = cpu_s(proc.pid), time.perf_counter()
+        asyncio.run(client(port, n, payload, concurrency))
+        c1, t1 = cpu_s(proc.pid), time.perf_counter()
+    finally:
+        proc.kill()
+        proc.wait()
+    return {"rps": n / (t1 - t0), "server_cpu_us": 1e6 * (c1 - c0) / n}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--requests", type=int, default=20000)
+    ap.add_argument("--payload", type=int, default=4200)
+    ap.add_argument("--concurrency", type=int, default=32)
+    ap.add_argument("--rounds", type=int, default=3)
+    a = ap.parse_args()
+    payload = os.urandom(a.payload)
+    kinds = ["grpc.aio", "grpc (threads)", "http (uvicorn)"]
+    results: dict[str, list[dict]] = {k: [] for k in kinds}
+    for r in range(a.rounds):
+        for kind in (kinds if r % 2 == 0 else kinds[::-1]):
+            m = measure(kind, a.requests, payload, a.concurrency)
+            results[kind].append(m)
+            print(f"round {r + 1} {kind:15} {m['rps']:8.0f} calls/s, server CPU "
+                  f"{m['server_cpu_us']:6.0f} us/call", flush=True)
+    print(f"\n{a.rounds} rounds, medians; {a.payload}-byte payloads, {a.concurrency} calls at once")
+    for kind in kinds:
+        print(f"  {kind:15} {statistics.median(m['rps'] for m in results[kind]):8.0f} calls/s"
+              f"  server CPU {statistics.median(m['server_cpu_us'] for m in results[kind]):6.0f}"
+              " us/call")
+
+
+if __name__ == "__main__":
+    main()
