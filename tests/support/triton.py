@@ -33,6 +33,19 @@ TRITON_PACKAGES = ["nvidia-pytriton==0.7.0", "numpy<2", "onnxruntime", "tokenize
 TRITON_LEAN_PACKAGES = ["nvidia-pytriton==0.7.0", "numpy<2"]
 
 
+#: the ONNX Runtime session both python-backend models open: the same options as optiserve's
+#: runtime (intra-op threads from the model's parameters, no spinning)
+_ORT_SESSION = """\
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = int(p["threads"])
+        so.inter_op_num_threads = 1
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        so.add_session_config_entry("session.inter_op.allow_spinning", "0")
+        self.sess = ort.InferenceSession(p["model"], so, providers=["CPUExecutionProvider"])
+"""
+
+
 TRITON_MODEL_PY = '''\
 """minilm for Triton's python backend: tokenize the merged requests once, one ORT call."""
 import json
@@ -53,13 +66,7 @@ class TritonPythonModel:
         self.tok.enable_truncation(int(p["max_length"]))
         pad = self.tok.token_to_id("[PAD]")
         self.pad_id = 0 if pad is None else pad
-        so = ort.SessionOptions()
-        so.intra_op_num_threads = int(p["threads"])
-        so.inter_op_num_threads = 1
-        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        so.add_session_config_entry("session.inter_op.allow_spinning", "0")
-        self.sess = ort.InferenceSession(p["model"], so, providers=["CPUExecutionProvider"])
+__ORT_SESSION__
         self.ids, self.mask, self.out = p["ids_input"], p["mask_input"], p["output"]
 
     def execute(self, requests):
@@ -89,7 +96,7 @@ class TritonPythonModel:
         except Exception as e:
             return [pb_utils.InferenceResponse(error=pb_utils.TritonError(f"minilm: {e}"))
                     for _ in requests]
-'''
+'''.replace("__ORT_SESSION__\n", _ORT_SESSION)
 
 
 TRITON_TENSOR_MODEL_PY = '''\
@@ -107,13 +114,7 @@ class TritonPythonModel:
 
         cfg = json.loads(args["model_config"])
         p = {k: v["string_value"] for k, v in cfg["parameters"].items()}
-        so = ort.SessionOptions()
-        so.intra_op_num_threads = int(p["threads"])
-        so.inter_op_num_threads = 1
-        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        so.add_session_config_entry("session.inter_op.allow_spinning", "0")
-        self.sess = ort.InferenceSession(p["model"], so, providers=["CPUExecutionProvider"])
+__ORT_SESSION__
         self.inputs = [t["name"] for t in cfg["input"]]
         self.outputs = [t["name"] for t in cfg["output"]]
 
@@ -133,7 +134,7 @@ class TritonPythonModel:
         except Exception as e:
             return [pb_utils.InferenceResponse(error=pb_utils.TritonError(f"model: {e}"))
                     for _ in requests]
-'''
+'''.replace("__ORT_SESSION__\n", _ORT_SESSION)
 
 
 def triton_install(cache: Path, packages: Sequence[str] = TRITON_PACKAGES,
@@ -184,17 +185,26 @@ def triton_repository(work: Path, version_dir: Path, manifest, threads: int,
               "threads": threads, "ids_input": pre.ids_input, "mask_input": pre.mask_input or "",
               "output": manifest.model_signature.outputs[0].name}
     dim = manifest.signature.outputs[0].shape[-1]
-    (models / "minilm" / "config.pbtxt").write_text(
+    _write_config(models / "minilm", manifest.batching.max_batch_size,
+                  '{ name: "text" data_type: TYPE_STRING dims: [ 1 ] }',
+                  f'{{ name: "embedding" data_type: TYPE_FP32 dims: [ {dim} ] }}', delay_us,
+                  params)
+    return models
+
+
+def _write_config(folder: Path, max_batch_size: int, inputs: str, outputs: str, delay_us: int,
+                  params: dict) -> None:
+    """A python-backend model's config.pbtxt: one CPU instance, dynamic batching."""
+    (folder / "config.pbtxt").write_text(
         'backend: "python"\n'
-        f"max_batch_size: {manifest.batching.max_batch_size}\n"
-        'input [ { name: "text" data_type: TYPE_STRING dims: [ 1 ] } ]\n'
-        f'output [ {{ name: "embedding" data_type: TYPE_FP32 dims: [ {dim} ] }} ]\n'
+        f"max_batch_size: {max_batch_size}\n"
+        f"input [ {inputs} ]\n"
+        f"output [ {outputs} ]\n"
         f"dynamic_batching {{ max_queue_delay_microseconds: {delay_us} }}\n"
         "instance_group [ { count: 1 kind: KIND_CPU } ]\n"
         "parameters [\n" + ",\n".join(
             f'  {{ key: "{k}" value: {{ string_value: "{v}" }} }}' for k, v in params.items())
         + "\n]\n")
-    return models
 
 
 def _triton_type(datatype: str) -> str:
@@ -219,16 +229,8 @@ def triton_tensor_model(models: Path, name: str, version_dir: Path, manifest, th
     (folder / "1").mkdir(parents=True, exist_ok=True)
     (folder / "1" / "model.py").write_text(TRITON_TENSOR_MODEL_PY)
     params = {"model": version_dir / manifest.model_file, "threads": threads}
-    (folder / "config.pbtxt").write_text(
-        'backend: "python"\n'
-        f"max_batch_size: {max_batch_size}\n"
-        f"input [ {tensors(sig.inputs)} ]\n"
-        f"output [ {tensors(sig.outputs)} ]\n"
-        f"dynamic_batching {{ max_queue_delay_microseconds: {delay_us} }}\n"
-        "instance_group [ { count: 1 kind: KIND_CPU } ]\n"
-        "parameters [\n" + ",\n".join(
-            f'  {{ key: "{k}" value: {{ string_value: "{v}" }} }}' for k, v in params.items())
-        + "\n]\n")
+    _write_config(folder, max_batch_size, tensors(sig.inputs), tensors(sig.outputs), delay_us,
+                  params)
     return folder
 
 
