@@ -109,4 +109,3 @@ def plan(cpus: float, gpus: int = 0, versions: int = 1, *, replicas: int | None 
     # fits in what Ray sees (threads may exceed it by a fraction of a core)
     reserve = math.floor(min(float(t), max(spare, 1.0) / versions / r) * 100) / 100
     return Layout(cpus, 0, gw, gw_cpus, r, t, reserve, 0.0)
-

@@ -17,7 +17,6 @@ The file ``optiserve serve --config`` reads is exactly what a KubeRay RayService
 from __future__ import annotations
 
 import math
-
 from typing import Any
 
 from pydantic import (
