@@ -111,7 +111,8 @@ What each structural option gave (same machine, ratios within one run):
   competing for the same CPU: 1 -> 2 replicas 297 -> 246 req/s at 16 connections, 334 = 334 at
   64), batches stay full (mean 6.0 of 8 rows at 64 connections for 1, 2 and 3 replicas);
 - thread layout: 1 replica x 2 threads vs 2 replicas x 1 thread within noise (299 vs 309 req/s,
-  benchmarks/serving_minilm.py), both far above 1 x 1 (272) — the sizing rule takes 1 x 2;
+  benchmarks/serving_minilm.py), both far above 1 x 1 (272) — the sizing rule then took 1 x 2
+  (since superseded by lanes, see the measurement above);
 - the model colocated with the gateway (no hop): not built. The hop is the gateway's handle call
   per batch (router + gRPC, ~15 % of the gateway's profile, ~0.11 ms per request) and the model
   replica's Serve side (~2 % of its 3.36 ms): at most ~5 % here, while the per-version

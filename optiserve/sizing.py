@@ -9,9 +9,10 @@ The rule (also in ``optiserve serve --help`` and the README; its numbers are set
   is what limits.
 - **Model**: every CPU the gateway does not need goes to the model replicas of the served
   versions, shared equally between versions: ``floor(C - gateway)`` CPUs per version (at least
-  1), in replicas of at most ``OPTISERVE_MAX_THREADS`` (4) intra-op threads each (ONNX
-  Runtime's scaling on one small batch flattens past a few threads, while independent replicas
-  keep scaling), so ``threads = min(max_threads, cpus)`` and ``replicas = cpus // threads``.
+  1), in replicas of at most ``OPTISERVE_MAX_THREADS`` (4) CPUs each (ONNX Runtime's scaling
+  on one small batch flattens past a few threads, while independent replicas keep scaling), so
+  ``threads = min(max_threads, cpus)`` and ``replicas = cpus // threads`` (``threads``: the
+  replica's CPUs, run as lanes or intra-op threads, below).
   With GPUs, one replica per GPU per version.
 - **Lanes**: a replica running ONNX Runtime on CPU runs its ``threads`` CPUs as that many
   single-thread lanes (batches at once on one shared session, ``VersionConfig.layout``) rather

@@ -44,8 +44,10 @@ app.command("serve", help=(
     "With no sizing flags the machine is filled (CPUs from the affinity mask and cgroup quota): "
     "one gateway replica per 8 CPUs (at least one, and one per GPU), 1 CPU each (0.25 below 4 "
     "CPUs); the CPUs left go to the model replicas, shared equally by the served versions, in "
-    "as few replicas as keep each at most 4 intra-op threads; GPU variants get one replica per "
-    "GPU. The chosen layout is printed at start; the flags below override any part of it."),
+    "as few replicas as keep each at most 4 CPUs (ONNX Runtime on CPU runs them as single-thread "
+    "lanes, a batch at a time each; other runtimes as intra-op threads); GPU variants get one "
+    "replica per GPU. The chosen layout is printed at start; the flags below override any part "
+    "of it."),
     epilog="Settings (environment variables of the serving processes; a version's serve "
            "config wins where it sets the same):\n\n" + settings_help())(serve_command)
 app.command("bench")(bench_command)
