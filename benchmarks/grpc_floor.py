@@ -7,22 +7,28 @@ It answers one question: how much of the gateway's gRPC cost per request is the 
 floor. Each server runs in its own process, one at a time, rounds interleaved, medians.
 
     python -m benchmarks.grpc_floor [--requests 20000] [--payload 4200] [--concurrency 32]
-        [--rounds 3]
+        [--rounds 3] [--work-us 0,200]
 
 Measured here (2 cores, 2026-12-04, 4,200-byte payloads (64 rows x 16 FP32 and framing), 32
-calls at once from an asyncio client in this process, 20,000 calls per point, 3 interleaved
-rounds, medians):
+calls at once from an asyncio client in this process; 20,000 calls per point, 3 interleaved
+rounds, medians; the second block `--work-us 0,200 --requests 10000 --rounds 2`):
 
     server              calls/s   server CPU per call
     grpc.aio               4451        240 us
     grpc (threads)         6639        154 us
     http (uvicorn)        29484         34 us
 
+    with 200 us of Python per call in the handler
+    grpc.aio               2496        449 us   (250 without)
+    grpc (threads)         2115        478 us   (156 without: its threads fight for the GIL)
+    http (uvicorn)         4073        244 us   (36 without)
+
 The gateway's own options (message limits, stream and connection caps, keepalive rules,
-maximum_concurrent_rpcs) changed nothing measurable (238-251 vs 240-243 us in two rounds). So of
-the gateway replica's 729 us per 64-row gRPC request (224 over REST; benchmarks/grpc_vs_rest.py)
-about 200 us is grpcio's asyncio server itself; the rest of the difference is not attributed
-(suspected: grpc's poller thread and the busy event loop trading the GIL on every call).
+maximum_concurrent_rpcs) changed nothing measurable (238-251 vs 240-243 us in two rounds), and a
+handler's own work adds to grpc.aio's floor about one for one (no GIL trading between its
+poller thread and a busy loop). So of the gateway replica's 729 us per 64-row gRPC request (224
+over REST; benchmarks/grpc_vs_rest.py) about 200 us is grpcio's asyncio server itself; the other
+~300 us are not attributed yet (next: a native profile of the gateway under gRPC load).
 """
 
 from __future__ import annotations
@@ -38,10 +44,16 @@ import time
 from tests.support.harness import free_port
 
 AIO = '''
-import asyncio, grpc, sys
+import asyncio, grpc, sys, time
+WORK = float(sys.argv[2]) / 1e6
+def work():
+    end = time.perf_counter() + WORK
+    while time.perf_counter() < end:
+        pass
 async def main():
     server = grpc.aio.server()
     async def echo(req, ctx):
+        work()
         return req
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(
         "echo.Echo", {"Echo": grpc.unary_unary_rpc_method_handler(echo)}),))
@@ -53,11 +65,17 @@ asyncio.run(main())
 '''
 
 SYNC = '''
-import grpc, sys
+import grpc, sys, time
 from concurrent.futures import ThreadPoolExecutor
+WORK = float(sys.argv[2]) / 1e6
+def echo(r, c):
+    end = time.perf_counter() + WORK
+    while time.perf_counter() < end:
+        pass
+    return r
 server = grpc.server(ThreadPoolExecutor(max_workers=8))
 server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(
-    "echo.Echo", {"Echo": grpc.unary_unary_rpc_method_handler(lambda r, c: r)}),))
+    "echo.Echo", {"Echo": grpc.unary_unary_rpc_method_handler(echo)}),))
 server.add_insecure_port("127.0.0.1:" + sys.argv[1])
 server.start()
 print("ready", flush=True)
@@ -65,7 +83,12 @@ server.wait_for_termination()
 '''
 
 HTTP = '''
-import sys, uvicorn
+import sys, time, uvicorn
+WORK = float(sys.argv[2]) / 1e6
+def work():
+    end = time.perf_counter() + WORK
+    while time.perf_counter() < end:
+        pass
 async def app(scope, receive, send):
     if scope["type"] != "http":
         return
@@ -74,6 +97,7 @@ async def app(scope, receive, send):
         m = await receive()
         body += m.get("body", b"")
         more = m.get("more_body", False)
+    work()
     await send({"type": "http.response.start", "status": 200,
                 "headers": [(b"content-type", b"application/octet-stream"),
                             (b"content-length", str(len(body)).encode())]})
@@ -124,11 +148,11 @@ async def http_client(port: int, n: int, payload: bytes, concurrency: int) -> No
     await asyncio.gather(*[worker() for _ in range(concurrency)])
 
 
-def measure(kind: str, n: int, payload: bytes, concurrency: int) -> dict:
+def measure(kind: str, n: int, payload: bytes, concurrency: int, work_us: float = 0.0) -> dict:
     port = free_port()
     code = {"grpc.aio": AIO, "grpc (threads)": SYNC, "http (uvicorn)": HTTP}[kind]
-    proc = subprocess.Popen([sys.executable, "-c", code, str(port)], stdout=subprocess.PIPE,
-                            text=True)
+    proc = subprocess.Popen([sys.executable, "-c", code, str(port), str(work_us)],
+                            stdout=subprocess.PIPE, text=True)
     try:
         assert proc.stdout.readline().strip() == "ready"
         client = grpc_client if kind.startswith("grpc") else http_client
@@ -153,20 +177,25 @@ def main() -> None:
     ap.add_argument("--payload", type=int, default=4200)
     ap.add_argument("--concurrency", type=int, default=32)
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--work-us", default="0",
+                    help="µs of Python each handler spends per call (comma-separated: one "
+                         "measurement each), as a server's own request handling would")
     a = ap.parse_args()
     payload = os.urandom(a.payload)
-    kinds = ["grpc.aio", "grpc (threads)", "http (uvicorn)"]
-    results: dict[str, list[dict]] = {k: [] for k in kinds}
+    kinds = [(k, float(w)) for w in a.work_us.split(",")
+             for k in ("grpc.aio", "grpc (threads)", "http (uvicorn)")]
+    results: dict[tuple, list[dict]] = {k: [] for k in kinds}
     for r in range(a.rounds):
-        for kind in (kinds if r % 2 == 0 else kinds[::-1]):
-            m = measure(kind, a.requests, payload, a.concurrency)
-            results[kind].append(m)
-            print(f"round {r + 1} {kind:15} {m['rps']:8.0f} calls/s, server CPU "
-                  f"{m['server_cpu_us']:6.0f} us/call", flush=True)
+        for kind, work in (kinds if r % 2 == 0 else kinds[::-1]):
+            m = measure(kind, a.requests, payload, a.concurrency, work)
+            results[(kind, work)].append(m)
+            print(f"round {r + 1} {kind:15} work {work:5.0f} us {m['rps']:8.0f} calls/s, "
+                  f"server CPU {m['server_cpu_us']:6.0f} us/call", flush=True)
     print(f"\n{a.rounds} rounds, medians; {a.payload}-byte payloads, {a.concurrency} calls at once")
-    for kind in kinds:
-        print(f"  {kind:15} {statistics.median(m['rps'] for m in results[kind]):8.0f} calls/s"
-              f"  server CPU {statistics.median(m['server_cpu_us'] for m in results[kind]):6.0f}"
+    for kind, work in kinds:
+        rs = results[(kind, work)]
+        print(f"  {kind:15} work {work:5.0f} us {statistics.median(m['rps'] for m in rs):8.0f}"
+              f" calls/s  server CPU {statistics.median(m['server_cpu_us'] for m in rs):6.0f}"
               " us/call")
 
 
