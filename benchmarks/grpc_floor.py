@@ -44,12 +44,7 @@ import time
 from tests.support.harness import free_port
 
 AIO = '''
-import asyncio, grpc, sys, time
-WORK = float(sys.argv[2]) / 1e6
-def work():
-    end = time.perf_counter() + WORK
-    while time.perf_counter() < end:
-        pass
+import asyncio, grpc
 async def main():
     server = grpc.aio.server()
     async def echo(req, ctx):
@@ -65,13 +60,10 @@ asyncio.run(main())
 '''
 
 SYNC = '''
-import grpc, sys, time
+import grpc
 from concurrent.futures import ThreadPoolExecutor
-WORK = float(sys.argv[2]) / 1e6
 def echo(r, c):
-    end = time.perf_counter() + WORK
-    while time.perf_counter() < end:
-        pass
+    work()
     return r
 server = grpc.server(ThreadPoolExecutor(max_workers=8))
 server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(
@@ -83,12 +75,7 @@ server.wait_for_termination()
 '''
 
 HTTP = '''
-import sys, time, uvicorn
-WORK = float(sys.argv[2]) / 1e6
-def work():
-    end = time.perf_counter() + WORK
-    while time.perf_counter() < end:
-        pass
+import uvicorn
 async def app(scope, receive, send):
     if scope["type"] != "http":
         return
@@ -106,6 +93,16 @@ print("ready", flush=True)
 uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[1]), http="httptools", loop="asyncio",
             access_log=False, log_level="warning", lifespan="off")
 '''
+
+
+#: every server's preamble: its port and µs of Python per call (``work()``) from argv
+PREAMBLE = """import sys, time
+WORK = float(sys.argv[2]) / 1e6
+def work():
+    end = time.perf_counter() + WORK
+    while time.perf_counter() < end:
+        pass
+"""
 
 
 def cpu_s(pid: int) -> float:
@@ -151,7 +148,7 @@ async def http_client(port: int, n: int, payload: bytes, concurrency: int) -> No
 def measure(kind: str, n: int, payload: bytes, concurrency: int, work_us: float = 0.0) -> dict:
     port = free_port()
     code = {"grpc.aio": AIO, "grpc (threads)": SYNC, "http (uvicorn)": HTTP}[kind]
-    proc = subprocess.Popen([sys.executable, "-c", code, str(port), str(work_us)],
+    proc = subprocess.Popen([sys.executable, "-c", PREAMBLE + code, str(port), str(work_us)],
                             stdout=subprocess.PIPE, text=True)
     try:
         assert proc.stdout.readline().strip() == "ready"

@@ -46,7 +46,6 @@ import json
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -54,6 +53,7 @@ import numpy as np
 
 from serving.runtimes import TextEncoder, available_cpus
 from tests.support.optimize_args import optimize_args, split_passthrough
+from tests.support.variant_rounds import optimize_timed
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -80,7 +80,6 @@ def main() -> None:
     ap.add_argument("--json", type=Path)
     args = ap.parse_args(argv)
 
-    from optimizers import optimize
     from optimizers.measure import measure_in_subprocess
     from optimizers.pipeline import _draft_manifest
 
@@ -88,12 +87,8 @@ def main() -> None:
         opts = optimize_args(extra)
         opts.keep_build = str(Path(tmp) / "build")
         print(f"optimizing minilm ({' '.join(extra) or 'default variants'}) ...", flush=True)
-        t0 = time.perf_counter()
-        result = optimize(opts)
-        optimize_s = time.perf_counter() - t0
-        print(f"optimize took {optimize_s:.0f} s; chosen {result.chosen}", flush=True)
+        result, ok, optimize_s = optimize_timed(opts)
         src = result.source
-        ok = [o for o in result.outcomes if o.status == "ok"]
         enc = TextEncoder(src.extra_files[src.preprocessing.tokenizer_file], src.preprocessing)
         texts = [t.strip() for t in (ROOT / "optimizers/data/minilm_validation.txt")
                  .read_text().splitlines() if t.strip()]

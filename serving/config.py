@@ -310,13 +310,14 @@ def validate_serve_config(doc: Any, repository_check: bool = True) -> dict:
 
 def lanes_of(user_config: dict, cpus: float) -> int:
     """The lanes a version replica runs with, as far as its user_config says without the
-    manifest: given, else 1 with intra_op_threads, else one per reserved CPU (what ONNX
-    Runtime on CPU takes; other runtimes then run one lane with that many batches ready)."""
-    if user_config.get("lanes"):
-        return int(user_config["lanes"])
-    if user_config.get("intra_op_threads"):
-        return 1
-    return int(user_config.get("cpus") or max(1, math.ceil(cpus - 1e-9)))
+    manifest: ``VersionConfig.layout`` for ONNX Runtime on CPU (given lanes, else 1 with
+    intra_op_threads, else one per reserved CPU; other runtimes then run one lane with that
+    many batches ready)."""
+    from types import SimpleNamespace
+
+    onnx_cpu = SimpleNamespace(name="?", version=0, runtime="onnxruntime", device="cpu")
+    return VersionConfig.model_validate(user_config).layout(
+        onnx_cpu, max(1, math.ceil(cpus - 1e-9)))[1]
 
 
 def build_serve_config(repository: str, refs: list[tuple[str, int]], *, host: str = "127.0.0.1",

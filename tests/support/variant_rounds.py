@@ -8,21 +8,27 @@ import statistics
 import time
 
 
-def optimize_and_measure(opts, size: int, n_batches: int, rounds: int, threads: int,
-                         seconds: float):
-    """(optimize result, {variant: [rows/s per round]}, optimize seconds) for the variants the
-    run built successfully, at batch ``size`` over ``n_batches`` validation batches."""
+def optimize_timed(opts):
+    """(optimize result, the outcomes built successfully, optimize seconds), said as it goes."""
     from optimizers import optimize
-    from optimizers.measure import measure_in_subprocess
-    from optimizers.pipeline import _draft_manifest
-    from optimizers.validation import load_validation
 
     t0 = time.perf_counter()
     result = optimize(opts)
     optimize_s = time.perf_counter() - t0
     print(f"optimize took {optimize_s:.0f} s; chosen {result.chosen}", flush=True)
+    return result, [o for o in result.outcomes if o.status == "ok"], optimize_s
+
+
+def optimize_and_measure(opts, size: int, n_batches: int, rounds: int, threads: int,
+                         seconds: float):
+    """(optimize result, {variant: [rows/s per round]}, optimize seconds) for the variants the
+    run built successfully, at batch ``size`` over ``n_batches`` validation batches."""
+    from optimizers.measure import measure_in_subprocess
+    from optimizers.pipeline import _draft_manifest
+    from optimizers.validation import load_validation
+
+    result, ok, optimize_s = optimize_timed(opts)
     src = result.source
-    ok = [o for o in result.outcomes if o.status == "ok"]
     vset = load_validation(src, None, None)
     batches = [vset.bench_batch(size, i) for i in range(n_batches)]
     drafts = {o.name: _draft_manifest(src, o.build, o.candidate_dir, None, None, []) for o in ok}
