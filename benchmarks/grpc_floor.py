@@ -26,9 +26,18 @@ rounds, medians; the second block `--work-us 0,200 --requests 10000 --rounds 2`)
 The gateway's own options (message limits, stream and connection caps, keepalive rules,
 maximum_concurrent_rpcs) changed nothing measurable (238-251 vs 240-243 us in two rounds), and a
 handler's own work adds to grpc.aio's floor about one for one (no GIL trading between its
-poller thread and a busy loop). So of the gateway replica's 729 us per 64-row gRPC request (224
-over REST; benchmarks/grpc_vs_rest.py) about 200 us is grpcio's asyncio server itself; the other
-~300 us are not attributed yet (next: a native profile of the gateway under gRPC load).
+poller thread and a busy loop). So a unary gRPC request costs a Python server at least ~200 us
+more than the same request over REST, whatever the handler does.
+
+In the gateway replica (perf on its threads, 64-row requests at 32 clients, 2026-12-04): per
+unary gRPC request its event-loop thread spent 659 us (248 over REST), grpc's poller thread 56
+and grpc core's event-engine threads 113 (17 over REST). With the infer handler answering a
+canned response at once (an ad-hoc build, no gateway work) the replica still spent 388 us per
+call, more than a whole REST request (~275-290 us); the rest is the gateway's own work (~240 us,
+as over REST) plus smaller batches at the lower rate (Ray's handle routing per request 2.6x
+REST's). A ModelStreamInfer stream sets up no call per request: 254-335 us per 64-row request in
+the same replica (32 streams x 1 request, 4 x 8), REST's range. Hence `optiserve bench
+--streaming` and the streamed rows in benchmarks/grpc_vs_rest.py.
 """
 
 from __future__ import annotations

@@ -33,6 +33,9 @@ class BenchOptions:
     max_outstanding: int = 10_000
     #: http (OIP REST) or grpc (OIP gRPC: ``url`` is host:port)
     protocol: str = "http"
+    #: with grpc: ModelStreamInfer, one stream per request in flight (perf_analyzer's
+    #: ``--streaming``), not one ModelInfer call per request
+    streaming: bool = False
 
 
 @dataclass
@@ -289,6 +292,61 @@ class _GrpcSender:
         await self.channel.close()
 
 
+class _GrpcStreamSender(_GrpcSender):
+    """ModelStreamInfer, as ``perf_analyzer -i grpc --streaming`` sends it: each request in
+    flight has a bidirectional stream of its own, one request at a time on it (a closed loop's
+    client keeps reusing one), all on the one channel. gRPC sets up and tears down no call per
+    request, which is most of a small request's cost on a Python server. An answer that carries
+    ``error_message`` counts as ``stream_error`` (a stream's errors have no status code); a
+    stream that breaks or passes the timeout is dropped, and the next request opens another."""
+
+    METHOD = "/inference.GRPCInferenceService/ModelStreamInfer"
+
+    def __init__(self, opts: BenchOptions, chunks):
+        super().__init__(opts, chunks)
+        self.open_stream = self.channel.stream_stream(self.METHOD)
+        self.idle: list = []
+        self.streams: set = set()
+
+    async def send(self, i: int):
+        import grpc
+        from tritonclient.grpc import service_pb2 as pb
+
+        call = self.idle.pop() if self.idle else None
+        if call is None:
+            call = self.open_stream()
+            self.streams.add(call)
+
+        async def roundtrip():
+            await call.write(self.bodies[i % len(self.bodies)])
+            return await call.read()
+
+        try:
+            answer = await asyncio.wait_for(roundtrip(), self.timeout_s)
+        except TimeoutError:
+            self._drop(call)
+            return "timeout"
+        except grpc.aio.AioRpcError as e:
+            self._drop(call)
+            return "timeout" if e.code() == grpc.StatusCode.DEADLINE_EXCEEDED else e.code().name
+        if answer is grpc.aio.EOF:  # the server ended the stream
+            self._drop(call)
+            return "stream_closed"
+        self.idle.append(call)
+        if pb.ModelStreamInferResponse.FromString(answer).error_message:
+            return "stream_error"
+        return 200
+
+    def _drop(self, call) -> None:
+        call.cancel()
+        self.streams.discard(call)
+
+    async def close(self):
+        for call in self.streams:
+            call.cancel()
+        await super().close()
+
+
 async def run_bench(opts: BenchOptions, inputs: list[dict[str, np.ndarray]],
                     on_progress=lambda done_s, ok, err: None) -> BenchResult:
     k = opts.rows_per_request
@@ -297,6 +355,10 @@ async def run_bench(opts: BenchOptions, inputs: list[dict[str, np.ndarray]],
     senders = {"http": _HttpSender, "grpc": _GrpcSender, "openai": _OpenAISender}
     if opts.protocol not in senders:
         raise ValueError(f"protocol must be http, grpc or openai, got {opts.protocol!r}")
+    if opts.streaming:
+        if opts.protocol != "grpc":
+            raise ValueError("streaming is gRPC's ModelStreamInfer: use it with protocol grpc")
+        senders["grpc"] = _GrpcStreamSender
     sender = senders[opts.protocol](opts, chunks)
     samples: list[float] = []
     errors: Counter = Counter()

@@ -39,6 +39,10 @@ def bench_command(
                                  help="http (OIP REST), grpc (OIP gRPC, raw tensors) or "
                                       "openai (POST /v1/embeddings, text; --rows strings "
                                       "per request)."),
+    streaming: bool = typer.Option(
+        False, "--streaming", help="With --protocol grpc: send over ModelStreamInfer, one "
+                                   "bidirectional stream per request in flight (as "
+                                   "perf_analyzer --streaming), not one ModelInfer call each."),
 ) -> None:
     """Send inference load and report latency percentiles, throughput and errors by code."""
     from ..bench import BenchOptions, check_rows, fetch_metadata, load_inputs, run_bench
@@ -51,6 +55,8 @@ def bench_command(
         fail("--duration must be > 0 and --rows >= 1")
     if protocol not in ("http", "grpc", "openai"):
         fail(f"--protocol must be http, grpc or openai, got {protocol!r}")
+    if streaming and protocol != "grpc":
+        fail("--streaming is gRPC's ModelStreamInfer: use it with --protocol grpc")
     try:
         meta = fetch_metadata(url, model, version, protocol)
         check_rows(meta, rows)
@@ -61,7 +67,7 @@ def bench_command(
                         concurrency=concurrency if rate is None else None,
                         rate=rate, duration_s=duration, warmup_s=warmup, max_requests=requests,
                         rows_per_request=rows, binary=not json_body, timeout_s=timeout,
-                        protocol=protocol)
+                        protocol=protocol, streaming=streaming)
     if opts.rate is None and opts.concurrency is None:
         opts.concurrency = 8
     with Progress(TextColumn("{task.description}"), BarColumn(), TimeRemainingColumn(),
@@ -78,7 +84,8 @@ def bench_command(
         return
     table = Table(title=f"{model} @ {url} ({result.mode} loop"
                   + (f", {opts.rate:g} req/s offered" if opts.rate else
-                     f", concurrency {opts.concurrency}") + ")")
+                     f", concurrency {opts.concurrency}")
+                  + (", ModelStreamInfer" if streaming else "") + ")")
     for col in ("requests", "ok", "req/s", "rows/s", "p50 ms", "p95 ms", "p99 ms", "max ms",
                 "errors"):
         table.add_column(col)

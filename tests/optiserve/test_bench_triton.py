@@ -169,9 +169,12 @@ CASES = [
 ]
 
 
-#: each case over REST and gRPC (JSON bodies are REST's: gRPC sends raw tensors)
-RUNS = [(protocol, *case) for case in CASES for protocol in ("http", "grpc")
-        if protocol == "http" or "--json-body" not in case[3]]
+#: each case over REST and gRPC (JSON bodies are REST's: gRPC sends raw tensors), and a few
+#: over gRPC's ModelStreamInfer (--streaming)
+STREAMED = {("text", 1, None), ("tensor", 4, "rows.npy"), ("nobatch", 1, "tensors.npz")}
+RUNS = [(protocol, *case) for case in CASES for protocol in ("http", "grpc", "grpc-stream")
+        if protocol == "http" or ("--json-body" not in case[3]
+                                  and (protocol == "grpc" or case[:3] in STREAMED))]
 
 
 @pytest.mark.parametrize("protocol,model,rows,input_file,extra", RUNS,
@@ -184,6 +187,8 @@ def test_bench_against_triton(triton, files, protocol, model, rows, input_file, 
     args = ["--rows", str(rows), *extra]
     if input_file:
         args += ["--input-file", str(files / input_file)]
+    if protocol == "grpc-stream":
+        protocol, args = "grpc", [*args, "--streaming"]
     result = bench(http_url if protocol == "http" else grpc_addr, model, protocol, n, *args)
     after = stats(http_url, model)
     assert result["errors"] == {}, result

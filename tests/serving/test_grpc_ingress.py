@@ -22,6 +22,7 @@ from serving.repository import ModelRepository
 from serving.runtimes import load_runtime
 from serving.settings import reload
 from serving.statistics import StatisticsRecorder
+from tests.helpers import run_cli
 from tests.serving.test_gateway import RecordingRecorder, publish
 from optiserve.local import free_port
 
@@ -357,3 +358,56 @@ def test_bench_sends_grpc_and_shapes_rows_from_the_metadata(tmp_path):
     assert rows[0]["text"].shape == (1, 1)
     rows = load_inputs(None, {"inputs": [{"name": "text", "datatype": "BYTES", "shape": [-1]}]})
     assert rows[0]["text"].shape == (1,)
+
+
+def test_bench_streams_over_model_stream_infer(tmp_path):
+    """optiserve bench --streaming: every request goes over ModelStreamInfer (its errors come
+    as stream messages, which ModelInfer would answer as NOT_FOUND), each answered once, and the
+    gateway counts exactly the requests sent, as gRPC."""
+    from optiserve.bench import BenchOptions, fetch_metadata, load_inputs, run_bench
+
+    n = 120
+
+    def client(srv):
+        inputs = load_inputs(None, fetch_metadata(srv.address, "reducer", protocol="grpc"))
+        out = []
+        for version in (None, "99"):  # 99: no such version, every answer is an error
+            opts = BenchOptions(url=srv.address, model="reducer", version=version,
+                                concurrency=4, duration_s=30.0, warmup_s=0.0, max_requests=n,
+                                protocol="grpc", streaming=True, timeout_s=10)
+            out.append(asyncio.run(run_bench(opts, inputs)))
+        return out
+
+    (good, bad), srv = serve(tmp_path, client)
+    assert good.requests == good.ok == n and good.errors == {}, good
+    assert bad.ok == 0 and bad.errors == {"stream_error": n}, bad
+    counted = [c for c in srv.rec.of(M.REQUESTS) if c[3] > 0]
+    assert {c[2]["protocol"] for c in counted} == {"grpc"}
+    assert sum(c[3] for c in counted if c[2]["code"] == "200") == n, counted
+    with pytest.raises(ValueError, match="protocol grpc"):
+        asyncio.run(run_bench(BenchOptions(url="http://127.0.0.1:1", model="m",
+                                           streaming=True), [{"x": np.zeros((1, 4))}]))
+    r = run_cli("bench", "http://127.0.0.1:1", "--model", "m", "--streaming", timeout=60)
+    assert r.returncode != 0 and "use it with --protocol grpc" in r.stdout + r.stderr, r
+
+
+def test_bench_streaming_drops_a_stream_past_its_timeout(tmp_path):
+    """A streamed request past --timeout counts as a timeout and its stream is cancelled, so the
+    gateway takes the request out of its queue (counted cancelled); the next request opens a new
+    stream rather than waiting behind the late answer."""
+    from optiserve.bench import BenchOptions, fetch_metadata, load_inputs, run_bench
+
+    def client(srv):
+        inputs = load_inputs(None, fetch_metadata(srv.address, "reducer", protocol="grpc"))
+        opts = BenchOptions(url=srv.address, model="reducer", concurrency=2, duration_s=30.0,
+                            warmup_s=0.0, max_requests=4, protocol="grpc", streaming=True,
+                            timeout_s=0.2)
+        t0 = time.monotonic()
+        result = asyncio.run(run_bench(opts, inputs))
+        return result, time.monotonic() - t0
+
+    (result, took), srv = serve(tmp_path, client, delay_s=1.0)
+    assert result.ok == 0 and result.errors == {"timeout": 4}, result
+    assert took < 2.0, took  # two rounds of 0.2 s timeouts, not 1 s answers
+    codes = [c[2]["code"] for c in srv.rec.of(M.REQUESTS) if c[3] > 0]
+    assert codes == ["499"] * 4, codes
