@@ -270,14 +270,20 @@ class _GrpcSender:
     as perf_analyzer -i grpc sends them."""
 
     def __init__(self, opts: BenchOptions, chunks):
+        self.timeout_s = opts.timeout_s
+        self.target = opts.url.split("://", 1)[-1]
+        self.bodies = [grpc_request(opts.model, opts.version, c) for c in chunks]
+        self.channel = self.new_channel()
+        self.call = self.channel.unary_unary("/inference.GRPCInferenceService/ModelInfer")
+
+    def new_channel(self):
+        """A channel with a connection of its own (channels to one target otherwise share
+        one: gRPC's global subchannel pool)."""
         import grpc
 
-        self.timeout_s = opts.timeout_s
-        self.bodies = [grpc_request(opts.model, opts.version, c) for c in chunks]
-        self.channel = grpc.aio.insecure_channel(
-            opts.url.split("://", 1)[-1], options=[("grpc.max_receive_message_length", -1),
-                                                   ("grpc.max_send_message_length", -1)])
-        self.call = self.channel.unary_unary("/inference.GRPCInferenceService/ModelInfer")
+        return grpc.aio.insecure_channel(self.target, options=[
+            ("grpc.max_receive_message_length", -1), ("grpc.max_send_message_length", -1),
+            ("grpc.use_local_subchannel_pool", 1)])
 
     async def send(self, i: int):
         import grpc
@@ -295,27 +301,43 @@ class _GrpcSender:
 class _GrpcStreamSender(_GrpcSender):
     """ModelStreamInfer, as ``perf_analyzer -i grpc --streaming`` sends it: each request in
     flight has a bidirectional stream of its own, one request at a time on it (a closed loop's
-    client keeps reusing one), all on the one channel. gRPC sets up and tears down no call per
-    request, which is most of a small request's cost on a Python server. An answer that carries
-    ``error_message`` counts as ``stream_error`` (a stream's errors have no status code); a
-    stream that breaks or passes the timeout is dropped, and the next request opens another."""
+    client keeps reusing one). gRPC sets up and tears down no call per request, which is most of
+    a small request's cost on a Python server. An answer that carries ``error_message`` counts
+    as ``stream_error`` (a stream's errors have no status code); a stream that breaks or passes
+    the timeout is dropped, and the next request opens another.
+
+    A stream holds one of its connection's HTTP/2 streams for as long as it is open, and a
+    server caps them per connection (optiserve: ``grpc_max_concurrent_streams``, 100; HTTP/2
+    servers commonly 100): past the cap a new stream would wait for one to close, which a
+    closed loop never does. So each channel (its own connection) carries at most
+    ``STREAMS_PER_CHANNEL`` streams, and more clients open more channels."""
 
     METHOD = "/inference.GRPCInferenceService/ModelStreamInfer"
+    STREAMS_PER_CHANNEL = 100
 
     def __init__(self, opts: BenchOptions, chunks):
         super().__init__(opts, chunks)
-        self.open_stream = self.channel.stream_stream(self.METHOD)
+        #: [channel, its open streams]
+        self.pool: list[list] = [[self.channel, 0]]
         self.idle: list = []
-        self.streams: set = set()
+        #: open stream -> its pool entry
+        self.streams: dict = {}
+
+    def _open(self):
+        entry = next((e for e in self.pool if e[1] < self.STREAMS_PER_CHANNEL), None)
+        if entry is None:
+            entry = [self.new_channel(), 0]
+            self.pool.append(entry)
+        entry[1] += 1
+        call = entry[0].stream_stream(self.METHOD)()
+        self.streams[call] = entry
+        return call
 
     async def send(self, i: int):
         import grpc
         from tritonclient.grpc import service_pb2 as pb
 
-        call = self.idle.pop() if self.idle else None
-        if call is None:
-            call = self.open_stream()
-            self.streams.add(call)
+        call = self.idle.pop() if self.idle else self._open()
 
         async def roundtrip():
             await call.write(self.bodies[i % len(self.bodies)])
@@ -339,12 +361,15 @@ class _GrpcStreamSender(_GrpcSender):
 
     def _drop(self, call) -> None:
         call.cancel()
-        self.streams.discard(call)
+        entry = self.streams.pop(call, None)
+        if entry is not None:
+            entry[1] -= 1
 
     async def close(self):
         for call in self.streams:
             call.cancel()
-        await super().close()
+        for channel, _ in self.pool:
+            await channel.close()
 
 
 async def run_bench(opts: BenchOptions, inputs: list[dict[str, np.ndarray]],

@@ -411,3 +411,24 @@ def test_bench_streaming_drops_a_stream_past_its_timeout(tmp_path):
     assert took < 2.0, took  # two rounds of 0.2 s timeouts, not 1 s answers
     codes = [c[2]["code"] for c in srv.rec.of(M.REQUESTS) if c[3] > 0]
     assert codes == ["499"] * 4, codes
+
+
+def test_bench_streaming_opens_channels_past_the_streams_per_connection(tmp_path, monkeypatch):
+    """More streaming clients than a connection may hold streams (the server's cap, here 4):
+    the bench opens more channels instead of leaving the extra clients waiting for a stream
+    that never closes; every request is answered."""
+    from optiserve import bench
+    from optiserve.bench import BenchOptions, fetch_metadata, load_inputs, run_bench
+
+    monkeypatch.setattr(bench._GrpcStreamSender, "STREAMS_PER_CHANNEL", 4)
+
+    def client(srv):
+        inputs = load_inputs(None, fetch_metadata(srv.address, "reducer", protocol="grpc"))
+        opts = BenchOptions(url=srv.address, model="reducer", concurrency=10, duration_s=30.0,
+                            warmup_s=0.0, max_requests=100, protocol="grpc", streaming=True,
+                            timeout_s=3.0)
+        return asyncio.run(run_bench(opts, inputs))
+
+    result, _ = serve(tmp_path, client, env={"OPTISERVE_GRPC_MAX_CONCURRENT_STREAMS": "4"},
+                      monkeypatch=monkeypatch)
+    assert result.requests == result.ok == 100 and result.errors == {}, result
