@@ -386,7 +386,8 @@ def main() -> None:
                                    a.triton_threads, a.triton_delay_us)
         triton_tensor_model(models, a.tensor_model, tensor.path.resolve(), tensor.manifest,
                             a.triton_threads, a.triton_delay_us, TENSOR_BATCH)
-        starts = {"optiserve": (lambda r: start_optiserve(doc, work), ["http", "grpc", "grpc-stream"]),
+        starts = {"optiserve": (lambda r: start_optiserve(doc, work),
+                                ["http", "grpc", "grpc-stream"]),
                   "triton": (lambda r: start_triton(server_dir, models, triton_env, work, r),
                              triton_protocols)}
         rounds, checked = [], {}
