@@ -83,8 +83,14 @@ def reset(env) -> None:
     initial = tuple(sorted(env.versions[k] for k in INITIAL))
     LocalServeTarget(api, confirm_timeout_s=60).apply(
         "minilm", Split(stable=env.versions["fp32"], routed=initial, deployed=initial))
-    api.wait_running(["optiserve", *(version_app_name("minilm", x) for x in initial)],
-                     timeout_s=180)
+    apps = ["optiserve", *(version_app_name("minilm", x) for x in initial)]
+    api.wait_running(apps, timeout_s=180)
+    # an application the split no longer deploys is listed (DELETING) until Serve has torn it
+    # down: the next test starts from the initial applications only
+    deadline = time.monotonic() + 120
+    while (served := served_apps(env)) != set(apps):
+        assert time.monotonic() < deadline, f"still served after the reset: {served}"
+        time.sleep(0.5)
     (env.repo / ".rollouts" / "minilm.json").unlink(missing_ok=True)
 
 
