@@ -124,9 +124,10 @@ TARGET_VS_TRITON = 0.9
 RATIOS = [("optiserve/grpc", "optiserve/http"), ("optiserve/grpc-stream", "optiserve/http"),
           ("optiserve/grpc", "triton/grpc"), ("optiserve/grpc-stream", "triton/grpc"),
           ("optiserve/grpc-stream", "triton/grpc-stream"), ("optiserve/http", "triton/http")]
-TARGETS = {("grpc", "optiserve/http"): 1.0, ("grpc-stream", "optiserve/http"): 1.0,
-           ("grpc", "triton/grpc"): TARGET_VS_TRITON,
-           ("grpc-stream", "triton/grpc"): TARGET_VS_TRITON}
+TARGETS = {("optiserve/grpc", "optiserve/http"): 1.0,
+           ("optiserve/grpc-stream", "optiserve/http"): 1.0,
+           ("optiserve/grpc", "triton/grpc"): TARGET_VS_TRITON,
+           ("optiserve/grpc-stream", "triton/grpc"): TARGET_VS_TRITON}
 #: the process whose CPU is the server's front (protocol handling) in each tree
 FRONT = {"optiserve": "ServeReplica:optiserve:gateway", "triton": "tritonserver"}
 
@@ -314,7 +315,7 @@ def print_report(summary: dict, cases: dict, keys: list[str], rounds: int,
                   f"{s['front_cpu_us_per_request_median']:.0f}")
         for num, den in RATIOS:
             name = f"{num} over {den}"
-            target = TARGETS.get((num.split("/")[1], den))
+            target = TARGETS.get((num, den))
             s = summary.get(f"{case}/{name}")
             if s is None:
                 continue

@@ -317,20 +317,20 @@ class _GrpcStreamSender(_GrpcSender):
 
     def __init__(self, opts: BenchOptions, chunks):
         super().__init__(opts, chunks)
-        #: [channel, its open streams]
-        self.pool: list[list] = [[self.channel, 0]]
+        self.channels = [self.channel]
         self.idle: list = []
-        #: open stream -> its pool entry
+        #: open stream -> its channel
         self.streams: dict = {}
 
     def _open(self):
-        entry = next((e for e in self.pool if e[1] < self.STREAMS_PER_CHANNEL), None)
-        if entry is None:
-            entry = [self.new_channel(), 0]
-            self.pool.append(entry)
-        entry[1] += 1
-        call = entry[0].stream_stream(self.METHOD)()
-        self.streams[call] = entry
+        held = list(self.streams.values())
+        channel = next((c for c in self.channels if held.count(c) < self.STREAMS_PER_CHANNEL),
+                       None)
+        if channel is None:
+            channel = self.new_channel()
+            self.channels.append(channel)
+        call = channel.stream_stream(self.METHOD)()
+        self.streams[call] = channel
         return call
 
     async def send(self, i: int):
@@ -361,14 +361,12 @@ class _GrpcStreamSender(_GrpcSender):
 
     def _drop(self, call) -> None:
         call.cancel()
-        entry = self.streams.pop(call, None)
-        if entry is not None:
-            entry[1] -= 1
+        self.streams.pop(call, None)
 
     async def close(self):
         for call in self.streams:
             call.cancel()
-        for channel, _ in self.pool:
+        for channel in self.channels:
             await channel.close()
 
 
